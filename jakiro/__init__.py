@@ -1,0 +1,1 @@
+"""Jakiro: lossless tree speculative decoding with a mixture-of-experts draft head."""

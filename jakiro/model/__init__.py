@@ -1,0 +1,1 @@
+"""Draft head, its mixture of experts, and the EaModel front end."""
