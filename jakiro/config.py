@@ -1,0 +1,404 @@
+"""One typed config system for every Jakiro entry point.
+
+A run is described by a `JakiroConfig` with seven sections (model, draft, tree, generation, data, train, eval),
+each a dataclass whose defaults are the reference settings. A YAML or JSON file may set any subset of keys; the
+command line overrides single keys with `--set section.key=value`. Unknown keys, wrong types and out-of-range
+values raise `ConfigError`, whose message names the dotted key, what was expected and what was given.
+
+    cfg = load_config("smollm2", ["tree.depth=6", "train.lr=1e-4"])
+    save_config(cfg, "outputs/run/config.yaml")  # record the resolved config next to a run's outputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import re
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or holds a value out of range."""
+
+
+# YAML loader with YAML 1.2-style scalars: only true/false are booleans (not yes/no/on/off), and exponent floats
+# without a dot ("9e-5") are floats rather than strings.
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return f"list of {len(typing.get_args(tp))} ({', '.join(_type_name(a) for a in typing.get_args(tp))})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp` (int -> float, list -> tuple) or raise a ConfigError naming `key`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # only Optional[X] is used
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        try:
+            return _coerce(value, inner, key)
+        except ConfigError:
+            pass  # re-raise below with the full expected type
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):  # str, bool, config sections
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+class _Section:
+    """Base of the section dataclasses: coerces every field to its declared type, then runs `validate`."""
+
+    SECTION: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f"{self.SECTION}.{f.name}"))
+        self.validate()
+
+    def validate(self) -> None:
+        pass
+
+    def _require(self, name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"{self.SECTION}.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+    def _require_choice(self, name: str, choices: Sequence[str]) -> None:
+        self._require(name, getattr(self, name) in choices, "one of " + ", ".join(map(repr, choices)))
+
+
+@dataclass
+class ModelConfig(_Section):
+    SECTION: ClassVar[str] = "model"
+    base_model_path: str | None = None  # target model dir or hub id; None = the embedded default target
+    draft_path: str | None = None  # trained draft dir (config.json + weights); None = no draft / train a new one
+    dtype: str = "bfloat16"  # weights and compute dtype: float32, bfloat16 or float16
+    device: str = "cpu"  # torch device string, e.g. "cpu", "cuda", "cuda:1"
+    chat_template: str = "auto"  # "auto" = the tokenizer's own; or a FastChat name: "vicuna", "llama-2", "llama-3"
+
+    def validate(self) -> None:
+        self._require_choice("dtype", DTYPES)
+        self._require("device", bool(self.device), "a non-empty device string")
+        self._require("chat_template", bool(self.chat_template), "'auto' or a template name")
+
+
+@dataclass
+class DraftConfig(_Section):
+    SECTION: ClassVar[str] = "draft"
+    num_experts: int = 2  # experts in the draft's MoE block (1 = a dense EAGLE-2 style draft)
+    experts_per_token: int = 2  # experts routed per token (top-k of the router)
+    expert_intermediate_size: int | None = None  # expert MLP width; None = the target's hidden size (reference)
+    parallel_head: bool = True  # second (contrastive / CEPD) head predicting the token after next
+    bias: bool = True  # biases in the draft's fc and attention projections (reference: false for LLaMA-3)
+
+    def validate(self) -> None:
+        self._require("num_experts", self.num_experts >= 1, "an integer >= 1")
+        self._require(
+            "experts_per_token", 1 <= self.experts_per_token <= self.num_experts,
+            f"an integer in [1, num_experts={self.num_experts}]",
+        )
+        sz = self.expert_intermediate_size
+        self._require("expert_intermediate_size", sz is None or sz >= 1, "null or an integer >= 1")
+        self._require("parallel_head", not self.parallel_head or self.num_experts >= 2,
+                      f"false when num_experts < 2 (num_experts={self.num_experts})")
+
+
+@dataclass
+class TreeConfig(_Section):
+    SECTION: ClassVar[str] = "tree"
+    total_token: int = 60  # nodes verified per step, root included; -1 = choose by timing the target on this device
+    depth: int = 5  # drafting steps (tree depth below the root)
+    top_k: int = 10  # children expanded per node and nodes kept per layer
+    sibling_mode: str = "mixture"  # how experts propose children: "mixture" (merged top-k) or "per_expert"
+
+    def validate(self) -> None:
+        self._require("total_token", self.total_token == -1 or self.total_token >= 2, "-1 or an integer >= 2")
+        self._require("depth", self.depth >= 1, "an integer >= 1")
+        self._require("top_k", self.top_k >= 1, "an integer >= 1")
+        self._require_choice("sibling_mode", ("mixture", "per_expert"))
+
+
+@dataclass
+class GenerationConfig(_Section):
+    SECTION: ClassVar[str] = "generation"
+    temperature: float = 0.0  # 0 = greedy; > 0 = lossless sampling verification
+    top_p: float = 1.0  # nucleus sampling mass in (0, 1]; 1 = off
+    top_k: int = 0  # sample from the k most likely tokens; 0 = off
+    max_new_tokens: int = 512  # stop after this many generated tokens
+    max_length: int = 2048  # hard cap on prompt + generated tokens (KV cache size)
+    seed: int = 0  # seed of the torch generator used for sampling and acceptance
+
+    def validate(self) -> None:
+        self._require("temperature", self.temperature >= 0, "a number >= 0")
+        self._require("top_p", 0 < self.top_p <= 1, "a number in (0, 1]")
+        self._require("top_k", self.top_k >= 0, "an integer >= 0")
+        self._require("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1")
+        self._require("max_length", self.max_length >= 2, "an integer >= 2")
+
+
+@dataclass
+class DataConfig(_Section):
+    SECTION: ClassVar[str] = "data"
+    input_path: str | None = None  # ShareGPT-format conversations JSON; required to generate data
+    output_dir: str = "data/features"  # where feature shards are written
+    shuffle_seed: int = 42  # conversations are shuffled with this seed before selecting [start, end)
+    start: int = 0  # first conversation index (after shuffling)
+    end: int | None = None  # one past the last index; None = all (the reference uses 68000)
+    max_len: int = 2048  # truncate tokenized conversations to this many tokens
+    chat_template: str | None = None  # None = model.chat_template
+    system_prompt: str | None = None  # None = the template's default system prompt
+    shard_size: int = 100  # conversations per shard file (the reference writes one file per conversation)
+    features_dtype: str = "bfloat16"  # dtype of the stored hidden states: float32, bfloat16 or float16
+
+    def validate(self) -> None:
+        self._require("start", self.start >= 0, "an integer >= 0")
+        self._require("end", self.end is None or self.end > self.start, f"null or an integer > start={self.start}")
+        self._require("max_len", self.max_len >= 2, "an integer >= 2")
+        self._require("shard_size", self.shard_size >= 1, "an integer >= 1")
+        self._require_choice("features_dtype", DTYPES)
+
+
+@dataclass
+class TrainConfig(_Section):
+    SECTION: ClassVar[str] = "train"
+    data_dir: str = "data/features"  # feature shards from data generation
+    output_dir: str = "outputs/train"  # checkpoints and the final draft dir
+    lr: float = 9e-5  # peak AdamW learning rate
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    weight_decay: float = 1e-3  # AdamW weight decay
+    schedule: str = "cosine"  # learning-rate schedule after warmup: "cosine", "linear" or "constant"
+    warmup_steps: int = 2000  # linear warmup steps
+    num_epochs: int = 20  # epochs (run exactly this many; the reference ran one extra)
+    batch_size: int = 4  # sequences per process per step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    v_w: float = 1.0  # weight of the feature regression (SmoothL1) losses
+    p_w: float = 0.1  # weight of the token distillation (soft cross-entropy) losses
+    parallel_w: float = 0.5  # weight c of the parallel head's losses: v_w(V1 + c V2) + p_w(P1 + c P2)
+    grad_clip: float = 0.5  # gradient clipping threshold; 0 = off
+    grad_clip_mode: str = "value"  # "value" (reference, clip_grad_value_) or "norm"
+    noise: str = "uniform"  # input-feature noise: "uniform" (amplitude std*512/L), "gaussian" or "none"
+    noise_mean: float = 0.0  # mean of the gaussian noise
+    noise_std: float = 0.2  # noise scale
+    max_len: int = 2048  # truncate stored sequences to this many tokens
+    mixed_precision: str = "bf16"  # accelerate mixed precision: "no", "bf16" or "fp16"
+    deepspeed_config: str | None = None  # DeepSpeed JSON for accelerate's plugin; None = plain DDP / single process
+    num_workers: int = 0  # DataLoader workers
+    test_fraction: float = 0.05  # share of shards held out for evaluation
+    save_every: int = 5  # save a checkpoint (and evaluate) every this many epochs, and after the last
+    seed: int = 0  # seed for initialization, shuffling and noise
+
+    def validate(self) -> None:
+        self._require("lr", self.lr > 0, "a number > 0")
+        self._require("betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
+        self._require("weight_decay", self.weight_decay >= 0, "a number >= 0")
+        self._require_choice("schedule", ("cosine", "linear", "constant"))
+        for name in ("warmup_steps", "num_workers"):
+            self._require(name, getattr(self, name) >= 0, "an integer >= 0")
+        for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "max_len", "save_every"):
+            self._require(name, getattr(self, name) >= 1, "an integer >= 1")
+        for name in ("v_w", "p_w", "parallel_w", "grad_clip", "noise_std"):
+            self._require(name, getattr(self, name) >= 0, "a number >= 0")
+        self._require_choice("grad_clip_mode", ("value", "norm"))
+        self._require_choice("noise", ("uniform", "gaussian", "none"))
+        self._require_choice("mixed_precision", ("no", "bf16", "fp16"))
+        self._require("test_fraction", 0 <= self.test_fraction < 1, "a number in [0, 1)")
+
+
+@dataclass
+class EvalConfig(_Section):
+    SECTION: ClassVar[str] = "eval"
+    bench_name: str = "mt_bench"  # benchmark name, used in the output path
+    question_file: str | None = None  # FastChat question jsonl; None = the embedded MT-bench questions
+    answer_file: str | None = None  # output jsonl; None = outputs/<bench_name>/<model_id>.jsonl
+    model_id: str = "jakiro"  # name recorded in each answer record
+    max_new_tokens: int | None = None  # per turn; None = generation.max_new_tokens
+    temperature: float | None = None  # None = generation.temperature
+    num_choices: int = 1  # answers per question; choice i is generated with seed i
+    warmup: int = 3  # untimed runs over the first question before timing
+    question_begin: int | None = None  # first question (index into the file); None = from the start
+    question_end: int | None = None  # one past the last question; None = to the end
+
+    def validate(self) -> None:
+        self._require("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1,
+                      "null or an integer >= 1")
+        self._require("temperature", self.temperature is None or self.temperature >= 0, "null or a number >= 0")
+        self._require("num_choices", self.num_choices >= 1, "an integer >= 1")
+        self._require("warmup", self.warmup >= 0, "an integer >= 0")
+        self._require("question_begin", self.question_begin is None or self.question_begin >= 0,
+                      "null or an integer >= 0")
+
+
+@dataclass
+class JakiroConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # target and draft checkpoints, dtype, device
+    draft: DraftConfig = field(default_factory=DraftConfig)  # architecture of a new draft
+    tree: TreeConfig = field(default_factory=TreeConfig)  # dynamic tree size
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # decoding settings
+    data: DataConfig = field(default_factory=DataConfig)  # training-data generation
+    train: TrainConfig = field(default_factory=TrainConfig)  # draft training
+    eval: EvalConfig = field(default_factory=EvalConfig)  # answer generation for benchmarks
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _coerce(getattr(self, f.name), hints[f.name], f.name)
+
+
+def _suggest(name: str, valid: Sequence[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
+
+
+def _section_fields(section: str) -> dict[str, Any]:
+    """Field name -> type hint of a section; ConfigError if the section doesn't exist."""
+    sections = {f.name: f for f in dataclasses.fields(JakiroConfig)}
+    if section not in sections:
+        raise ConfigError(f"unknown section {section!r}{_suggest(section, list(sections))}")
+    cls = typing.get_type_hints(JakiroConfig)[section]
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _check_key(section: str, key: str) -> Any:
+    """Type hint of `section.key`; ConfigError if the key doesn't exist."""
+    hints = _section_fields(section)
+    if key not in hints:
+        raise ConfigError(f"unknown key '{section}.{key}'{_suggest(key, list(hints), f'{section}.')}")
+    return hints[key]
+
+
+def _resolve_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    candidates = [p]
+    if not p.is_absolute():
+        candidates += [CONFIG_DIR / (p.name + ext) for ext in ("", ".yaml", ".yml", ".json")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file {str(path)!r} not found (also looked for it by name in configs/)")
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot parse: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        _section_fields(str(section))
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a mapping of keys, got {type(values).__name__} {values!r}")
+        for key in values:
+            _check_key(section, str(key))
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value); the value is a YAML scalar or flow list."""
+    dotted, sep, raw = text.partition("=")
+    section, dot, key = dotted.strip().partition(".")
+    if not sep or not dot or not key:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    tp = _check_key(section, key)
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else raw
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{section}.{key}: cannot parse value {raw!r}: {e}") from e
+    # A string field takes the text as written, so `eval.model_id=123` means "123"; "null" still clears an Optional.
+    if value is not None and not isinstance(value, str) and (tp is str or str in typing.get_args(tp)):
+        value = raw.strip()
+    return section, key, value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> JakiroConfig:
+    """Defaults, updated by the file at `path` (YAML or JSON; a bare name is looked up in configs/), then by
+    `section.key=value` overrides, in order."""
+    values: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        values = {s: dict(v) for s, v in _read_file(_resolve_path(path)).items()}
+    for text in overrides:
+        section, key, value = _parse_override(text)
+        values.setdefault(section, {})[key] = value
+    hints = typing.get_type_hints(JakiroConfig)
+    return JakiroConfig(**{s: hints[s](**v) for s, v in values.items()})
+
+
+def to_dict(cfg: JakiroConfig) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (tuples as lists), ready for YAML or JSON."""
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    return {s: {k: plain(v) for k, v in dataclasses.asdict(sec).items()}
+            for s, sec in ((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))}
+
+
+def save_config(cfg: JakiroConfig, path: str | os.PathLike) -> None:
+    """Write `cfg` as JSON (for a .json path) or YAML, atomically (temp file in the same folder + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(cfg)
+    text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--config PATH` and repeatable `--set section.key=value` to an entry point's parser."""
+    parser.add_argument("--config", metavar="PATH", default=None,
+                        help="YAML/JSON config file, or the name of one in configs/ (e.g. smollm2)")
+    parser.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        help="override one config key, e.g. --set tree.depth=6 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> JakiroConfig:
+    """The config named by arguments added with `add_config_arguments`."""
+    return load_config(args.config, args.overrides)

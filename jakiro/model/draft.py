@@ -1,0 +1,365 @@
+"""The Jakiro draft head: fc([embedding; target feature]) -> one Llama decoder layer whose MLP is a mixture of experts.
+
+Shapes (B = batch, S = positions, H = target hidden size, V = target vocabulary):
+
+    input_ids      [B, S]   token x_{t+1} paired with ...
+    features       [B, S, H] ... the target's final-normed last hidden state f_t
+    z = fc([Emb(x_{t+1}); f_t])                        [B, S, H]
+    x = z + Attn(z)              (layer 0 has no input norm, as in the reference)
+    u = RMSNorm_post(x)
+    head1 = x + MoE_mix(u)       predicts f_{t+1}       [B, S, H]
+    head2 = x + b_top E_top(u) - b_low E_low(u)   predicts f_{t+2} (CEPD parallel head)
+
+The draft owns no embedding and no LM head: it borrows the target's frozen ``embed_tokens`` and ``lm_head`` through
+:meth:`DraftHead.bind_target_modules` (they are not part of its state dict). Attention and RoPE are transformers' own
+Llama modules. ``num_experts=1`` without a parallel head is the EAGLE-2 draft.
+
+A draft directory holds ``config.json`` (see :class:`DraftHeadConfig`) and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
+
+from jakiro.model.moe import MixtureOfExperts, MoEOutput
+
+WEIGHTS_NAME = "model.safetensors"
+LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+# keys of the reference checkpoints that belong to the target, not the draft
+_TARGET_KEYS = ("embed_tokens.weight", "lm_head.weight")
+
+
+@dataclass
+class DraftHeadConfig:
+    """Architecture of a draft head; serialised as the draft directory's ``config.json``.
+
+    Field names follow the reference draft configs, so their ``config.json`` files load too.
+    """
+
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 2048
+    rope_parameters: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
+    bias: bool = True  # fc bias
+    num_local_experts: int = 2
+    num_experts_per_tok: int = 2
+    expert_intermediate_size: int | None = None  # None = hidden_size (the reference)
+    parallel_head: bool = True
+    num_hidden_layers: int = 1
+    architectures: list = field(default_factory=lambda: ["JakiroDraftHead"])
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.expert_intermediate_size is None:
+            self.expert_intermediate_size = self.hidden_size
+        if self.num_hidden_layers != 1:
+            raise ValueError(f"only one-layer draft heads are supported, config has {self.num_hidden_layers}")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "DraftHeadConfig":
+        """Build from a ``config.json`` dict; reference-style keys (``rope_theta``, ``rope_scaling``) are converted."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        if "rope_parameters" not in raw and "rope_theta" in raw:
+            rope = {"rope_type": "default", "rope_theta": float(raw["rope_theta"])}
+            if raw.get("rope_scaling"):
+                scaling = dict(raw["rope_scaling"])
+                scaling["rope_type"] = scaling.pop("type", scaling.get("rope_type", "default"))
+                rope.update(scaling)
+            values["rope_parameters"] = rope
+        if "parallel_head" not in raw:  # reference checkpoints: two experts always carry the contrastive head
+            values["parallel_head"] = values.get("num_local_experts", 2) >= 2
+        missing = [f.name for f in fields(cls) if f.name in ("hidden_size", "num_attention_heads", "vocab_size")
+                   and f.name not in values]
+        if missing:
+            raise ValueError(f"draft config is missing required keys: {missing}")
+        values.setdefault("num_key_value_heads", values["num_attention_heads"])
+        return cls(**values)
+
+    @classmethod
+    def for_target(
+        cls,
+        target_config,
+        num_experts: int = 2,
+        experts_per_token: int = 2,
+        parallel_head: bool = True,
+        expert_intermediate_size: int | None = None,
+        bias: bool = True,
+    ) -> "DraftHeadConfig":
+        """Size a draft from a transformers target config (attention shapes, RoPE, norm eps, vocabulary)."""
+        text_config = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
+        rope = getattr(text_config, "rope_parameters", None)
+        if not rope:
+            rope = {"rope_type": "default", "rope_theta": float(getattr(text_config, "rope_theta", 10000.0))}
+        heads = text_config.num_attention_heads
+        return cls(
+            hidden_size=text_config.hidden_size,
+            num_attention_heads=heads,
+            num_key_value_heads=getattr(text_config, "num_key_value_heads", None) or heads,
+            vocab_size=text_config.vocab_size,
+            head_dim=getattr(text_config, "head_dim", None) or text_config.hidden_size // heads,
+            rms_norm_eps=float(getattr(text_config, "rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(getattr(text_config, "max_position_embeddings", 2048)),
+            rope_parameters=dict(rope),
+            bias=bias,
+            num_local_experts=num_experts,
+            num_experts_per_tok=experts_per_token,
+            expert_intermediate_size=expert_intermediate_size,
+            parallel_head=parallel_head,
+        )
+
+    def to_llama_config(self) -> LlamaConfig:
+        """The Llama config that transformers' attention and RoPE modules are built from."""
+        config = LlamaConfig(
+            hidden_size=self.hidden_size,
+            intermediate_size=self.expert_intermediate_size,
+            num_hidden_layers=1,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            vocab_size=self.vocab_size,
+            rms_norm_eps=self.rms_norm_eps,
+            max_position_embeddings=self.max_position_embeddings,
+            rope_parameters=dict(self.rope_parameters),
+        )
+        config._attn_implementation = "sdpa"
+        return config
+
+
+@dataclass
+class DraftOutput:
+    """Draft forward results.
+
+    Attributes:
+        head1: [B, S, H] predicted next features.
+        head2: [B, S, H] predicted two-ahead features (CEPD), or None.
+        expert_features: [B, S, k, H] x + E_e(u) for each routed expert (strongest first), or None.
+    """
+
+    head1: torch.Tensor
+    head2: torch.Tensor | None = None
+    expert_features: torch.Tensor | None = None
+
+
+class DraftCache:
+    """Key/value cache of the draft's single attention layer (the ``update`` protocol transformers' attention calls).
+
+    Tensors are [B, kv_heads, T, head_dim]. :meth:`crop` drops speculative tree entries after a drafting round.
+    """
+
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else int(self.keys.shape[-2])
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self.keys is None:
+            self.keys, self.values = keys, values
+        else:
+            self.keys = torch.cat([self.keys, keys], dim=-2)
+            self.values = torch.cat([self.values, values], dim=-2)
+        return self.keys, self.values
+
+    def crop(self, length: int) -> None:
+        if self.keys is not None:
+            self.keys = self.keys[..., :length, :]
+            self.values = self.values[..., :length, :]
+
+
+class DraftHead(nn.Module):
+    """Jakiro / EAGLE-2 draft head (see the module docstring for the equations)."""
+
+    def __init__(self, config: DraftHeadConfig):
+        super().__init__()
+        self.config = config
+        llama = config.to_llama_config()
+        hidden = config.hidden_size
+        self.fc = nn.Linear(2 * hidden, hidden, bias=config.bias)
+        self.layers = nn.ModuleList([_DecoderLayer(llama, config)])
+        self.rotary_emb = LlamaRotaryEmbedding(config=llama)
+        self._target_modules: tuple[nn.Module, nn.Module] | None = None
+
+    # -- target modules -------------------------------------------------------------------------------------------
+    def bind_target_modules(self, embed_tokens: nn.Module, lm_head: nn.Module) -> None:
+        """Borrow the target's frozen input embedding and LM head (kept outside this module's parameters)."""
+        self._target_modules = (embed_tokens, lm_head)
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self._bound()[0]
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self._bound()[1]
+
+    def _bound(self) -> tuple[nn.Module, nn.Module]:
+        if self._target_modules is None:
+            raise RuntimeError("call bind_target_modules(embed_tokens, lm_head) before using the draft head")
+        return self._target_modules
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """[..., H] draft features -> [..., V] logits through the target's LM head."""
+        head = self.lm_head
+        return head(features.to(head.weight.device, head.weight.dtype))
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: DraftCache | None = None,
+        last_position_only: bool = False,
+        with_head2: bool = False,
+        with_experts: bool = False,
+    ) -> DraftOutput:
+        """Run the draft on S new positions.
+
+        Args:
+            features: [B, S, H] target (or draft) features f_t.
+            input_ids: [B, S] tokens x_{t+1}.
+            position_ids: [B, S] draft positions.
+            attention_mask: [B, 1, S, T] additive float mask over cached + new positions; None = causal.
+            cache: the draft KV cache to read and extend.
+            last_position_only: evaluate the MoE only at the last position (inference context pass: the KV cache
+                depends only on attention inputs, so earlier positions' MLP outputs are never needed).
+            with_head2: also compute the CEPD parallel head.
+            with_experts: also return per-expert features (per-expert sibling mode).
+        """
+        embed = self.embed_tokens
+        with torch.no_grad():
+            tokens = embed(input_ids.to(embed.weight.device)).to(features.device, features.dtype)
+        z = self.fc(torch.cat([tokens, features], dim=-1))
+        position_embeddings = self.rotary_emb(z, position_ids)
+        if attention_mask is None and z.shape[1] > 1:
+            past = 0 if cache is None else len(cache)
+            attention_mask = causal_additive_mask(z.shape[1], past, z.dtype, z.device)
+        layer = self.layers[0]
+        x = z + layer.self_attn(
+            z, position_embeddings=position_embeddings, attention_mask=attention_mask, past_key_values=cache
+        )[0]
+        if last_position_only:
+            x = x[:, -1:]
+        b, s, h = x.shape
+        u = layer.post_attention_layernorm(x)
+        moe: MoEOutput = layer.mlp_moe(u.reshape(b * s, h), with_head2=with_head2, with_experts=with_experts)
+        head2 = None if moe.head2 is None else x + moe.head2.view(b, s, h)
+        expert_features = None
+        if moe.expert_outputs is not None:
+            expert_features = x.unsqueeze(2) + moe.expert_outputs.view(b, s, -1, h)
+        return DraftOutput(x + moe.head1.view(b, s, h), head2, expert_features)
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, path, metadata={"format": "pt"}))
+        text = json.dumps(asdict(self.config), indent=2, sort_keys=True) + "\n"
+        _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "DraftHead":
+        """Load a draft directory (``config.json`` + ``model.safetensors`` or a legacy ``pytorch_model.bin``).
+
+        Raises ValueError naming the file for a missing directory, config or weights, a corrupted file, or
+        weights whose names or shapes do not match the config.
+        """
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise ValueError(f"draft directory {directory} has no {CONFIG_NAME}")
+        try:
+            config = DraftHeadConfig.from_dict(json.loads(config_path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+        model = cls(config)
+        state = _load_state(directory)
+        state = {k: v for k, v in state.items() if k not in _TARGET_KEYS}
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"draft weights in {directory} do not match its config: missing {missing[:8]}, "
+                f"unexpected {unexpected[:8]}"
+            )
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise ValueError(
+                    f"draft weight {name} in {directory} has shape {tuple(tensor.shape)}, "
+                    f"config implies {tuple(expected[name].shape)}"
+                )
+        model.load_state_dict(state, strict=True)
+        return model
+
+
+class _DecoderLayer(nn.Module):
+    """The single draft decoder layer: attention (no input norm) + post-attention RMSNorm + mixture of experts."""
+
+    def __init__(self, llama: LlamaConfig, config: DraftHeadConfig):
+        super().__init__()
+        self.self_attn = LlamaAttention(llama, layer_idx=0)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp_moe = MixtureOfExperts(
+            config.hidden_size,
+            config.expert_intermediate_size,
+            config.num_local_experts,
+            config.num_experts_per_tok,
+            config.parallel_head,
+        )
+
+
+def causal_additive_mask(new: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, 1, new, past + new] additive mask: new position i sees every cached position and new positions <= i."""
+    allowed = torch.ones(new, past + new, dtype=torch.bool, device=device).tril(diagonal=past)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def _load_state(directory: Path) -> dict[str, torch.Tensor]:
+    safetensors_path = directory / WEIGHTS_NAME
+    legacy_path = directory / LEGACY_WEIGHTS_NAME
+    if safetensors_path.is_file():
+        try:
+            return load_file(safetensors_path)
+        except (SafetensorsError, OSError, ValueError) as err:
+            raise ValueError(f"cannot read draft weights {safetensors_path} (corrupted?): {err}") from None
+    if legacy_path.is_file():
+        try:
+            return torch.load(legacy_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for a bad pickle
+            raise ValueError(f"cannot read draft weights {legacy_path} (corrupted?): {err}") from None
+    raise ValueError(f"draft directory {directory} has no weights ({WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME})")
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

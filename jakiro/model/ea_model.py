@@ -1,0 +1,306 @@
+"""``EaModel``: a Hugging Face causal LM plus a Jakiro draft head, with speculative and plain generation.
+
+The import paths reference users write keep working::
+
+    from jakiro.model.ea_model import EaModel
+    model = EaModel.from_pretrained(base_model_path=..., ea_model_path=..., total_token=60, depth=5, top_k=10,
+                                    dtype=torch.bfloat16)
+    ids = model.eagenerate(input_ids, temperature=0.0, max_new_tokens=256)
+
+One speculative step: the drafter grows a tree below the last committed token, the target verifies it in one
+forward, the verifier keeps the longest acceptable path plus one bonus token, and the target cache is compacted to
+that path. Output is the target's own greedy output at temperature 0, and the target's exact sampling distribution
+(temperature / top-k / top-p) otherwise; see :mod:`jakiro.verify`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from jakiro.drafter import TreeDrafter
+from jakiro.model.draft import DraftHead
+from jakiro.target import TargetModel
+from jakiro.verify import verify_greedy, verify_sampling, warp_logits
+
+# tokens that end an assistant turn in common chat formats, added to the EOS ids when the tokenizer knows them
+CHAT_STOP_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>")
+TREE_SIZE_CANDIDATES = (8, 16, 24, 32, 48, 64)
+
+
+@dataclass
+class GenerationStats:
+    """What the last generate call did: tokens generated, target forwards (prefill included), accepted lengths."""
+
+    new_tokens: int = 0
+    target_forwards: int = 0
+    accept_lengths: list[int] = field(default_factory=list)  # draft tokens accepted per verification step
+    wall_time: float = 0.0
+
+
+class EaModel(nn.Module):
+    """Target model (``base_model``) + draft head (``ea_layer``) + tokenizer."""
+
+    def __init__(
+        self,
+        base_model: PreTrainedModel,
+        draft: DraftHead,
+        tokenizer=None,
+        total_token: int = 60,
+        depth: int = 5,
+        top_k: int = 10,
+        sibling_mode: str = "mixture",
+        stop_token_ids: list[int] | None = None,
+    ):
+        super().__init__()
+        target_config = base_model.config.get_text_config()
+        if draft.config.hidden_size != target_config.hidden_size:
+            raise ValueError(
+                f"draft hidden size {draft.config.hidden_size} != target hidden size {target_config.hidden_size}"
+            )
+        if draft.config.vocab_size != base_model.get_output_embeddings().weight.shape[0]:
+            raise ValueError(
+                f"draft vocabulary {draft.config.vocab_size} != target vocabulary "
+                f"{base_model.get_output_embeddings().weight.shape[0]}"
+            )
+        self.base_model = base_model
+        self.tokenizer = tokenizer
+        self.target = TargetModel(base_model)
+        last_layer_device = next(self.target.decoder.layers[-1].parameters()).device
+        self.ea_layer = draft.to(device=last_layer_device, dtype=self.target.dtype).eval()
+        self.ea_layer.bind_target_modules(base_model.get_input_embeddings(), base_model.get_output_embeddings())
+        if total_token == -1:
+            total_token = choose_tree_size(self.target)
+        self.drafter = TreeDrafter(self.ea_layer, total_token, depth, top_k, sibling_mode)
+        self.stop_token_ids = sorted(set(stop_token_ids if stop_token_ids is not None else self._default_stops()))
+        self.last_stats = GenerationStats()
+
+    # -- construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model_path: str,
+        ea_model_path: str,
+        total_token: int = 60,
+        depth: int = 5,
+        top_k: int = 10,
+        sibling_mode: str = "mixture",
+        **hf_kwargs,
+    ) -> "EaModel":
+        """Load a target with ``AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs)`` and a draft
+        directory. ``total_token=-1`` measures the target on its device and picks the tree size."""
+        if "torch_dtype" in hf_kwargs:  # the name reference users write; transformers 5 calls it dtype
+            hf_kwargs["dtype"] = hf_kwargs.pop("torch_dtype")
+        draft = DraftHead.from_pretrained(ea_model_path)
+        base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        return cls(base_model, draft, tokenizer, total_token, depth, top_k, sibling_mode)
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def _default_stops(self) -> list[int]:
+        ids: list[int] = []
+        for source in (self.base_model.generation_config.eos_token_id, self.base_model.config.eos_token_id):
+            if source is not None:
+                ids.extend(source if isinstance(source, list) else [source])
+        if self.tokenizer is not None:
+            if self.tokenizer.eos_token_id is not None:
+                ids.append(self.tokenizer.eos_token_id)
+            vocab = self.tokenizer.get_vocab()
+            ids.extend(vocab[token] for token in CHAT_STOP_TOKENS if token in vocab)
+        return ids
+
+    # -- public generation API ------------------------------------------------------------------------------------
+    def eagenerate(self, input_ids, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=512, max_length=2048,
+                   log=False, is_llama3=False, seed=None):
+        """Speculative generation.
+
+        Args:
+            input_ids: [1, P] prompt.
+            temperature: 0 = greedy; > 0 samples from the target's processed distribution.
+            top_p, top_k: nucleus / top-k filtering (1.0 / 0 = off).
+            max_new_tokens: cap on generated tokens; max_length: cap on prompt + generated tokens.
+            log: also return the number of new tokens and of target forwards (prefill included).
+            is_llama3: accepted for compatibility; ``<|eot_id|>`` always stops when the tokenizer has it.
+            seed: seed of the sampling generator (default: drawn from torch's global RNG).
+        Returns:
+            [1, P + N] ids (generation ends after the first stop token), or (ids, N, target_forwards) with ``log``.
+        """
+        ids = input_ids
+        for ids in self.ea_generate(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, seed=seed):
+            pass
+        return self._result(ids, log)
+
+    def naivegenerate(self, input_ids, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=512, max_length=2048,
+                      log=False, is_llama3=False, seed=None):
+        """Plain autoregressive decoding with the same arguments and return values as :meth:`eagenerate`."""
+        ids = input_ids
+        for ids in self.naive_generate(input_ids, temperature, top_p, top_k, max_new_tokens, max_length, seed=seed):
+            pass
+        return self._result(ids, log)
+
+    def ea_generate(self, input_ids, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=512, max_length=2048,
+                    log=False, is_llama3=False, seed=None) -> Iterator[torch.Tensor]:
+        """Streaming :meth:`eagenerate`: yields the [1, P + n] ids after every verification step."""
+        return self._stream(self._speculative_tokens, input_ids, temperature, top_p, top_k, max_new_tokens,
+                            max_length, seed)
+
+    def naive_generate(self, input_ids, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=512, max_length=2048,
+                       log=False, is_llama3=False, seed=None) -> Iterator[torch.Tensor]:
+        """Streaming :meth:`naivegenerate`: yields the ids after every token."""
+        return self._stream(self._naive_tokens, input_ids, temperature, top_p, top_k, max_new_tokens, max_length,
+                            seed)
+
+    # -- internals ------------------------------------------------------------------------------------------------
+    def _result(self, ids, log):
+        if log:
+            return ids, self.last_stats.new_tokens, self.last_stats.target_forwards
+        return ids
+
+    def _stream(self, token_source, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, seed):
+        budget = self._check_inputs(input_ids, temperature, top_p, top_k, max_new_tokens, max_length)
+        sampling = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()))
+        generator = torch.Generator().manual_seed(int(seed))
+        return self._run(token_source, input_ids, budget, sampling, generator)
+
+    def _run(self, token_source, input_ids, budget, sampling, generator):
+        stats = self.last_stats = GenerationStats()
+        start = time.perf_counter()
+        prompt = input_ids.to(self.target.device)
+        generated: list[int] = []
+        stops = set(self.stop_token_ids)
+        for chunk in token_source(prompt, sampling, generator, stats):
+            chunk = chunk[: budget - len(generated)]
+            stop_at = next((i for i, t in enumerate(chunk) if t in stops), None)
+            if stop_at is not None:
+                chunk = chunk[: stop_at + 1]
+            generated.extend(chunk)
+            stats.new_tokens = len(generated)
+            stats.wall_time = time.perf_counter() - start
+            yield torch.cat([prompt, torch.tensor([generated], dtype=prompt.dtype, device=prompt.device)], dim=1)
+            if stop_at is not None or len(generated) >= budget:
+                return
+
+    def _pick(self, logits: torch.Tensor, sampling: dict, generator: torch.Generator) -> int:
+        if sampling["temperature"] == 0:
+            return int(logits.argmax())
+        probs = warp_logits(logits, **sampling).softmax(-1).cpu()
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    @torch.inference_mode()
+    def _naive_tokens(self, prompt, sampling, generator, stats) -> Iterator[list[int]]:
+        logits, _ = self.target.prefill(prompt)
+        stats.target_forwards = 1
+        while True:
+            token = self._pick(logits, sampling, generator)
+            yield [token]
+            logits, _ = self.target.step(token)
+            stats.target_forwards += 1
+
+    @torch.inference_mode()
+    def _speculative_tokens(self, prompt, sampling, generator, stats) -> Iterator[list[int]]:
+        logits, features = self.target.prefill(prompt)
+        stats.target_forwards = 1
+        root = self._pick(logits, sampling, generator)
+        yield [root]
+        self.drafter.reset()
+        # the draft pairs feature f_t with token x_{t+1}: prompt features with the prompt shifted by one + root
+        new_features = features
+        new_tokens = torch.cat([prompt[0, 1:], torch.tensor([root], device=prompt.device)])
+        while True:
+            tree = self.drafter.draft_tree(new_features, new_tokens)
+            prefix_len = len(self.target)
+            tree_logits, tree_features = self.target.verify(tree)
+            stats.target_forwards += 1
+            if sampling["temperature"] == 0:
+                verdict = verify_greedy(tree, tree_logits)
+            else:
+                verdict = verify_sampling(tree, tree_logits, generator=generator, **sampling)
+            path = torch.cat([torch.zeros(1, dtype=torch.long), verdict.accepted_nodes]).to(tree_features.device)
+            self.target.commit(prefix_len, path)
+            stats.accept_lengths.append(int(verdict.accepted_nodes.numel()))
+            accepted_tokens = tree.tokens[verdict.accepted_nodes].tolist()
+            yield accepted_tokens + [verdict.next_token]
+            new_features = tree_features[path]
+            new_tokens = torch.tensor(accepted_tokens + [verdict.next_token], device=prompt.device)
+
+    def _check_inputs(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length) -> int:
+        """Validate arguments before any work; returns how many tokens may be generated."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a [batch, length] tensor")
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"batch size must be 1 (got {input_ids.shape[0]}); batched generation is not supported")
+        if input_ids.shape[1] == 0:
+            raise ValueError("the prompt is empty: input_ids needs at least one token")
+        if int(max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+        room = int(max_length) - input_ids.shape[1]
+        if room < 1:
+            raise ValueError(
+                f"the prompt has {input_ids.shape[1]} tokens, which leaves no room under max_length={max_length}"
+            )
+        budget = min(int(max_new_tokens), room)
+        window = self.target.sliding_window
+        if window and input_ids.shape[1] + budget + self.drafter.total_token > window:
+            raise ValueError(
+                f"prompt + new tokens + tree ({input_ids.shape[1]} + {budget} + {self.drafter.total_token}) exceed the "
+                f"target's sliding window {window}; tree verification does not implement sliding windows"
+            )
+        return budget
+
+
+def choose_tree_size(target: TargetModel, candidates=TREE_SIZE_CANDIDATES, context_len: int = 128,
+                     repeats: int = 3, slack: float = 1.3) -> int:
+    """Pick the tree size (``total_token``) by measuring verification cost on the target's device.
+
+    Times one cached forward of n tokens for each candidate n and returns the largest n whose cost stays within
+    ``slack`` times the cost of the smallest candidate: beyond that knee, extra nodes cost more than the few
+    extra accepted tokens they can add.
+    """
+    costs = measure_verification_costs(target, candidates, context_len, repeats)
+    return pick_tree_size(costs, slack)
+
+
+def pick_tree_size(costs: dict[int, float], slack: float = 1.3) -> int:
+    """Largest size whose measured cost is at most ``slack`` x the cost of the smallest size."""
+    smallest = min(costs)
+    return max(n for n, cost in costs.items() if cost <= slack * costs[smallest])
+
+
+@torch.inference_mode()
+def measure_verification_costs(target: TargetModel, sizes, context_len: int = 128, repeats: int = 3) -> dict:
+    """Median seconds of one forward of n new tokens after a cached context of ``context_len``, per n."""
+    vocab = target.lm_head.weight.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, vocab, (1, context_len), generator=generator)
+    costs = {}
+    for n in sizes:
+        timings = []
+        for _ in range(repeats + 1):
+            target.prefill(prompt)
+            ids = torch.randint(0, vocab, (1, n), generator=generator).to(target.device)
+            positions = torch.arange(context_len, context_len + n, device=target.device)[None]
+            if target.device.type == "cuda":
+                torch.cuda.synchronize(target.device)
+            begin = time.perf_counter()
+            target.logits(target._features(ids, positions, None))
+            if target.device.type == "cuda":
+                torch.cuda.synchronize(target.device)
+            timings.append(time.perf_counter() - begin)
+        costs[n] = sorted(timings[1:])[len(timings[1:]) // 2]
+    target.cache = None
+    return costs

@@ -1,0 +1,72 @@
+"""Write an untrained draft directory sized from a target model's config.
+
+    python -m jakiro.model.init_draft --base-model-path DIR --out DIR [--num-experts N] [--experts-per-token K]
+                                      [--no-parallel-head] [--expert-intermediate-size I] [--no-bias] [--seed S]
+
+Only the target's ``config.json`` is read. The result loads with ``EaModel.from_pretrained`` (speculative decoding
+stays lossless with any draft, trained or not) and is the starting point of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from transformers import AutoConfig
+
+from jakiro.model.draft import DraftHead, DraftHeadConfig
+
+
+def init_draft(
+    base_model_path: str,
+    out: str,
+    num_experts: int = 2,
+    experts_per_token: int = 2,
+    parallel_head: bool = True,
+    expert_intermediate_size: int | None = None,
+    bias: bool = True,
+    seed: int = 0,
+) -> DraftHead:
+    """Create, save and return a randomly initialised draft head for the target at ``base_model_path``."""
+    try:
+        target_config = AutoConfig.from_pretrained(base_model_path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read a model config from {base_model_path}: {err}") from None
+    config = DraftHeadConfig.for_target(
+        target_config, num_experts, experts_per_token, parallel_head, expert_intermediate_size, bias
+    )
+    torch.manual_seed(seed)
+    draft = DraftHead(config)
+    draft.save_pretrained(out)
+    return draft
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-model-path", required=True, help="target model directory (its config.json is read)")
+    parser.add_argument("--out", required=True, help="draft directory to write")
+    parser.add_argument("--num-experts", type=int, default=2)
+    parser.add_argument("--experts-per-token", type=int, default=None, help="default: all experts (reference)")
+    parser.add_argument("--no-parallel-head", action="store_true", help="no CEPD head (EAGLE-2 with 1 expert)")
+    parser.add_argument("--expert-intermediate-size", type=int, default=None, help="default: target hidden size")
+    parser.add_argument("--no-bias", action="store_true", help="no bias in the fc fusion layer")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    parallel = not args.no_parallel_head and args.num_experts >= 2
+    try:
+        draft = init_draft(
+            args.base_model_path, args.out, args.num_experts, args.experts_per_token or args.num_experts, parallel,
+            args.expert_intermediate_size, not args.no_bias, args.seed,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    params = sum(p.numel() for p in draft.parameters())
+    print(f"wrote an untrained draft ({params / 1e6:.2f}M parameters, {draft.config.num_local_experts} experts, "
+          f"parallel head {'on' if draft.config.parallel_head else 'off'}) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Adapter over any Hugging Face causal LM used as the verification target.
+
+It runs transformers' own model code (Llama, Qwen2, Mistral, Mixtral, ...) with a ``DynamicCache``:
+
+* ``prefill``: the prompt, causally; returns the last position's logits and every position's feature.
+* ``verify``: a whole draft tree in one forward, with an additive float 4D mask (prefix + ancestors) and explicit
+  position ids ``prefix_len + depth``.
+* ``commit``: KV-cache compaction — keep the prefix plus the accepted root-to-node path, drop the rejected nodes,
+  with no re-prefill.
+
+"Feature" means the final-normed last hidden state, the vector the target's ``lm_head`` consumes.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from jakiro.tree import DraftTree, additive_tree_mask
+
+
+class TargetModel:
+    """Stateful wrapper holding one generation's target KV cache (batch size 1)."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.cache: DynamicCache | None = None
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        window = getattr(config, "sliding_window", None)
+        uses_window = getattr(config, "use_sliding_window", True)
+        self.sliding_window = window if (window and uses_window) else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def __len__(self) -> int:
+        return 0 if self.cache is None else self.cache.get_seq_length()
+
+    def _features(self, input_ids, position_ids, attention_mask) -> torch.Tensor:
+        out = self.decoder(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """[..., H] features -> [..., V] float32 logits."""
+        return self.lm_head(features.to(self.lm_head.weight.device)).float()
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start a new cache with the prompt.
+
+        Args:
+            input_ids: [1, P] prompt.
+        Returns:
+            (logits [V] at the last position, features [P, H]).
+        """
+        self.cache = DynamicCache()
+        ids = input_ids.to(self.device)
+        positions = torch.arange(ids.shape[1], device=self.device)[None]
+        features = self._features(ids, positions, None)[0]
+        return self.logits(features[-1]), features
+
+    @torch.inference_mode()
+    def step(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain one-token decoding step. Returns (logits [V], feature [H])."""
+        ids = torch.tensor([[token]], device=self.device)
+        positions = torch.tensor([[len(self)]], device=self.device)
+        feature = self._features(ids, positions, None)[0, -1]
+        return self.logits(feature), feature
+
+    @torch.inference_mode()
+    def verify(self, tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over all tree nodes after the cached prefix.
+
+        Returns:
+            (logits [n, V], features [n, H]) at the tree nodes.
+        """
+        prefix = len(self)
+        mask = additive_tree_mask(tree.mask.to(self.device), prefix, self.dtype)
+        positions = (tree.depths.to(self.device) + prefix)[None]
+        features = self._features(tree.tokens.to(self.device)[None], positions, mask)[0]
+        return self.logits(features), features
+
+    def commit(self, prefix_len: int, keep_nodes: torch.Tensor) -> None:
+        """Compact the cache to the prefix plus the given tree nodes (in path order).
+
+        Args:
+            prefix_len: cache length before the tree was verified.
+            keep_nodes: [m] indices of tree nodes to keep (root first).
+        """
+        keep = torch.cat(
+            [torch.arange(prefix_len, device=keep_nodes.device), keep_nodes + prefix_len]
+        )
+        for layer in self.cache.layers:
+            index = keep.to(layer.keys.device)
+            layer.keys = layer.keys.index_select(-2, index)
+            layer.values = layer.values.index_select(-2, index)

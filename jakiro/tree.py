@@ -1,0 +1,169 @@
+"""Draft-tree bookkeeping as pure tensor functions: candidate selection, ancestor masks, positions, root-to-leaf paths.
+
+A draft tree is described by a ``parents`` vector over its nodes. Node 0 is the root (the token the target already
+committed); every other node's parent comes earlier in the list (``parents[i] < i``), so rows can be filled in order.
+
+Worked example (used by the tests)::
+
+    node      0(root)  1   2   3   4   5
+    parent      -1     0   0   1   1   2
+
+            0
+          /   \\
+         1     2
+        / \\     \\
+       3   4     5
+
+    ancestor_mask (row i: which nodes node i may attend to, itself included)
+         0 1 2 3 4 5
+    0  [ 1 0 0 0 0 0 ]
+    1  [ 1 1 0 0 0 0 ]
+    2  [ 1 0 1 0 0 0 ]
+    3  [ 1 1 0 1 0 0 ]
+    4  [ 1 1 0 0 1 0 ]
+    5  [ 1 0 1 0 0 1 ]
+
+    depths            = [0, 1, 1, 2, 2, 2]       (target position offsets of the nodes)
+    retrieve_indices  = [[0, 1, 3],
+                         [0, 1, 4],
+                         [0, 2, 5]]              (one row per leaf, root first, padded with -1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DraftTree:
+    """A draft tree ready for target verification.
+
+    Attributes:
+        tokens: [n] token ids, ``tokens[0]`` is the root.
+        parents: [n] parent node index (-1 for the root).
+        depths: [n] distance from the root; the target position of node i is ``prefix_len + depths[i]``.
+        mask: [n, n] bool ancestor-or-self matrix.
+        retrieve_indices: [leaves, max_depth + 1] node indices from root to each leaf, -1 padded.
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    depths: torch.Tensor
+    mask: torch.Tensor
+    retrieve_indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def select_candidates(scores: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """Indices of the ``num_nodes`` best candidates, returned in ascending (= layer) order.
+
+    Scores are cumulative log-probabilities, so a child never outscores its parent. Sorting is stable, so on a tie
+    the earlier index (the parent) wins: the selected set is always ancestor-closed.
+
+    Args:
+        scores: [M] cumulative scores of the flat candidate list (parents listed before children).
+        num_nodes: how many candidates to keep (clipped to M).
+    Returns:
+        [min(num_nodes, M)] long tensor, sorted ascending.
+    """
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return torch.sort(order[: min(num_nodes, scores.shape[0])]).values
+
+
+def build_tree(
+    root_token: int | torch.Tensor,
+    cand_tokens: torch.Tensor,
+    cand_parents: torch.Tensor,
+    selected: torch.Tensor,
+) -> DraftTree:
+    """Turn selected candidates into a verification tree.
+
+    Args:
+        root_token: the committed token at the root.
+        cand_tokens: [M] token of every candidate.
+        cand_parents: [M] flat candidate index of each candidate's parent, -1 where the parent is the root.
+        selected: [n-1] ascending, ancestor-closed candidate indices (from :func:`select_candidates`).
+    Returns:
+        A :class:`DraftTree` with n nodes (root + selected).
+    """
+    device = cand_tokens.device
+    root = torch.as_tensor(root_token, device=device, dtype=cand_tokens.dtype).reshape(1)
+    tokens = torch.cat([root, cand_tokens[selected]])
+    parent_cands = cand_parents[selected]
+    # A selected candidate's parent is either the root (-1) or another selected candidate: find its node index.
+    parent_pos = torch.searchsorted(selected, parent_cands.clamp(min=0))
+    parents_rest = torch.where(parent_cands < 0, torch.zeros_like(parent_pos), parent_pos + 1)
+    if (parent_cands >= 0).any():
+        found = selected[parent_pos.clamp(max=selected.numel() - 1)] == parent_cands
+        if not bool(found[parent_cands >= 0].all()):
+            raise ValueError("selected candidates are not ancestor-closed")
+    parents = torch.cat([torch.full((1,), -1, device=device, dtype=torch.long), parents_rest.long()])
+    mask = ancestor_mask(parents)
+    depths = mask.sum(dim=1) - 1
+    return DraftTree(tokens, parents, depths, mask, retrieve_indices(mask, depths))
+
+
+def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
+    """[n, n] bool matrix: ``mask[i, j]`` is True when node j is node i or one of its ancestors.
+
+    Args:
+        parents: [n] parent index per node, -1 for the root; ``parents[i] < i``.
+    """
+    n = parents.shape[0]
+    idx = torch.arange(n, device=parents.device)
+    mask = torch.eye(n, dtype=torch.bool, device=parents.device)
+    up = parents.clamp(min=0)  # the root points at itself
+    cur = idx
+    for _ in range(n - 1):
+        nxt = up[cur]
+        if torch.equal(nxt, cur):
+            break
+        mask[idx, nxt] = True
+        cur = nxt
+    return mask
+
+
+def retrieve_indices(mask: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    """Root-to-leaf node paths, one row per leaf in node order, padded with -1.
+
+    Args:
+        mask: [n, n] ancestor-or-self matrix.
+        depths: [n] node depths.
+    Returns:
+        [leaves, max_depth + 1] long tensor.
+    """
+    n = mask.shape[0]
+    is_parent = (mask & ~torch.eye(n, dtype=torch.bool, device=mask.device)).any(dim=0)
+    leaves = (~is_parent).nonzero().squeeze(1)
+    width = int(depths.max()) + 1
+    levels = torch.arange(width, device=mask.device)
+    # at_level[l, d, j]: node j is on leaf l's path and sits at depth d
+    at_level = mask[leaves][:, None, :] & (depths[None, None, :] == levels[None, :, None])
+    paths = at_level.int().argmax(dim=-1)
+    return torch.where(at_level.any(dim=-1), paths, torch.full_like(paths, -1))
+
+
+def additive_tree_mask(tree_mask: torch.Tensor, prefix_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Float attention mask for verifying a tree after a cached prefix.
+
+    Every tree node sees the whole prefix and its own ancestors. Values are 0 (attend) or the dtype's minimum
+    (masked) — additive masks are correct under both eager and SDPA attention, boolean ones are not.
+
+    Args:
+        tree_mask: [n, n] bool ancestor-or-self matrix.
+        prefix_len: number of cached positions before the tree.
+        dtype: the attention dtype.
+    Returns:
+        [1, 1, n, prefix_len + n] tensor.
+    """
+    n = tree_mask.shape[0]
+    allowed = torch.cat(
+        [torch.ones(n, prefix_len, dtype=torch.bool, device=tree_mask.device), tree_mask], dim=1
+    )
+    out = torch.zeros(allowed.shape, dtype=dtype, device=tree_mask.device)
+    out.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return out[None, None]
