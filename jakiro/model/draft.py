@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig
@@ -343,7 +343,7 @@ def _load_state(directory: Path) -> dict[str, torch.Tensor]:
     if safetensors_path.is_file():
         try:
             return load_file(safetensors_path)
-        except (SafetensorsError, OSError, ValueError) as err:
+        except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"cannot read draft weights {safetensors_path} (corrupted?): {err}") from None
     if legacy_path.is_file():
         try:

@@ -1,0 +1,102 @@
+"""Tree bookkeeping: worked examples for masks, depths, paths, candidate selection, and KV compaction."""
+
+import torch
+
+from jakiro.target import TargetModel
+from jakiro.tree import (
+    additive_tree_mask,
+    ancestor_mask,
+    build_tree,
+    retrieve_indices,
+    select_candidates,
+)
+from tiny_models import tiny_target
+
+# the worked example of jakiro/tree.py
+PARENTS = torch.tensor([-1, 0, 0, 1, 1, 2])
+MASK = torch.tensor(
+    [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 0, 1, 0, 0, 0],
+        [1, 1, 0, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],
+        [1, 0, 1, 0, 0, 1],
+    ],
+    dtype=torch.bool,
+)
+
+
+def test_ancestor_mask_worked_example():
+    assert torch.equal(ancestor_mask(PARENTS), MASK)
+
+
+def test_depths_and_retrieve_indices_worked_example():
+    depths = MASK.sum(1) - 1
+    assert depths.tolist() == [0, 1, 1, 2, 2, 2]
+    assert retrieve_indices(MASK, depths).tolist() == [[0, 1, 3], [0, 1, 4], [0, 2, 5]]
+
+
+def test_retrieve_indices_pads_short_paths():
+    # 0 -> 1 -> 2 -> 3 and a lone leaf 4 under the root
+    parents = torch.tensor([-1, 0, 1, 2, 0])
+    mask = ancestor_mask(parents)
+    assert retrieve_indices(mask, mask.sum(1) - 1).tolist() == [[0, 1, 2, 3], [0, 4, -1, -1]]
+
+
+def test_single_node_tree():
+    tree = build_tree(7, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                      torch.zeros(0, dtype=torch.long))
+    assert tree.tokens.tolist() == [7]
+    assert tree.retrieve_indices.tolist() == [[0]]
+
+
+def test_select_candidates_is_ancestor_closed_under_ties():
+    # candidate 2 is a child of 0 with log-prob 0 (same score as its parent): the parent must come first
+    scores = torch.tensor([-1.0, -0.5, -1.0, -3.0])
+    assert select_candidates(scores, 2).tolist() == [0, 1]
+    assert select_candidates(scores, 3).tolist() == [0, 1, 2]
+    assert select_candidates(scores, 10).tolist() == [0, 1, 2, 3]
+
+
+def test_build_tree_maps_candidate_parents_to_nodes():
+    #   candidates: 0:a(root child) 1:b(root child) 2:c(child of 0) 3:d(child of 1) 4:e(child of 2)
+    tokens = torch.tensor([10, 11, 12, 13, 14])
+    parents = torch.tensor([-1, -1, 0, 1, 2])
+    tree = build_tree(5, tokens, parents, torch.tensor([0, 1, 2, 4]))
+    assert tree.tokens.tolist() == [5, 10, 11, 12, 14]
+    assert tree.parents.tolist() == [-1, 0, 0, 1, 3]
+    assert tree.depths.tolist() == [0, 1, 1, 2, 3]
+    assert tree.retrieve_indices.tolist() == [[0, 2, -1, -1], [0, 1, 3, 4]]  # leaves in node order
+
+
+def test_additive_mask_values():
+    mask = additive_tree_mask(MASK[:3, :3], prefix_len=2, dtype=torch.float32)
+    low = torch.finfo(torch.float32).min
+    assert mask.shape == (1, 1, 3, 5)
+    assert mask[0, 0].tolist() == [
+        [0, 0, 0, low, low],
+        [0, 0, 0, 0, low],
+        [0, 0, 0, low, 0],
+    ]
+
+
+def test_kv_compaction_matches_sequential_decoding():
+    """Verify a tree, keep one path, and check the next step equals running that path causally."""
+    model = tiny_target("llama", vocab_size=64)
+    target = TargetModel(model)
+    prompt = torch.tensor([[3, 9, 27, 17]])
+    target.prefill(prompt)
+    tree = build_tree(5, torch.tensor([10, 11, 12, 13, 14]), torch.tensor([-1, -1, 0, 1, 2]),
+                      torch.tensor([0, 1, 2, 3, 4]))
+    # nodes: 0:5  1:10  2:11  3:12(child of 1)  4:13(child of 2)  5:14(child of 3)
+    tree_logits, _ = target.verify(tree)
+    target.commit(prefix_len=4, keep_nodes=torch.tensor([0, 2, 4]))  # path 5 -> 11 -> 13
+    assert len(target) == 7
+    next_logits, _ = target.step(21)
+
+    with torch.no_grad():
+        full = model(torch.tensor([[3, 9, 27, 17, 5, 11, 13, 21]])).logits[0].float()
+    assert torch.allclose(next_logits, full[-1], atol=1e-4)
+    # tree logits along the kept path equal the causal logits of the same tokens
+    assert torch.allclose(tree_logits[[0, 2, 4]], full[4:7], atol=1e-4)

@@ -1,0 +1,55 @@
+"""Tiny random targets (Llama, Qwen2, Mistral, Mixtral) and untrained drafts for fast CPU tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from jakiro.model.draft import DraftHead, DraftHeadConfig
+from jakiro.model.ea_model import EaModel
+
+COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+    "mixtral": (MixtralConfig, MixtralForCausalLM, {"num_local_experts": 4, "num_experts_per_tok": 2,
+                                                     "sliding_window": None}),
+}
+
+
+def tiny_target(family: str = "llama", vocab_size: int = 128, seed: int = 0, **overrides):
+    """A randomly initialised fp32 causal LM of the given family (eager float math, deterministic)."""
+    config_cls, model_cls, extra = FAMILIES[family]
+    torch.manual_seed(seed)
+    config = config_cls(vocab_size=vocab_size, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                        **{**COMMON, **extra, **overrides})
+    model = model_cls(config).eval()
+    # random init gives near-uniform logits; sharpen them so greedy chains are not decided by float noise
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def tiny_draft(target, num_experts=2, experts_per_token=2, parallel_head=True, seed=1) -> DraftHead:
+    torch.manual_seed(seed)
+    config = DraftHeadConfig.for_target(target.config, num_experts, experts_per_token, parallel_head)
+    return DraftHead(config)
+
+
+def tiny_ea_model(family="llama", vocab_size=128, total_token=12, depth=3, top_k=3, sibling_mode="mixture",
+                  num_experts=2, experts_per_token=2, parallel_head=True, seed=0) -> EaModel:
+    target = tiny_target(family, vocab_size, seed)
+    draft = tiny_draft(target, num_experts, experts_per_token, parallel_head, seed + 1)
+    return EaModel(target, draft, None, total_token, depth, top_k, sibling_mode, stop_token_ids=[])
