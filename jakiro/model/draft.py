@@ -200,7 +200,9 @@ class DraftHead(nn.Module):
 
     # -- target modules -------------------------------------------------------------------------------------------
     def bind_target_modules(self, embed_tokens: nn.Module, lm_head: nn.Module) -> None:
-        """Borrow the target's frozen input embedding and LM head (kept outside this module's parameters)."""
+        """Borrow the target's input embedding and LM head (kept outside this module's parameters) and freeze them."""
+        embed_tokens.requires_grad_(False)
+        lm_head.requires_grad_(False)
         self._target_modules = (embed_tokens, lm_head)
 
     @property

