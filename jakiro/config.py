@@ -178,7 +178,7 @@ class GenerationConfig(_Section):
 @dataclass
 class DataConfig(_Section):
     SECTION: ClassVar[str] = "data"
-    input_path: str | None = None  # ShareGPT-format conversations JSON; required to generate data
+    input_path: str | None = None  # ShareGPT conversations: JSON, JSONL or datasets dir; None = recovered ShareGPT
     output_dir: str = "data/features"  # where feature shards are written
     shuffle_seed: int = 42  # conversations are shuffled with this seed before selecting [start, end)
     start: int = 0  # first conversation index (after shuffling)
@@ -222,9 +222,15 @@ class TrainConfig(_Section):
     mixed_precision: str = "bf16"  # accelerate mixed precision: "no", "bf16" or "fp16"
     deepspeed_config: str | None = None  # DeepSpeed JSON for accelerate's plugin; None = plain DDP / single process
     num_workers: int = 0  # DataLoader workers
-    test_fraction: float = 0.05  # share of shards held out for evaluation
+    test_fraction: float = 0.05  # share of sequences held out for evaluation (split shuffled with the seed)
     save_every: int = 5  # save a checkpoint (and evaluate) every this many epochs, and after the last
     seed: int = 0  # seed for initialization, shuffling and noise
+    draft_config: str | None = None  # draft config.json (or draft dir) fixing the architecture; None = from draft.*
+    checkpoint_steps: int = 1000  # also checkpoint every this many optimizer steps; 0 = only at epoch ends
+    stop_after_steps: int = 0  # stop (with a checkpoint) after this many optimizer steps; 0 = run every epoch
+    load_balance_w: float = 0.0  # weight of the Switch load-balancing loss on head-1 routing; 0 = off
+    eval_draft_steps: int = 4  # autoregressive draft steps k = 0..n-1 scored on the test set
+    report_to: str = "none"  # accelerate trackers: "none", "tensorboard", "wandb" or "tensorboard,wandb"
 
     def validate(self) -> None:
         self._require("lr", self.lr > 0, "a number > 0")
@@ -235,12 +241,17 @@ class TrainConfig(_Section):
             self._require(name, getattr(self, name) >= 0, "an integer >= 0")
         for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "max_len", "save_every"):
             self._require(name, getattr(self, name) >= 1, "an integer >= 1")
-        for name in ("v_w", "p_w", "parallel_w", "grad_clip", "noise_std"):
+        for name in ("checkpoint_steps", "stop_after_steps", "eval_draft_steps"):
+            self._require(name, getattr(self, name) >= 0, "an integer >= 0")
+        for name in ("v_w", "p_w", "parallel_w", "grad_clip", "noise_std", "load_balance_w"):
             self._require(name, getattr(self, name) >= 0, "a number >= 0")
         self._require_choice("grad_clip_mode", ("value", "norm"))
         self._require_choice("noise", ("uniform", "gaussian", "none"))
         self._require_choice("mixed_precision", ("no", "bf16", "fp16"))
         self._require("test_fraction", 0 <= self.test_fraction < 1, "a number in [0, 1)")
+        trackers = self.report_to.split(",")
+        self._require("report_to", self.report_to == "none" or all(t in ("tensorboard", "wandb") for t in trackers),
+                      "'none' or a comma-separated list of 'tensorboard', 'wandb'")
 
 
 @dataclass
@@ -248,16 +259,22 @@ class EvalConfig(_Section):
     SECTION: ClassVar[str] = "eval"
     bench_name: str = "mt_bench"  # benchmark name, used in the output path
     question_file: str | None = None  # FastChat question jsonl; None = the embedded MT-bench questions
-    answer_file: str | None = None  # output jsonl; None = outputs/<bench_name>/<model_id>.jsonl
+    answer_file: str | None = None  # output jsonl; None = outputs/<bench>/<model_id>-<method>-temperature-<T>.jsonl
     model_id: str = "jakiro"  # name recorded in each answer record
+    method: str = "jakiro"  # decoding method: "jakiro", "baseline" (plain), "pld" (prompt lookup), "assisted"
+    assistant_model_path: str | None = None  # assistant model for method "assisted" (Hugging Face assisted generation)
+    prompt_lookup_num_tokens: int = 10  # tokens proposed per step by method "pld"
+    system_prompt: str | None = None  # None = the chat template's default (Llama-2 safety prompt for llama-2/llama-3)
     max_new_tokens: int | None = None  # per turn; None = generation.max_new_tokens
     temperature: float | None = None  # None = generation.temperature
-    num_choices: int = 1  # answers per question; choice i is generated with seed i
+    num_choices: int = 1  # answers per question; choice i is generated with seed generation.seed + i
     warmup: int = 3  # untimed runs over the first question before timing
     question_begin: int | None = None  # first question (index into the file); None = from the start
     question_end: int | None = None  # one past the last question; None = to the end
 
     def validate(self) -> None:
+        self._require_choice("method", ("jakiro", "baseline", "pld", "assisted"))
+        self._require("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens >= 1, "an integer >= 1")
         self._require("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1,
                       "null or an integer >= 1")
         self._require("temperature", self.temperature is None or self.temperature >= 0, "null or a number >= 0")

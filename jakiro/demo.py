@@ -17,24 +17,10 @@ from pathlib import Path
 
 import torch
 
-from jakiro.assets import AssetError, cache_dir, ensure_mtbench, ensure_smollm2, load_questions
+from jakiro.assets import AssetError, ensure_mtbench, ensure_smollm2, load_questions
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
-from jakiro.model.draft import CONFIG_NAME
 from jakiro.model.ea_model import EaModel
-from jakiro.model.init_draft import init_draft
-
-
-def resolve_draft(cfg: JakiroConfig, base_model_path: str) -> tuple[str, bool]:
-    """Returns (draft directory, trained?)."""
-    if cfg.model.draft_path:
-        return cfg.model.draft_path, True
-    d = cfg.draft
-    shape = f"e{d.num_experts}k{d.experts_per_token}{'-cepd' if d.parallel_head else ''}"
-    untrained = cache_dir() / "drafts" / f"untrained-{Path(base_model_path).name}-{shape}"
-    if not (untrained / CONFIG_NAME).is_file():
-        init_draft(base_model_path, str(untrained), d.num_experts, d.experts_per_token, d.parallel_head,
-                   d.expert_intermediate_size, d.bias)
-    return str(untrained), False
+from jakiro.model.init_draft import resolve_draft
 
 
 def timed(fn, *args, **kwargs):

@@ -77,7 +77,9 @@ class EaModel(nn.Module):
         if total_token == -1:
             total_token = choose_tree_size(self.target)
         self.drafter = TreeDrafter(self.ea_layer, total_token, depth, top_k, sibling_mode)
-        self.stop_token_ids = sorted(set(stop_token_ids if stop_token_ids is not None else self._default_stops()))
+        if stop_token_ids is None:
+            stop_token_ids = default_stop_token_ids(base_model, tokenizer)
+        self.stop_token_ids = sorted(set(stop_token_ids))
         self.last_stats = GenerationStats()
 
     # -- construction ---------------------------------------------------------------------------------------------
@@ -103,18 +105,6 @@ class EaModel(nn.Module):
 
     def get_tokenizer(self):
         return self.tokenizer
-
-    def _default_stops(self) -> list[int]:
-        ids: list[int] = []
-        for source in (self.base_model.generation_config.eos_token_id, self.base_model.config.eos_token_id):
-            if source is not None:
-                ids.extend(source if isinstance(source, list) else [source])
-        if self.tokenizer is not None:
-            if self.tokenizer.eos_token_id is not None:
-                ids.append(self.tokenizer.eos_token_id)
-            vocab = self.tokenizer.get_vocab()
-            ids.extend(vocab[token] for token in CHAT_STOP_TOKENS if token in vocab)
-        return ids
 
     # -- public generation API ------------------------------------------------------------------------------------
     def eagenerate(self, input_ids, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=512, max_length=2048,
@@ -261,6 +251,21 @@ class EaModel(nn.Module):
                 f"target's sliding window {window}; tree verification does not implement sliding windows"
             )
         return budget
+
+
+def default_stop_token_ids(model: PreTrainedModel, tokenizer=None) -> list[int]:
+    """EOS ids of the model's configs and the tokenizer, plus the chat end tokens the tokenizer knows."""
+    ids: list[int] = []
+    sources = [model.generation_config.eos_token_id, model.config.eos_token_id]
+    if tokenizer is not None:
+        sources.append(tokenizer.eos_token_id)
+    for source in sources:
+        if source is not None:
+            ids.extend(source if isinstance(source, list) else [source])
+    if tokenizer is not None:
+        vocab = tokenizer.get_vocab()
+        ids.extend(vocab[token] for token in CHAT_STOP_TOKENS if token in vocab)
+    return sorted(set(ids))
 
 
 def choose_tree_size(target: TargetModel, candidates=TREE_SIZE_CANDIDATES, context_len: int = 128,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig
 
-from jakiro.model.draft import DraftHead, DraftHeadConfig
+from jakiro.assets import cache_dir
+from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 
 
 def init_draft(
@@ -40,6 +42,20 @@ def init_draft(
     draft = DraftHead(config)
     draft.save_pretrained(out)
     return draft
+
+
+def resolve_draft(cfg, base_model_path: str) -> tuple[str, bool]:
+    """The draft a run should use: ``cfg.model.draft_path``, else an untrained draft shaped by ``cfg.draft``,
+    created once in the asset cache. Returns (draft directory, trained?)."""
+    if cfg.model.draft_path:
+        return cfg.model.draft_path, True
+    d = cfg.draft
+    shape = f"e{d.num_experts}k{d.experts_per_token}{'-cepd' if d.parallel_head else ''}"
+    untrained = cache_dir() / "drafts" / f"untrained-{Path(base_model_path).name}-{shape}"
+    if not (untrained / CONFIG_NAME).is_file():
+        init_draft(base_model_path, str(untrained), d.num_experts, d.experts_per_token, d.parallel_head,
+                   d.expert_intermediate_size, d.bias)
+    return str(untrained), False
 
 
 def main(argv: list[str] | None = None) -> int:

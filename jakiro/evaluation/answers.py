@@ -1,0 +1,187 @@
+"""Benchmark answer generation: one JSONL record per question, timed per turn, resumable.
+
+Shared by ``python -m jakiro.evaluation.gen_ea_answer`` (method from the config, default ``jakiro``) and
+``python -m jakiro.evaluation.gen_baseline_answer`` (method ``baseline`` unless ``--method`` says otherwise)::
+
+    python -m jakiro.evaluation.gen_ea_answer --config smollm2 [--set eval.xxx=...] [--method pld]
+        [--model-id ID] [--answer-file F] [--bench-name B] [--question-file F] [--max-new-tokens N]
+        [--temperature T] [--base-model-path DIR] [--ea-model-path DIR] [--total-token N] [--depth D] [--top-k K]
+
+Each direct flag sets one config key (its help names it) and wins over ``--set``. Per question and choice i
+(seed ``generation.seed + i``), each turn's prompt holds the earlier questions and the model's own answers; the
+timed region is the generate call alone (prefill included), between device synchronisations. ``eval.warmup``
+untimed runs over the first selected question come first. Questions already in the answer file are skipped, and
+a truncated last line left by a killed run is dropped with a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from jakiro.assets import AssetError, ensure_mtbench, load_questions
+from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.evaluation.chat import ChatPrompter
+from jakiro.evaluation.methods import METHODS, load_method, synchronize
+from jakiro.evaluation.records import FORWARDS_COUNTING, append_record, read_records
+
+# direct flag -> (section, key, type)
+FLAGS = {
+    "--method": ("eval", "method", str),
+    "--model-id": ("eval", "model_id", str),
+    "--answer-file": ("eval", "answer_file", str),
+    "--bench-name": ("eval", "bench_name", str),
+    "--question-file": ("eval", "question_file", str),
+    "--question-begin": ("eval", "question_begin", int),
+    "--question-end": ("eval", "question_end", int),
+    "--max-new-tokens": ("eval", "max_new_tokens", int),
+    "--temperature": ("eval", "temperature", float),
+    "--num-choices": ("eval", "num_choices", int),
+    "--warmup": ("eval", "warmup", int),
+    "--assistant-model-path": ("eval", "assistant_model_path", str),
+    "--prompt-lookup-num-tokens": ("eval", "prompt_lookup_num_tokens", int),
+    "--system-prompt": ("eval", "system_prompt", str),
+    "--base-model-path": ("model", "base_model_path", str),
+    "--ea-model-path": ("model", "draft_path", str),
+    "--chat-template": ("model", "chat_template", str),
+    "--dtype": ("model", "dtype", str),
+    "--device": ("model", "device", str),
+    "--total-token": ("tree", "total_token", int),
+    "--depth": ("tree", "depth", int),
+    "--top-k": ("tree", "top_k", int),
+    "--seed": ("generation", "seed", int),
+}
+
+
+def build_parser(default_method: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
+    for flag, (section, key, kind) in FLAGS.items():
+        extra = {"choices": METHODS} if flag == "--method" else {}
+        default = f" (default here: {default_method})" if flag == "--method" and default_method else ""
+        parser.add_argument(flag, type=kind, default=None, help=f"= {section}.{key}{default}", **extra)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_cli(args: argparse.Namespace, default_method: str | None = None) -> JakiroConfig:
+    """Config file and ``--set`` overrides, then the direct flags (validated like any config value)."""
+    cfg = config_from_args(args)
+    changes: dict[str, dict] = {}
+    for flag, (section, key, _) in FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if flag == "--method" and value is None:
+            value = default_method
+        if value is not None:
+            changes.setdefault(section, {})[key] = value
+    for section, values in changes.items():
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+    return cfg
+
+
+def settings(cfg: JakiroConfig) -> tuple[float, int]:
+    """Effective (temperature, max_new_tokens): the eval section's values, else the generation section's."""
+    e, gen = cfg.eval, cfg.generation
+    temperature = e.temperature if e.temperature is not None else gen.temperature
+    return temperature, e.max_new_tokens or gen.max_new_tokens
+
+
+def answer_path(cfg: JakiroConfig) -> Path:
+    if cfg.eval.answer_file:
+        return Path(cfg.eval.answer_file)
+    temperature, _ = settings(cfg)
+    e = cfg.eval
+    return Path("outputs") / e.bench_name / f"{e.model_id}-{e.method}-temperature-{temperature}.jsonl"
+
+
+def question_path(cfg: JakiroConfig) -> Path:
+    e = cfg.eval
+    if e.question_file:
+        path = Path(e.question_file)
+        if not path.is_file():
+            raise ValueError(f"question file {path} not found (eval.question_file / --question-file)")
+        return path
+    if e.bench_name != "mt_bench":
+        raise ValueError(f"bench {e.bench_name!r} needs a question file (--question-file); only MT-bench is embedded")
+    return ensure_mtbench()
+
+
+def answer_choice(method, prompter: ChatPrompter, question: dict, index: int, seed: int, temperature: float) -> dict:
+    """All turns of one question for choice ``index``: texts, target forwards, token counts, timings."""
+    turn_seeds = torch.Generator().manual_seed(seed)
+    choice = {"index": index, "turns": [], "idxs": [], "new_tokens": [], "wall_time": []}
+    accept_lengths = []
+    for turn in range(len(question["turns"])):
+        input_ids = prompter.input_ids(question["turns"][: turn + 1], choice["turns"])
+        turn_seed = int(torch.randint(0, 2**62, (1,), generator=turn_seeds))
+        synchronize(method.device)
+        start = time.perf_counter()
+        out = method.generate(input_ids, temperature, turn_seed)
+        synchronize(method.device)
+        choice["wall_time"].append(time.perf_counter() - start)
+        choice["turns"].append(prompter.answer_text(out.tokens))
+        choice["idxs"].append(out.forwards)
+        choice["new_tokens"].append(len(out.tokens))
+        accept_lengths.append(out.accept_lengths)
+    if all(lengths is not None for lengths in accept_lengths):
+        choice["accept_lengths"] = accept_lengths
+    return choice
+
+
+def done_questions(path: Path) -> set:
+    """Question ids already answered in ``path`` (a truncated last line is cut off the file)."""
+    if not path.exists():
+        return set()
+    return {record["question_id"] for _, record in read_records(path, repair_tail=True)}
+
+
+def run(cfg: JakiroConfig, progress: bool = True) -> Path:
+    """Answer the selected questions into the answer file; returns its path."""
+    e = cfg.eval
+    temperature, max_new_tokens = settings(cfg)
+    questions = load_questions(question_path(cfg), e.question_begin, e.question_end)
+    if not questions:
+        raise ValueError(f"no questions selected (question_begin={e.question_begin}, question_end={e.question_end})")
+    path = answer_path(cfg)
+    done = done_questions(path)
+    todo = [q for q in questions if q["question_id"] not in done]
+    print(f"{e.bench_name}: {len(questions) - len(todo)} of {len(questions)} questions already in {path}, "
+          f"{len(todo)} to answer with {e.method} (temperature {temperature}, max_new_tokens {max_new_tokens})")
+    if not todo:
+        return path
+    method, about = load_method(cfg, max_new_tokens)
+    prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, e.system_prompt)
+    meta = {"idxs": FORWARDS_COUNTING, "bench": e.bench_name, **about, "temperature": temperature,
+            "top_p": cfg.generation.top_p, "top_k": cfg.generation.top_k, "max_new_tokens": max_new_tokens,
+            "max_length": cfg.generation.max_length, "chat_template": cfg.model.chat_template,
+            "seed": cfg.generation.seed}
+    for _ in tqdm(range(e.warmup), desc="warm-up", disable=not progress or not e.warmup, leave=False):
+        answer_choice(method, prompter, questions[0], 0, cfg.generation.seed, temperature)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for question in tqdm(todo, desc=f"{e.bench_name} {e.method}", unit="q", disable=not progress):
+        choices = [answer_choice(method, prompter, question, i, cfg.generation.seed + i, temperature)
+                   for i in range(e.num_choices)]
+        append_record(path, {"question_id": question["question_id"], "answer_id": uuid.uuid4().hex,
+                             "model_id": e.model_id, "choices": choices, "tstamp": time.time(), "meta": meta})
+    return path
+
+
+def main(argv: list[str] | None = None, method: str | None = None) -> int:
+    """Command line entry point; a given ``method`` replaces the config's ``eval.method`` unless ``--method`` is
+    given."""
+    args = build_parser(method).parse_args(argv)
+    try:
+        cfg = config_from_cli(args, method)
+        path = run(cfg, progress=not args.no_progress)
+    except (ConfigError, AssetError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"answers: {path}")
+    return 0

@@ -1,0 +1,69 @@
+"""PNG of speedup and tau per bench and method, from speed reports (``python -m jakiro.evaluation.speed --json``).
+
+    python -m jakiro.evaluation.plot REPORT.json [REPORT.json ...] --out plot.png
+
+Needs matplotlib, an optional dependency (``pip install matplotlib``); without it the plot is skipped with a
+message and everything else works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class PlotUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def plot_reports(reports: list[dict], path: str | Path) -> None:
+    """Two panels of grouped bars (speedup, tau): one group per bench, one bar per method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotUnavailable("matplotlib is not installed (pip install matplotlib)") from None
+    benches = list(dict.fromkeys(r["bench"] for r in reports))
+    labels = list(dict.fromkeys(m["label"] for r in reports for m in r["methods"]))
+    values = {(r["bench"], m["label"]): m for r in reports for m in r["methods"]}
+    width = 0.8 / max(len(labels), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2 + 1.6 * len(benches)), 4.5))
+    for ax, key, title in ((axes[0], "speedup", "speedup vs baseline (x)"), (axes[1], "tau", "tau (tokens / forward)")):
+        for i, label in enumerate(labels):
+            xs = [b + (i - (len(labels) - 1) / 2) * width for b in range(len(benches))]
+            ys = [(values.get((bench, label)) or {}).get(key) or 0.0 for bench in benches]
+            bars = ax.bar(xs, ys, width, label=label)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_xticks(range(len(benches)), benches)
+        ax.set_title(title)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", help="JSON reports written by jakiro.evaluation.speed --json")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    try:
+        plot_reports([json.loads(Path(p).read_text()) for p in args.reports], args.out)
+    except PlotUnavailable as err:
+        print(f"skipping the plot: {err}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"plot: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

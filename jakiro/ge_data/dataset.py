@@ -1,0 +1,129 @@
+"""Training items from target features: read back from shards, or computed on the fly from conversations.
+
+Both datasets yield the same items, in the same order (selected conversations in shuffled order, skipped ones
+left out)::
+
+    {"input_ids": int64 [L], "hidden_state": [L, H] (features dtype), "loss_mask": int64 [L]}
+
+on the CPU. ``FeatureShards`` reads what ``python -m jakiro.ge_data`` wrote (needs its ``manifest.json``), about
+``2 H`` bytes of disk per token in bf16. ``OnlineFeatures`` needs no disk: it tokenizes every conversation once at
+construction and runs the target for each item (use it with ``num_workers=0``; the target lives in the main
+process). The README's "Training data" section gives the measured disk / compute trade-off.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from jakiro.config import JakiroConfig
+from jakiro.ge_data.generate import (
+    MANIFEST,
+    GeDataError,
+    load_conversations,
+    load_target,
+    select,
+    target_features,
+)
+from jakiro.chat_templates import ChatTemplate, SkipConversation, encode, get_template, special_tokens, to_messages
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise GeDataError(f"no {MANIFEST} in {data_dir}: the data generation has not finished there (run "
+                          "python -m jakiro.ge_data again with the same settings to complete it)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class FeatureShards(Dataset):
+    """The conversations stored in a finished ``jakiro.ge_data`` output directory.
+
+    Args:
+        data_dir: the directory holding ``manifest.json`` and the shards.
+        shards: indices into the manifest's shard list to use (e.g. a train / test split); None = all.
+    """
+
+    def __init__(self, data_dir: str | Path, shards: Sequence[int] | None = None):
+        self.manifest = read_manifest(data_dir)
+        entries = self.manifest["shards"]
+        chosen = range(len(entries)) if shards is None else shards
+        self.files = [str(Path(data_dir) / entries[i]["file"]) for i in chosen]
+        self.offsets = []  # per shard: int64 [n + 1]
+        for file in self.files:
+            with safe_open(file, "pt") as f:
+                self.offsets.append(f.get_tensor("offsets"))
+        self.starts = [0]  # first item of each shard, then the total
+        for offsets in self.offsets:
+            self.starts.append(self.starts[-1] + len(offsets) - 1)
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        shard = bisect.bisect_right(self.starts, i) - 1
+        offsets = self.offsets[shard]
+        a, b = int(offsets[i - self.starts[shard]]), int(offsets[i - self.starts[shard] + 1])
+        with safe_open(self.files[shard], "pt") as f:
+            return {
+                "input_ids": f.get_slice("input_ids")[a:b].long(),
+                "hidden_state": f.get_slice("hidden_state")[a:b],
+                "loss_mask": f.get_slice("loss_mask")[a:b].long(),
+            }
+
+
+class OnlineFeatures(Dataset):
+    """Conversations whose features are computed by the target when an item is read.
+
+    Args:
+        records: ShareGPT records (``{"conversations": [{"from", "value"}]}``), in item order.
+        model, tokenizer: the target (any causal LM with ``get_decoder``) and its fast tokenizer.
+        template: how to format and mask (``templates.get_template``).
+        max_len: truncate conversations to this many tokens.
+        features_dtype: dtype of the returned hidden states (the stored dataset's ``features_dtype``).
+    Attributes:
+        skipped: Counter of skip reasons over ``records``.
+    """
+
+    def __init__(self, records: Sequence, model, tokenizer, template: ChatTemplate, max_len: int,
+                 features_dtype: torch.dtype = torch.bfloat16, progress: bool = False):
+        self.model, self.features_dtype = model, features_dtype
+        self.items: list[tuple[torch.Tensor, torch.Tensor]] = []  # (input_ids int32 [L], loss_mask uint8 [L])
+        self.skipped = Counter()
+        specials = special_tokens(tokenizer)
+        for record in tqdm(records, desc="tokenizing", unit="conv", disable=not progress):
+            try:
+                ids, mask = encode(template, tokenizer, to_messages(record), max_len, specials)
+            except SkipConversation as e:
+                self.skipped[e.reason] += 1
+                continue
+            self.items.append((ids.to(torch.int32), mask))
+
+    @classmethod
+    def from_config(cls, cfg: JakiroConfig, progress: bool = True) -> "OnlineFeatures":
+        """The conversations ``python -m jakiro.ge_data`` would store for ``cfg`` (same selection and order)."""
+        data = cfg.data
+        records, _ = load_conversations(data.input_path)
+        model, tokenizer, _ = load_target(cfg.model)
+        template = get_template(data.chat_template or cfg.model.chat_template, tokenizer, data.system_prompt)
+        chosen = [records[i] for i in select(len(records), data.shuffle_seed, data.start, data.end)]
+        return cls(chosen, model, tokenizer, template, data.max_len, getattr(torch, data.features_dtype), progress)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids, mask = self.items[i]
+        features = target_features(self.model, ids.long())
+        return {"input_ids": ids.long(), "hidden_state": features.to("cpu", self.features_dtype),
+                "loss_mask": mask.long()}

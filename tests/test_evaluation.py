@@ -1,0 +1,303 @@
+"""Tests for jakiro.evaluation: answer harness on a tiny random model, speed report arithmetic, the reference's own
+output files, greedy equality, scripts/bench_gpu.py --small and the eval_metric batch script."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from jakiro.evaluation import answers, speed
+from jakiro.chat_templates import LLAMA2_SYSTEM_PROMPT
+from jakiro.evaluation.chat import ChatPrompter
+from jakiro.evaluation.records import append_record, read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+REFERENCE = DATA / "reference-outputs"  # copies of the reference repo's Vicuna-7B MT-bench runs on an A40
+QUESTIONS = DATA / "questions" / "mt_bench" / "question.jsonl"  # the first 2 MT-bench questions (2 turns each)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """(target dir, draft dir): a tiny random Llama with a byte-level tokenizer and chat template, and a draft."""
+    from tiny_models import tiny_draft, tiny_target
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # one token per byte
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=specials[0],
+                                        additional_special_tokens=specials[1:])
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    target = tiny_target("llama", vocab_size=len(vocab))
+    target.save_pretrained(root / "target")
+    tokenizer.save_pretrained(root / "target")
+    tiny_draft(target).save_pretrained(root / "draft")
+    return root / "target", root / "draft"
+
+
+def generate(tiny_dirs, answer_file, *extra):
+    target, draft = tiny_dirs
+    argv = ["--base-model-path", str(target), "--ea-model-path", str(draft), "--set", "model.dtype=float32",
+            "--question-file", str(QUESTIONS), "--answer-file", str(answer_file), "--warmup", "1",
+            "--total-token", "8", "--depth", "3", "--top-k", "3", "--max-new-tokens", "6", "--no-progress", *extra]
+    assert answers.main(argv) == 0
+    return [record for _, record in read_records(answer_file)]
+
+
+# -- answer harness -----------------------------------------------------------------------------------------------
+
+
+def test_records_are_well_formed_with_exact_counts(tiny_dirs, tmp_path):
+    spec = generate(tiny_dirs, tmp_path / "jakiro.jsonl", "--model-id", "tiny-jakiro")
+    plain = generate(tiny_dirs, tmp_path / "plain.jsonl", "--method", "baseline")
+    pld = generate(tiny_dirs, tmp_path / "pld.jsonl", "--method", "pld", "--prompt-lookup-num-tokens", "2")
+    assert [r["question_id"] for r in spec] == [81, 82]
+    for record in spec:
+        assert set(record) == {"question_id", "answer_id", "model_id", "choices", "tstamp", "meta"}
+        assert record["model_id"] == "tiny-jakiro" and record["meta"]["method"] == "jakiro"
+        assert record["meta"]["tree"] == {"total_token": 8, "depth": 3, "top_k": 3, "sibling_mode": "mixture"}
+        (choice,) = record["choices"]
+        assert choice["index"] == 0 and len(choice["turns"]) == 2  # both MT-bench turns
+        assert all(t > 0 for t in choice["wall_time"])
+        for forwards, tokens, accepted in zip(choice["idxs"], choice["new_tokens"], choice["accept_lengths"]):
+            assert 1 <= tokens <= 6  # max_new_tokens reaches the generator
+            assert forwards == 1 + len(accepted)  # prefill + one verification forward per step
+            assert tokens <= 1 + sum(a + 1 for a in accepted)  # the last step may be cut at the budget
+    assert any(n == 6 for r in spec for n in r["choices"][0]["new_tokens"])
+    for record in plain:
+        choice = record["choices"][0]
+        assert choice["idxs"] == choice["new_tokens"]  # plain decoding: one forward per token, counted from 1
+        assert "accept_lengths" not in choice
+    for record in pld:
+        assert all(f <= n for f, n in zip(record["choices"][0]["idxs"], record["choices"][0]["new_tokens"]))
+    # greedy decoding is lossless, turn 2 included (its prompt holds each method's own turn-1 answer)
+    texts = [[r["choices"][0]["turns"] for r in run] for run in (spec, plain, pld)]
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_resume_skips_done_questions_and_drops_a_truncated_line(tiny_dirs, tmp_path, capsys):
+    path = tmp_path / "answers.jsonl"
+    (first,) = generate(tiny_dirs, path, "--method", "baseline", "--question-end", "1")
+    with open(path, "a") as f:
+        f.write('{"question_id": 82, "answer_id": "x", "cho')  # a run killed mid-line
+    records = generate(tiny_dirs, path, "--method", "baseline")
+    assert "dropping a truncated last line" in capsys.readouterr().err
+    assert [r["question_id"] for r in records] == [81, 82]
+    assert records[0]["answer_id"] == first["answer_id"]  # question 81 was not answered again
+    assert path.read_text().count("\n") == 2
+    assert generate(tiny_dirs, path, "--method", "baseline") == records  # nothing left to do
+
+
+def test_sampling_is_reproducible(tiny_dirs, tmp_path):
+    runs = [generate(tiny_dirs, tmp_path / f"t1-{i}.jsonl", "--temperature", "1", "--question-end", "1",
+                     "--warmup", "0") for i in range(2)]
+    assert runs[0][0]["meta"]["temperature"] == 1.0
+    assert runs[0][0]["choices"][0]["turns"] == runs[1][0]["choices"][0]["turns"]
+
+
+def test_prompts_carry_earlier_answers(tiny_dirs):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[0])
+    ids = ChatPrompter(tokenizer).input_ids(["first question", "second question"], ["first answer"])
+    text = tokenizer.decode(ids[0])
+    assert text.index("first question") < text.index("first answer") < text.index("second question")
+    assert text.endswith("<|im_start|>assistant\n")
+    prompter = ChatPrompter(tokenizer, "llama-2")  # FastChat template with the Llama-2 system prompt
+    text = prompter.prompt_text(["Q1", "Q2"], ["A1"])
+    assert LLAMA2_SYSTEM_PROMPT in text and text.endswith("Q2 [/INST] ") and "A1" in text
+    assert "USER: Q1 ASSISTANT:" in ChatPrompter(tokenizer, "vicuna").prompt_text(["Q1"], [])
+    with pytest.raises(ValueError, match="unknown chat template"):
+        ChatPrompter(tokenizer, "no-such-template")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--question-file", "missing.jsonl"], "question file missing.jsonl not found"),
+    (["--bench-name", "gsm8k"], "needs a question file"),
+    (["--set", "eval.method=medusa"], "eval.method"),
+    (["--method", "assisted", "--question-file", str(QUESTIONS)], "needs an assistant model"),
+])
+def test_bad_input_is_reported(args, message, capsys):
+    assert answers.main(["--answer-file", "unused.jsonl", "--no-progress", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_malformed_lines_are_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question_id": 1, "choices": []}\n{not json}\n{"question_id": 2, "choices": []}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: malformed JSON"):
+        read_records(path)
+    path.write_text('{"question_id": 1, "choices": [{"turns": ["a"], "idxs": [1], "new_tokens": [1]}]}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: choice \? lacks list field\(s\) wall_time"):
+        read_records(path)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question_id": 1, "turns": ["x"]}\n{"question_id": 2, "turns": \n')
+    from jakiro.assets import load_questions
+
+    with pytest.raises(ValueError, match=r"q\.jsonl:2: malformed question line"):
+        load_questions(questions)
+
+
+# -- speed report ---------------------------------------------------------------------------------------------------
+
+
+def _record(qid, texts, tokens, times, idxs, accept=None, meta=True):
+    choice = {"index": 0, "turns": texts, "idxs": idxs, "new_tokens": tokens, "wall_time": times}
+    if accept is not None:
+        choice["accept_lengths"] = accept
+    record = {"question_id": qid, "answer_id": str(qid), "model_id": "m", "choices": [choice], "tstamp": 0}
+    if meta:
+        record["meta"] = {"idxs": "target_forwards", "temperature": 0.0, "bench": "hand",
+                          **({"tree": {"depth": 3}} if accept is not None else {})}
+    return record
+
+
+def _write(path, records):
+    for record in records:
+        append_record(path, record)
+    return path
+
+
+def test_speed_arithmetic_on_a_hand_made_file(tmp_path):
+    baseline = _write(tmp_path / "base.jsonl", [
+        _record(1, ["same", "abc"], [10, 20], [1.0, 1.0], [10, 20]),  # 30 tokens / 2 s = 15 tok/s
+        _record(2, ["hello"], [30], [1.0], [30]),  # 30 tok/s
+    ])
+    method = _write(tmp_path / "spec.jsonl", [
+        _record(1, ["same", "abcdef"], [10, 20], [0.5, 0.5], [3, 5], [[2, 1, 0], [3, 3]]),  # 30 tok/s
+        _record(2, ["helXo"], [30], [0.25], [4], [[1, 2]]),  # 120 tok/s
+        _record(3, ["extra"], [5], [1.0], [2], [[0]]),  # not in the baseline: left out
+    ])
+    report = speed.build_report(speed.load_answers(baseline), [speed.load_answers(method)])
+    (m,) = report["methods"]
+    assert m["samples"] == 2 and report["bench"] == "hand"
+    assert m["speed"] == pytest.approx((30 + 120) / 2)
+    assert m["speedup"] == pytest.approx(75 / 22.5)  # mean of speeds / mean of the baseline's speeds
+    assert m["throughput_ratio"] == pytest.approx((60 / 1.25) / (60 / 3.0))  # 48 / 20 tok/s
+    assert m["tau"] == pytest.approx(60 / (3 + 5 + 4))
+    assert report["baseline"]["tau"] == pytest.approx(1.0)
+    # steps accepted 2, 1, 0, 3, 3, 1, 2 draft tokens: alpha_d = #(>= d) / #(>= d - 1), d = 1 .. depth 3
+    assert m["alpha"] == pytest.approx([6 / 7, 4 / 6, 2 / 4])
+    eq = m["equality"]
+    assert (eq["turns"], eq["identical"], eq["prefix"]) == (3, 1, 1)
+    assert eq["mismatches"] == [{"question_id": 2, "choice": 0, "turn": 0, "first_diff_char": 3}]
+    assert any("compared on the 2 samples" in note for note in report["notes"])
+    table = speed.format_report(report)
+    assert "| spec | 2 | 75.00 | 3.33x | 2.40x | 5.00 | 0.86 | 0.67 | 0.50 | 1/3 / 1 |" in table
+
+
+def test_reference_format_and_zero_token_baseline(tmp_path, tiny_dirs):
+    baseline = _write(tmp_path / "base.jsonl", [_record(1, ["abcd"], [0], [2.0], [9], meta=False)])
+    method = _write(tmp_path / "spec.jsonl", [_record(1, ["abcd"], [10], [1.0], [4], meta=False)])
+    base = speed.load_answers(baseline)
+    assert base.samples[(1, 0)].tokens == [10]  # new_tokens 0: idxs + 1 autoregressive steps
+    report = speed.build_report(base, [speed.load_answers(method)])
+    (m,) = report["methods"]
+    assert m["tau"] == pytest.approx(10 / 5)  # 0-based idxs: 5 steps
+    assert m["speedup"] == pytest.approx(10 / 5)
+    assert any("reference format" in n for n in report["notes"])
+    assert any("new_tokens are all 0" in n for n in report["notes"])
+    from transformers import AutoTokenizer
+
+    retokenised = speed.load_answers(baseline, AutoTokenizer.from_pretrained(tiny_dirs[0]), "tiny")
+    assert retokenised.samples[(1, 0)].tokens == [4]  # one byte-level token per character
+
+
+@pytest.mark.parametrize("temperature, speedup, tau", [("0.0", 2.99, 4.77), ("1.0", 2.47, 3.92)])
+def test_reference_output_files(temperature, speedup, tau, tmp_path, capsys):
+    """The reference's Vicuna-7B MT-bench runs: speedup 2.99x (T=0) / 2.47x (T=1), exact tau 4.77 (T=0)."""
+    out = tmp_path / "report.json"
+    assert speed.main(["--baseline", str(REFERENCE / f"baseline-temperature-{temperature}.jsonl"),
+                       "--method", str(REFERENCE / f"jakiro-temperature-{temperature}.jsonl"),
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (m,) = report["methods"]
+    assert m["samples"] == 80 and report["temperature"] == float(temperature)
+    assert m["speedup"] == pytest.approx(speedup, abs=0.02)
+    assert m["tau"] == pytest.approx(tau, abs=0.02)
+    assert report["baseline"]["tau"] == pytest.approx(1.0)
+    printed = capsys.readouterr().out
+    assert "new_tokens are all 0" in printed and "reference format" in printed
+    assert f"{speedup:.2f}x" in printed
+
+
+def test_greedy_equality_on_reference_files():
+    report = speed.build_report(speed.load_answers(REFERENCE / "baseline-temperature-0.0.jsonl"),
+                                [speed.load_answers(REFERENCE / "jakiro-temperature-0.0.jsonl")])
+    eq = report["methods"][0]["equality"]
+    assert eq["turns"] == 160 and eq["identical"] + eq["prefix"] + len(eq["mismatches"]) == 160
+    assert eq["identical"] > 100  # fp16 greedy: most turns match the baseline exactly
+
+
+def test_average_over_benches(tmp_path, capsys):
+    reports = []
+    for bench, value in (("a", 2.0), ("b", 3.0)):
+        report = {"bench": bench, "methods": [{"label": "spec", "speedup": value, "tau": value + 1}]}
+        reports.append(tmp_path / f"{bench}.json")
+        reports[-1].write_text(json.dumps(report))
+    assert speed.main(["--average", *map(str, reports)]) == 0
+    assert "| spec | 2.00x / 3.00 | 3.00x / 4.00 | 2.50x | 3.50 | 2 |" in capsys.readouterr().out
+
+
+def test_plot_is_written_or_skipped_with_a_message(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"bench": "b", "methods": [{"label": "spec", "speedup": 2.0, "tau": 3.0}]}))
+    png = tmp_path / "plot.png"
+    assert speed.main(["--average", str(report), "--plot", str(png)]) == 0
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "skipping the plot: matplotlib is not installed" in capsys.readouterr().err
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- scripts --------------------------------------------------------------------------------------------------------
+
+
+def test_bench_gpu_small(capsys):
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--small", "--steps", "4", "--repeats", "1", "--total-token", "12", "--depth", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "batch size 1" in out and "| 128 |" in out and "| whole cycle |" in out
+
+
+def test_eval_script_help():
+    done = subprocess.run(["bash", str(ROOT / "eval_metric" / "eval_smollm2.sh"), "--help"], capture_output=True,
+                          text=True, check=True)
+    assert "QUESTIONS_LIMIT" in done.stdout and "--questions-dir" in done.stdout
+
+
+def test_eval_script_smoke_run(tiny_dirs, tmp_path):
+    target, draft = tiny_dirs
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "QUESTIONS_LIMIT": "1",
+           "TEMPERATURES": "0.0", "BENCHES": "mt_bench gsm8k", "WARMUP": "0", "MAX_NEW_TOKENS": "4"}
+    done = subprocess.run(
+        ["bash", str(ROOT / "eval_metric" / "eval_family.sh"), "--family", "tiny", "--base-model-path", str(target),
+         "--ea-model-path", str(draft), "--questions-dir", str(QUESTIONS.parent.parent), "--out-dir",
+         str(tmp_path), "--", "--set", "model.dtype=float32", "--total-token", "8", "--depth", "2", "--no-progress"],
+        capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipping gsm8k: no question file" in done.stdout
+    assert "| tiny-jakiro-temperature-0.0 | " in done.stdout.split("mean over benches")[-1]
+    assert len(read_records(tmp_path / "mt_bench" / "tiny-jakiro-temperature-0.0.jsonl")) == 1
