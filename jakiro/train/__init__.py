@@ -1,0 +1,6 @@
+"""Draft-head training: ``python -m jakiro.train.main`` (or ``accelerate launch -m jakiro.train.main``).
+
+Modules: ``losses`` (pure loss functions), ``data`` (datasets, split, sampler, collate, noise), ``metrics``
+(accuracies, the k-step draft accuracy, the JSONL log), ``trainer`` (the accelerate / DeepSpeed loop), ``main``
+(the command line).
+"""

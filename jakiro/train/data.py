@@ -1,0 +1,193 @@
+"""Training data for the draft: opening feature datasets, the train/test split, batching and input noise.
+
+Items of a feature dataset are dicts ``{"input_ids": [L], "hidden_state": [L, H], "loss_mask": [L]}`` (the target's
+tokens, final-normed last hidden states f_0..f_{L-1} and assistant-token mask; see :mod:`jakiro.ge_data`).
+:func:`collate` turns them into the reference's training layout, per sequence truncated to ``max_len``:
+
+    features  f_0 .. f_{L-1}                      [B, S, H]  (draft input)
+    input_ids x_1 .. x_{L-1}, 0                   [B, S]     (token paired with f_t)
+    target    f_1 .. f_{L-1}, 0                   [B, S, H]  (what head 1 predicts at t)
+    loss_mask m_0 .. m_{L-2}, 0  (x sample weight) [B, S]
+
+right-padded with zeros to the longest sequence S. :class:`ShardedBatchSampler` cuts every epoch's shuffled order
+into global batches of ``batch_size x processes`` sequences and gives each process its slice, so a run's global
+batches are the same for any number of processes; the last global batch is filled up with weight-0 repeats.
+Noise is seeded per (seed, epoch, sequence), so it does not depend on the process layout either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from jakiro.ge_data.dataset import FeatureShards, OnlineFeatures, read_manifest
+from jakiro.ge_data.generate import GeDataError
+
+ONLINE = "online"  # train.data_dir value selecting features computed on the fly
+
+
+class DataError(ValueError):
+    """The training data is missing, empty or does not belong to the target."""
+
+
+def open_dataset(cfg) -> tuple[Dataset, dict]:
+    """The feature dataset named by ``cfg.train.data_dir`` and its target's sizes.
+
+    ``data_dir`` is a finished ``python -m jakiro.ge_data`` output directory (``manifest.json`` + shards), or
+    ``"online"``: the conversations selected by ``cfg.data`` with features computed by ``cfg.model``'s target.
+    Returns ``(dataset, {"hidden_size", "vocab_size", "target"})``; raises :class:`DataError`.
+    """
+    data_dir = cfg.train.data_dir
+    if data_dir == ONLINE:
+        try:
+            dataset = OnlineFeatures.from_config(cfg)
+        except GeDataError as err:
+            raise DataError(str(err)) from None
+        text = dataset.model.config.get_text_config()
+        return dataset, {"hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "target": "online"}
+    path = Path(data_dir)
+    if not path.is_dir() or not any(path.iterdir()):
+        raise DataError(f"train.data_dir {data_dir} is {'empty' if path.is_dir() else 'missing'}: generate "
+                        "features first (python -m jakiro.ge_data) or set train.data_dir=online")
+    try:
+        manifest = read_manifest(path)
+        dataset = FeatureShards(path)
+    except (GeDataError, OSError, KeyError, ValueError) as err:
+        raise DataError(f"cannot read training data in {data_dir}: {err}") from None
+    if len(dataset) == 0:
+        raise DataError(f"train.data_dir {data_dir} holds no conversations")
+    target = manifest.get("target", {})
+    return dataset, {"hidden_size": target.get("hidden_size"), "vocab_size": target.get("vocab_size"),
+                     "target": target.get("path")}
+
+
+def check_compatible(info: dict, hidden_size: int, vocab_size: int, target: str) -> None:
+    """DataError unless features of size ``info["hidden_size"]`` over ``info["vocab_size"]`` fit the target."""
+    for key, want in (("hidden_size", hidden_size), ("vocab_size", vocab_size)):
+        if info.get(key) is not None and info[key] != want:
+            raise DataError(f"the training data comes from another target ({info.get('target')}: {key} "
+                            f"{info[key]}) than {target} ({key} {want}); regenerate the features with this target")
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Shuffle range(n) with ``seed``; the last ``round(n * test_fraction)`` indices (sorted) are the test set."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = min(n - 1, round(n * test_fraction)) if n > 1 else 0
+    return sorted(order[: n - n_test]), sorted(order[n - n_test:])
+
+
+class Selection(Dataset):
+    """A feature dataset addressed by the ``(index, weight)`` pairs of :class:`ShardedBatchSampler`.
+
+    Items gain ``index`` (which seeds the noise) and ``weight``.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, float]) -> dict:
+        index, weight = key
+        item = dict(self.dataset[index])
+        item["index"], item["weight"] = index, weight
+        return item
+
+
+class ShardedBatchSampler(Sampler):
+    """This process's batches of ``(position, weight)`` pairs for one epoch.
+
+    Global batch k of an epoch is ``order[k*G:(k+1)*G]`` with ``G = batch_size * world_size`` (``order`` = a
+    permutation seeded by (seed, epoch), or the identity); process r takes its r-th ``batch_size`` slice. The number
+    of global batches is ceil(n / G) rounded up to a multiple of ``multiple_of`` (gradient accumulation); missing
+    entries repeat earlier sequences with weight 0, so every process runs the same number of equal-size batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, world_size: int, rank: int, seed: int, shuffle: bool,
+                 multiple_of: int = 1):
+        self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
+        self.seed, self.shuffle = seed, shuffle
+        self.num_batches = math.ceil(math.ceil(n / (batch_size * world_size)) / multiple_of) * multiple_of
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch``'s batches from batch ``start`` on (resume)."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
+        size = self.batch_size * self.world_size
+        for k in range(self.start, self.num_batches):
+            first = k * size + self.rank * self.batch_size
+            yield [(order[p % self.n], 1.0 if p < self.n else 0.0) for p in range(first, first + self.batch_size)]
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (stable across runs and platforms)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def collate(items: list[dict], max_len: int) -> dict[str, torch.Tensor]:
+    """Items -> the shifted, right-padded training batch (see the module docstring).
+
+    Returns ``features`` [B, S, H] and ``target`` [B, S, H] (stored dtype), ``input_ids`` [B, S] int64,
+    ``loss_mask`` [B, S] float32, ``lengths``, ``index`` [B] int64 and ``weight`` [B] float32.
+    """
+    lengths = [min(len(item["input_ids"]), max_len) for item in items]
+    batch, width = len(items), max(lengths)
+    hidden = items[0]["hidden_state"]
+    features = hidden.new_zeros(batch, width, hidden.shape[-1])
+    target = hidden.new_zeros(batch, width, hidden.shape[-1])
+    input_ids = torch.zeros(batch, width, dtype=torch.long)
+    loss_mask = torch.zeros(batch, width, dtype=torch.float32)
+    for row, (item, length) in enumerate(zip(items, lengths)):
+        f = item["hidden_state"][:length]
+        features[row, :length] = f
+        target[row, : length - 1] = f[1:]
+        input_ids[row, : length - 1] = item["input_ids"][1:length]
+        loss_mask[row, : length - 1] = item["loss_mask"][: length - 1].float() * float(item.get("weight", 1.0))
+    return {
+        "features": features,
+        "target": target,
+        "input_ids": input_ids,
+        "loss_mask": loss_mask,
+        "lengths": torch.tensor(lengths),
+        "index": torch.tensor([item.get("index", row) for row, item in enumerate(items)]),
+        "weight": torch.tensor([float(item.get("weight", 1.0)) for item in items]),
+    }
+
+
+def add_noise(features: torch.Tensor, lengths: torch.Tensor, seeds: list[int], kind: str, mean: float,
+              std: float) -> torch.Tensor:
+    """Input-feature augmentation, one seeded generator per sequence; returns a new float32 [B, S, H] tensor.
+
+    ``uniform``: f + (U(0, 1) - 0.5) * std * 512 / L (the reference; the amplitude shrinks with the length L);
+    ``gaussian``: f + N(mean, std); ``none``: f. Padding rows stay zero.
+    """
+    noisy = features.float().clone()
+    if kind == "none":
+        return noisy
+    for row, (length, seed) in enumerate(zip(lengths.tolist(), seeds)):
+        generator = torch.Generator().manual_seed(seed)
+        shape = (length, features.shape[-1])
+        if kind == "uniform":
+            noise = (torch.rand(shape, generator=generator) - 0.5) * (std * 512 / length)
+        elif kind == "gaussian":
+            noise = torch.randn(shape, generator=generator) * std + mean
+        else:
+            raise ValueError(f"unknown noise kind {kind!r}")
+        noisy[row, :length] += noise.to(noisy.device)
+    return noisy

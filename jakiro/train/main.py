@@ -1,0 +1,147 @@
+"""Train a Jakiro (or EAGLE-2) draft head on the target's features.
+
+    python -m jakiro.train.main --config train_smollm2 [--set train.num_epochs=2 ...] [--resume]
+    torchrun --nproc_per_node 2 -m jakiro.train.main --config ...                     # 2 processes (gloo on CPU)
+    accelerate launch --multi_gpu --num_processes 2 -m jakiro.train.main --config ...  # the same (--multi_gpu is
+                                                                                       # needed on a CPU-only host)
+    torchrun --nproc_per_node 2 -m jakiro.train.main --config ... --set train.grad_clip_mode=norm
+        --set train.deepspeed_config=configs/deepspeed_zero2.json                     # DeepSpeed ZeRO-2 (or _zero3)
+
+The reference's flags work too: ``--basepath`` (model.base_model_path), ``--tmpdir`` (train.data_dir), ``--cpdir``
+(train.output_dir), ``--configpath`` (train.draft_config), ``--lr``, ``--bs``, ``--gradient-accumulation-steps``;
+``--set`` overrides win over them. ``--resume`` continues from the last checkpoint in train.output_dir.
+Outputs in train.output_dir: ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``checkpoints/step_N`` and
+the trained draft directory ``draft/`` (loads with ``EaModel.from_pretrained(base, ea_model_path=...)``).
+Exit code 2 with a one-line message for a bad config key or value, missing / empty / foreign training data, or a
+target that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.model.draft import CONFIG_NAME, DraftHeadConfig
+from jakiro.train.data import DataError, check_compatible, open_dataset, split_indices
+
+REFERENCE_FLAGS = {  # reference flag -> config key
+    "basepath": "model.base_model_path",
+    "tmpdir": "train.data_dir",
+    "cpdir": "train.output_dir",
+    "configpath": "train.draft_config",
+    "lr": "train.lr",
+    "bs": "train.batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jakiro.train.main", description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+    for flag, key in REFERENCE_FLAGS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"= --set {key}=...")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> JakiroConfig:
+    reference = [f"{key}={getattr(args, flag)}" for flag, key in REFERENCE_FLAGS.items()
+                 if getattr(args, flag) is not None]
+    args.overrides = reference + list(args.overrides)
+    return config_from_args(args)
+
+
+def target_path(cfg: JakiroConfig) -> str:
+    """``model.base_model_path``, or the embedded SmolLM2 directory when it is null."""
+    if cfg.model.base_model_path is not None:
+        return cfg.model.base_model_path
+    from jakiro.assets import AssetError, ensure_smollm2
+
+    try:
+        return str(ensure_smollm2())
+    except AssetError as err:
+        raise ConfigError(f"model.base_model_path: null selects the embedded SmolLM2 target, which failed: "
+                          f"{err}") from None
+
+
+def target_config(path: str):
+    """The target's text config (read before any weights, so a data mismatch is reported at once)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path).get_text_config()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.base_model_path: cannot read a model config from {path}: "
+                          f"{str(err).splitlines()[0]}") from None
+
+
+def load_target_modules(cfg: JakiroConfig, path: str):
+    """The target's (input embedding, LM head) as float32 modules; the rest of the model is dropped."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.model.dtype))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.base_model_path: cannot load a causal LM from {path}: "
+                          f"{str(err).splitlines()[0]}") from None
+    return model.get_input_embeddings().float(), model.get_output_embeddings().float()
+
+
+def draft_architecture(cfg: JakiroConfig, text_config) -> DraftHeadConfig:
+    """From ``train.draft_config`` (a config.json or a draft dir), else sized from the target with ``draft.*``."""
+    source = cfg.train.draft_config
+    if source is None:
+        d = cfg.draft
+        config = DraftHeadConfig.for_target(text_config, d.num_experts, d.experts_per_token, d.parallel_head,
+                                            d.expert_intermediate_size, d.bias)
+    else:
+        path = Path(source) / CONFIG_NAME if Path(source).is_dir() else Path(source)
+        try:
+            config = DraftHeadConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as err:
+            raise ConfigError(f"train.draft_config: cannot read a draft config from {path}: {err}") from None
+    for key in ("hidden_size", "vocab_size"):
+        if getattr(config, key) != getattr(text_config, key):
+            raise ConfigError(f"train.draft_config: the draft's {key} {getattr(config, key)} does not match the "
+                              f"target's {getattr(text_config, key)}")
+    return config
+
+
+def build_trainer(cfg: JakiroConfig):
+    """Open the data, load the target's frozen modules, size the draft and create the :class:`Trainer`."""
+    from jakiro.train.trainer import Trainer
+
+    dataset, info = open_dataset(cfg)
+    path = target_path(cfg)
+    text_config = target_config(path)
+    check_compatible(info, text_config.hidden_size, text_config.vocab_size, path)
+    draft_config = draft_architecture(cfg, text_config)
+    embed, head = load_target_modules(cfg, path)
+    train_idx, test_idx = split_indices(len(dataset), cfg.train.test_fraction, cfg.train.seed)
+    return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        trainer = build_trainer(cfg)
+        out = trainer.train(resume=args.resume)
+    except (ConfigError, DataError) as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    if trainer.accelerator.is_main_process:
+        print(f"trained draft: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

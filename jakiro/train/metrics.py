@@ -1,0 +1,159 @@
+"""Training metrics: top-k agreement with the target, the draft's k-step autoregressive accuracy, sums, the JSONL log.
+
+``draft_chain_accuracy`` is the held-out metric that matters for speculative decoding: from every position t of a
+test sequence (true features f_0..f_t as context), the draft runs ``steps`` greedy steps on its *own* predicted
+features, with its KV cache, and step k is scored against the target's greedy token at t + k + 1. Step k counts
+as correct only if steps 0..k all were, and only positions where the test text itself follows the target's greedy
+tokens (and carries loss weight) for those k + 1 tokens are scored: there the true features are what the target
+would produce on the draft's (correct) path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from jakiro.model.draft import DraftCache
+
+ROW_CHUNK = 1024  # rows per LM-head call when only the argmax is needed (bounds the [rows, V] memory)
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, ks=(1, 2, 3)) -> torch.Tensor:
+    """[N, V] logits, [N] labels, [N] weights -> [len(ks)] weighted counts of labels among the top-k logits."""
+    if logits.shape[0] == 0:
+        return torch.zeros(len(ks))
+    top = torch.topk(logits, max(ks), dim=-1).indices
+    hits = (top == labels[:, None]).float()
+    w = weights.float()
+    return torch.stack([(hits[:, :k].sum(-1) * w).sum() for k in ks]).cpu()
+
+
+@torch.no_grad()
+def greedy_tokens(lm_head: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+    """[..., H] features -> [...] argmax of the LM head, computed ROW_CHUNK rows at a time."""
+    flat = features.reshape(-1, features.shape[-1])
+    out = [lm_head(flat[i:i + ROW_CHUNK]).argmax(-1) for i in range(0, flat.shape[0], ROW_CHUNK)]
+    return torch.cat(out).reshape(features.shape[:-1]) if out else features.new_zeros(features.shape[:-1]).long()
+
+
+def chain_mask(length: int, step: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, 1, S, S * (step + 1)] additive mask for chain step ``step`` >= 1 of all S start positions at once.
+
+    The cache holds the S context positions, then one block of S chain nodes per earlier step. The node of start t
+    sees context positions <= t and its own chain nodes (position t of every block, itself included).
+    """
+    context = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    own = torch.eye(length, dtype=torch.bool, device=device).repeat(1, step)
+    allowed = torch.cat([context, own], dim=1)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[
+        None, None
+    ]
+
+
+def _ahead(x: torch.Tensor, k: int, fill) -> torch.Tensor:
+    """[B, S] -> [B, S] with out[:, t] = x[:, t + k] (``fill`` past the end)."""
+    if k == 0:
+        return x
+    pad = torch.full_like(x[:, :k], fill)
+    return torch.cat([x[:, k:], pad], dim=1)
+
+
+@torch.no_grad()
+def draft_chain(draft, features: torch.Tensor, input_ids: torch.Tensor, steps: int) -> torch.Tensor:
+    """[steps, B, S] greedy tokens of the draft's autoregressive steps from every start position at once.
+
+    Step 0 at start t is the draft's token after its head-1 feature at t (true inputs 0..t); step k >= 1 feeds the
+    draft its own previous feature and token at position t + k, attending to the true context <= t and to its own
+    chain (one block of S cache entries per step, masked by :func:`chain_mask`).
+
+    Args:
+        draft: a :class:`DraftHead` with bound target modules.
+        features: [B, S, H] true features f_t (model dtype); input_ids: [B, S] tokens x_{t+1}.
+    """
+    b, s, _ = features.shape
+    positions = torch.arange(s, device=features.device).expand(b, s)
+    cache = DraftCache()
+    out = draft(features, input_ids, positions, cache=cache).head1
+    tokens = []
+    for k in range(steps):
+        tokens.append(greedy_tokens(draft.logits, out))
+        if k + 1 < steps:
+            attention = chain_mask(s, k + 1, out.dtype, out.device)
+            out = draft(out, tokens[-1], positions + k + 1, attention_mask=attention, cache=cache).head1
+    return torch.stack(tokens) if tokens else input_ids.new_zeros(0, b, s)
+
+
+@torch.no_grad()
+def draft_chain_accuracy(draft, features: torch.Tensor, input_ids: torch.Tensor, target: torch.Tensor,
+                         mask: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correct / scored counts of the draft's autoregressive steps k = 0..steps-1 (see the module docstring).
+
+    Args:
+        draft: a :class:`DraftHead` with bound target modules.
+        features: [B, S, H] true features f_t (model dtype); input_ids: [B, S] x_{t+1}; target: [B, S, H] f_{t+1};
+        mask: [B, S] loss weights.
+    Returns:
+        two float [steps] tensors on the CPU.
+    """
+    correct, total = torch.zeros(steps), torch.zeros(steps)
+    if steps == 0 or features.shape[1] == 0:
+        return correct, total
+    target_tokens = greedy_tokens(draft.logits, target)  # [B, S]: the target's token after f_{t+1}
+    on_greedy = (mask > 0) & (input_ids == greedy_tokens(draft.logits, features))
+    chain = draft_chain(draft, features, input_ids, steps)
+    scored = torch.ones_like(on_greedy)
+    alive = torch.ones_like(on_greedy)
+    for k in range(steps):
+        scored &= _ahead(on_greedy, k, False)
+        alive &= chain[k] == _ahead(target_tokens, k, -1)
+        total[k] = scored.sum().item()
+        correct[k] = (alive & scored).sum().item()
+    return correct, total
+
+
+class Sums:
+    """Named float sums, reduced over processes on demand (``accelerator.reduce``)."""
+
+    def __init__(self, values: dict[str, float] | None = None):
+        self.values: dict[str, float] = dict(values or {})
+
+    def add(self, name: str, value) -> None:
+        self.values[name] = self.values.get(name, 0.0) + float(value)
+
+    def reduced(self, accelerator) -> dict[str, float]:
+        """The sums over all processes (every process must call this with the same names)."""
+        names = sorted(self.values)
+        if accelerator.num_processes == 1 or not names:
+            return {n: self.values[n] for n in names}
+        packed = torch.tensor([self.values[n] for n in names], dtype=torch.float64, device=accelerator.device)
+        packed = accelerator.reduce(packed, reduction="sum")
+        return dict(zip(names, packed.tolist()))
+
+
+def ratio(sums: dict[str, float], num: str, den: str) -> float | None:
+    """sums[num] / sums[den], or None when nothing was counted."""
+    return sums[num] / sums[den] if sums.get(den) else None
+
+
+class JsonlLog:
+    """Append-only metrics log (one JSON object a line) that can be cut back to a checkpoint's line count."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lines = 0
+
+    def restart(self, lines: int) -> None:
+        """Keep the first ``lines`` records (those written before the checkpoint being resumed)."""
+        kept = self.path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if self.path.exists() else []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(kept), encoding="utf-8")
+        self.lines = len(kept)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self.lines += 1

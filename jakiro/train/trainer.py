@@ -1,0 +1,513 @@
+"""The draft-training loop: one loop for a single process, multi-process DDP (gloo on CPU) and DeepSpeed ZeRO.
+
+    trainer = Trainer(cfg, draft_config, embed_tokens, lm_head, train_set, test_set)
+    trainer.train(resume=False)        # -> output_dir/draft (config.json + model.safetensors)
+
+What a run does (``cfg.train`` holds every number):
+
+* AdamW (betas, weight decay) over the draft's parameters only (the target's embedding and LM head are frozen and
+  never in the optimizer or a checkpoint); warmup + cosine / linear / constant schedule whose length is the real
+  number of optimizer steps of ``num_epochs`` epochs; gradient clipping by value (reference) or norm.
+* Each micro-batch: noise on the input features, draft forward (both heads), the losses of
+  :mod:`jakiro.train.losses` normalised by the loss-weight sum of the *global* batch, so N processes with batch b
+  compute the same update as one process with batch N b.
+* ``accelerator.save_state`` to ``output_dir/checkpoints/step_N`` every ``checkpoint_steps`` optimizer steps, at
+  evaluation epochs and at the end (written to a temporary folder, then renamed, so a killed run never leaves a
+  half checkpoint under a final name). The loop position (epoch, batch, step) and the epoch's running sums are
+  checkpointed too, so ``resume=True`` ends with bit-identical weights to an uninterrupted run.
+* Metrics: per optimizer step and per epoch (losses and top-1/2/3 accuracy per head), and on the held-out set
+  (the same plus the draft's k-step autoregressive accuracy): ``output_dir/metrics.jsonl``, the progress bar, and
+  accelerate trackers when ``train.report_to`` names them.
+
+DeepSpeed: ``train.deepspeed_config`` is a DeepSpeed JSON (see ``configs/deepspeed_zero{2,3}.json``) given to
+accelerate's DeepSpeed plugin; its ``"auto"`` batch size, accumulation and clipping entries are filled from the
+train config. On a machine without CUDA the processes talk over gloo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, is_tensorboard_available
+from accelerate.utils import is_wandb_available
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from jakiro.config import ConfigError, JakiroConfig, save_config, to_dict
+from jakiro.model.draft import DraftHead, DraftHeadConfig
+from jakiro.train.data import Selection, ShardedBatchSampler, add_noise, collate, mix_seed
+from jakiro.train.losses import EPS, draft_losses, load_balancing_loss
+from jakiro.train.metrics import JsonlLog, Sums, draft_chain_accuracy, ratio, topk_correct
+
+CHECKPOINTS = "checkpoints"
+EXPORT = "draft"
+METRICS = "metrics.jsonl"
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+KS = (1, 2, 3)
+
+
+class HeadsForward(torch.nn.Module):
+    """The module accelerate prepares: the draft forward returning a tuple of tensors (head1[, head2]), [B, S, H] each,
+    which DDP's unused-parameter search and ZeRO-3's backward hooks can follow (they do not look into dataclasses)."""
+
+    def __init__(self, draft: DraftHead, with_head2: bool):
+        super().__init__()
+        self.draft, self.with_head2 = draft, with_head2
+
+    def forward(self, features, input_ids, position_ids):
+        out = self.draft(features, input_ids, position_ids, with_head2=self.with_head2)
+        return (out.head1, out.head2) if self.with_head2 else (out.head1,)
+
+
+class TrainState:
+    """Loop position and the current epoch's running sums; saved with every checkpoint."""
+
+    def __init__(self):
+        self.epoch, self.batch, self.step, self.log_lines = 0, 0, 0, 0
+        self.epoch_sums: dict[str, float] = {}
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        return self.epoch, self.batch, self.step
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "log_lines": self.log_lines,
+                "epoch_sums": dict(self.epoch_sums)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.log_lines, self.epoch_sums = state["log_lines"], dict(state["epoch_sums"])
+
+
+def deepspeed_settings(path: str, train) -> dict:
+    """Read a DeepSpeed JSON and fill its ``"auto"`` micro-batch, accumulation and clipping entries from ``train``.
+
+    Explicit values must agree with the train config (one source of truth); DeepSpeed clips by norm only.
+    """
+    try:
+        settings = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"train.deepspeed_config: cannot read {path}: {err}") from None
+    if train.grad_clip > 0 and train.grad_clip_mode == "value":
+        raise ConfigError("train.grad_clip_mode: DeepSpeed clips gradients by norm only; set train.grad_clip_mode="
+                          "norm (or train.grad_clip=0) with train.deepspeed_config")
+    wanted = {"train_micro_batch_size_per_gpu": train.batch_size,
+              "gradient_accumulation_steps": train.gradient_accumulation_steps,
+              "gradient_clipping": train.grad_clip}
+    for key, value in wanted.items():
+        found = settings.get(key, "auto")
+        if found == "auto":
+            settings[key] = value
+        elif found != value:
+            raise ConfigError(f"train.deepspeed_config: {path} sets {key}={found} but the train config implies "
+                              f"{value}; use \"auto\" in the JSON")
+    for key in ("optimizer", "scheduler"):
+        if key in settings:
+            raise ConfigError(f"train.deepspeed_config: remove {key!r} from {path}; the train config sets it")
+    return settings
+
+
+def _trackers(report_to: str) -> list[str]:
+    if report_to == "none":
+        return []
+    names = report_to.split(",")
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    missing = [n for n in names if not available[n]]
+    if missing:
+        raise ConfigError(f"train.report_to: {', '.join(missing)} not installed (pip install {' '.join(missing)})")
+    return names
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_accelerator(cfg: JakiroConfig, draft_config: DraftHeadConfig) -> Accelerator:
+    """The Accelerator for ``cfg.train``: DeepSpeed plugin, or DDP (``cpu=True`` without CUDA, so that several CPU
+    processes really form one gloo group)."""
+    train = cfg.train
+    on_cuda = torch.cuda.is_available()
+    common = dict(mixed_precision=train.mixed_precision, gradient_accumulation_steps=train.gradient_accumulation_steps,
+                  project_dir=train.output_dir, log_with=_trackers(train.report_to) or None)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if train.deepspeed_config:
+        if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+            raise ConfigError("train.deepspeed_config: accelerate's --cpu / ACCELERATE_USE_CPU turns DeepSpeed off; "
+                              "launch with torchrun or `accelerate launch --num_processes N` without --cpu")
+        settings = deepspeed_settings(train.deepspeed_config, train)
+        if "LOCAL_RANK" not in os.environ:  # plain `python -m`: DeepSpeed wants a launcher's environment
+            os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+        handlers = [] if on_cuda else [InitProcessGroupKwargs(backend="gloo")]
+        accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=settings), kwargs_handlers=handlers,
+                                  **common)
+    else:
+        # DDP must tolerate experts that no position of a batch routes to
+        sparse = draft_config.num_experts_per_tok < draft_config.num_local_experts or (
+            draft_config.parallel_head and draft_config.num_local_experts > 2)
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=sparse)]
+        accelerator = Accelerator(cpu=not on_cuda, kwargs_handlers=handlers, **common)
+    if accelerator.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but accelerate formed a group of "
+                          f"{accelerator.num_processes}; launch with torchrun or `accelerate launch --num_processes N`")
+    return accelerator
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The ``checkpoints/step_N`` folder with the largest N, or None."""
+    folder = Path(output_dir) / CHECKPOINTS
+    found = [(int(p.name[5:]), p) for p in folder.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return max(found)[1] if found else None
+
+
+class Trainer:
+    """Trains a draft head of ``draft_config`` on feature datasets (items as in :mod:`jakiro.train.data`).
+
+    Args:
+        cfg: the run config (``train`` section, plus ``draft`` / ``model`` recorded with the outputs).
+        draft_config: the draft architecture.
+        embed_tokens, lm_head: the target's input embedding and LM head (frozen here).
+        train_set, test_set: map-style feature datasets.
+    """
+
+    def __init__(self, cfg: JakiroConfig, draft_config: DraftHeadConfig, embed_tokens: torch.nn.Module,
+                 lm_head: torch.nn.Module, train_set: Dataset, test_set: Dataset):
+        self.cfg, self.train_cfg = cfg, cfg.train
+        train = self.train_cfg
+        self.accelerator = acc = make_accelerator(cfg, draft_config)
+        self.output_dir = Path(train.output_dir)
+        self.embed_tokens = embed_tokens.to(acc.device).requires_grad_(False)
+        self.lm_head = lm_head.to(acc.device).requires_grad_(False)
+        torch.manual_seed(train.seed)
+        draft = DraftHead(draft_config)
+        draft.bind_target_modules(self.embed_tokens, self.lm_head)
+        self.draft, self.draft_config = draft, draft_config
+        self.with_head2 = draft_config.parallel_head
+        gate = draft.layers[0].mlp_moe.gate
+        self.balance = train.load_balance_w > 0 and gate is not None
+        self._router_logits: list[torch.Tensor] = []
+        if self.balance:
+            gate.register_forward_hook(lambda module, args, out: self._router_logits.append(out))
+        optimizer = torch.optim.AdamW(draft.parameters(), lr=train.lr, betas=train.betas,
+                                      weight_decay=train.weight_decay)
+        world, rank = acc.num_processes, acc.process_index
+        self.train_sampler = ShardedBatchSampler(len(train_set), train.batch_size, world, rank, train.seed, True,
+                                                 train.gradient_accumulation_steps)
+        self.test_sampler = ShardedBatchSampler(len(test_set), train.batch_size, world, rank, train.seed, False)
+        self.steps_per_epoch = self.train_sampler.num_batches // train.gradient_accumulation_steps
+        self.total_steps = self.steps_per_epoch * train.num_epochs
+        self.scheduler = get_scheduler(SCHEDULES[train.schedule], optimizer, num_warmup_steps=train.warmup_steps,
+                                       num_training_steps=self.total_steps)
+        heads = HeadsForward(draft, self.with_head2)
+        plugin = acc.state.deepspeed_plugin
+        self.zero3 = plugin is not None and plugin.zero_stage == 3
+        if self.zero3:
+            # ZeRO-3 hooks every submodule; the rotary embedding's outputs need no gradient while its input does, which
+            # trips DeepSpeed's backward bookkeeping (deepspeedai/DeepSpeed#5524). The one-layer draft is small:
+            # gather all its parameters once per forward by making the whole model a ZeRO-3 leaf.
+            from deepspeed.utils import set_z3_leaf_modules
+
+            set_z3_leaf_modules(heads, [HeadsForward])
+        self.model, self.optimizer = acc.prepare(heads, optimizer)
+        self.state = TrainState()
+        self._saved_at: tuple | None = None  # loop position of the last checkpoint written or loaded
+        acc.register_for_checkpointing(self.scheduler, self.state)
+        self.train_set, self.test_set = Selection(train_set), Selection(test_set)
+        self.log = JsonlLog(self.output_dir / METRICS)
+
+    # -- data -------------------------------------------------------------------------------------------------------
+    def _loader(self, dataset: Selection, sampler: ShardedBatchSampler) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.train_cfg.num_workers,
+                          collate_fn=partial(collate, max_len=self.train_cfg.max_len))
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return next(self.draft.parameters()).dtype
+
+    def _full_parameters(self):
+        """Context in which ``self.draft`` can run outside the prepared model (ZeRO-3: gather its partitions)."""
+        if not self.zero3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.draft.parameters()), modifier_rank=None)
+
+    def _inputs(self, batch: dict, epoch: int | None) -> dict:
+        """Move a collated batch to the device; ``epoch`` not None = training (adds the seeded feature noise)."""
+        train, device = self.train_cfg, self.accelerator.device
+        features = batch["features"]
+        if epoch is not None:
+            seeds = [mix_seed(train.seed, epoch, int(i)) for i in batch["index"]]
+            features = add_noise(features, batch["lengths"], seeds, train.noise, train.noise_mean, train.noise_std)
+        b, s = batch["input_ids"].shape
+        features = features.to(device, self.param_dtype)
+        if self.zero3 and epoch is not None:
+            # ZeRO-3 frees a module's parameters in its post-backward hook, which fires too early (before the
+            # parameters' own gradients) when no input of the module requires a gradient
+            features.requires_grad_(True)
+        return {
+            "features": features,
+            "target": batch["target"].to(device, torch.float32),
+            "input_ids": batch["input_ids"].to(device),
+            "mask": batch["loss_mask"].to(device),
+            "positions": torch.arange(s, device=device).expand(b, s),
+            "tokens": float((batch["lengths"].float() * batch["weight"]).sum()),
+        }
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(x.to(self.lm_head.weight.dtype))
+
+    # -- one forward ------------------------------------------------------------------------------------------------
+    def _losses(self, model, inputs: dict, normalizers):
+        """Forward of ``model`` (a :class:`HeadsForward`, prepared or not) + losses, inside autocast; returns
+        (LossTerms, HeadScores)."""
+        train = self.train_cfg
+        self._router_logits.clear()
+        mask = inputs["mask"]
+        with self.accelerator.autocast():
+            heads = model(inputs["features"], inputs["input_ids"], inputs["positions"])
+            balance = None
+            if self.balance:
+                logits = self._router_logits[0].reshape(*mask.shape, -1)[..., : self.draft_config.num_local_experts]
+                rows = mask > 0
+                balance = load_balancing_loss(logits[rows], mask[rows], self.draft_config.num_experts_per_tok)
+            return draft_losses(heads[0], heads[1] if self.with_head2 else None, inputs["target"], mask, self._head,
+                                train.v_w, train.p_w, train.parallel_w, normalizers, balance, train.load_balance_w)
+
+    @staticmethod
+    def _add_scores(sums: Sums, terms, scores) -> None:
+        for name in ("total", "v1", "p1", "v2", "p2", "balance"):
+            sums.add(name, getattr(terms, name).detach())
+        for head, logits, labels, weights in ((1, scores.logits1, scores.labels1, scores.weights1),
+                                              (2, scores.logits2, scores.labels2, scores.weights2)):
+            if logits is None:
+                continue
+            for k, hits in zip(KS, topk_correct(logits, labels, weights, KS)):
+                sums.add(f"head{head}_top{k}_hits", hits)
+            sums.add(f"head{head}_count", weights.sum())
+
+    def _global_normalizers(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of head-1 weights + eps, sum of head-2 weights + eps) over all processes, divided by their number."""
+        counts = torch.stack([mask.sum(), mask[:, 1:].sum()]).double()
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        normal = (counts + EPS) / self.accelerator.num_processes
+        return normal[0].float(), normal[1].float()
+
+    # -- training ---------------------------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> Path:
+        """Run (or continue) training; returns the exported draft directory."""
+        acc, train, state = self.accelerator, self.train_cfg, self.state
+        checkpoint = latest_checkpoint(self.output_dir)
+        if checkpoint is not None and not resume:
+            raise ConfigError(f"train.output_dir: {self.output_dir} already holds checkpoints ({checkpoint.name}); "
+                              "pass --resume to continue that run, or choose another train.output_dir")
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            for stale in (self.output_dir / CHECKPOINTS).glob("*.tmp"):
+                shutil.rmtree(stale)
+            save_config(self.cfg, self.output_dir / "config.yaml")
+        acc.wait_for_everyone()
+        if checkpoint is not None:
+            acc.load_state(str(checkpoint))
+            self._saved_at = state.position
+            self._say(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step})")
+        elif resume:
+            self._say(f"no checkpoint in {self.output_dir / CHECKPOINTS}: starting from scratch")
+        if acc.is_main_process:
+            self.log.restart(state.log_lines)
+        if acc.log_with:
+            acc.init_trackers("jakiro-train", config={f"{s}.{k}": str(v) for s, sec in to_dict(self.cfg).items()
+                                                     for k, v in sec.items()})
+        stop = min(self.total_steps, train.stop_after_steps or self.total_steps)
+        bar = tqdm(total=stop, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not acc.is_main_process)
+        loader = self._loader(self.train_set, self.train_sampler)
+        step_sums, micro, tick = Sums(), 0, time.perf_counter()
+        while state.epoch < train.num_epochs and state.step < stop:
+            self.train_sampler.set_epoch(state.epoch, state.batch)
+            self.model.train()
+            for batch in loader:
+                self._micro_step(batch, step_sums)
+                state.batch, micro = state.batch + 1, micro + 1
+                if not acc.sync_gradients:
+                    continue
+                self.scheduler.step()
+                state.step += 1
+                record = self._step_record(step_sums.reduced(acc), micro, time.perf_counter() - tick)
+                self._log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('head1_top1', float('nan')):.3f}",
+                                refresh=False)
+                step_sums, micro, tick = Sums(), 0, time.perf_counter()
+                if state.step >= stop and state.batch < self.train_sampler.num_batches:
+                    break  # stopped inside an epoch (an epoch's last step still gets its epoch end below)
+                if train.checkpoint_steps and state.step % train.checkpoint_steps == 0:
+                    self.save_checkpoint()
+            else:
+                self._end_epoch()
+        bar.close()
+        self.save_checkpoint()
+        export = self.export()
+        acc.end_training()
+        return export
+
+    def _micro_step(self, batch: dict, sums: Sums) -> None:
+        acc, train = self.accelerator, self.train_cfg
+        inputs = self._inputs(batch, self.state.epoch)
+        with acc.accumulate(self.model):
+            terms, scores = self._losses(self.model, inputs, self._global_normalizers(inputs["mask"]))
+            acc.backward(terms.total)
+            if acc.sync_gradients and train.grad_clip > 0 and not train.deepspeed_config:
+                if train.grad_clip_mode == "value":
+                    acc.clip_grad_value_(self.model.parameters(), train.grad_clip)
+                else:
+                    acc.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        self._add_scores(sums, terms, scores)
+        sums.add("tokens", inputs["tokens"])
+
+    def _step_record(self, sums: dict, micro: int, seconds: float) -> dict:
+        state = self.state
+        record = {"type": "step", "step": state.step, "epoch": state.epoch, "lr": self.scheduler.get_last_lr()[0]}
+        # each process's terms carry a factor num_processes (see _global_normalizers): the global mean is their mean
+        per = micro * self.accelerator.num_processes
+        record["loss"] = sums["total"] / per
+        record.update({name: sums[name] / per for name in ("v1", "p1", "v2", "p2", "balance")})
+        record.update(self._accuracies(sums))
+        record["tokens"] = sums["tokens"]
+        record["tokens_per_s"] = sums["tokens"] / max(seconds, 1e-9)
+        for name in ("loss", "v1", "p1", "v2", "p2", "balance", "tokens"):
+            state.epoch_sums[name] = state.epoch_sums.get(name, 0.0) + record[name]
+        for name, value in sums.items():
+            if name.startswith("head"):
+                state.epoch_sums[name] = state.epoch_sums.get(name, 0.0) + value
+        state.epoch_sums["steps"] = state.epoch_sums.get("steps", 0.0) + 1
+        return record
+
+    @staticmethod
+    def _accuracies(sums: dict) -> dict:
+        """head{h}_top{k} = weighted top-k hits / weighted count, for the heads that were scored."""
+        out = {}
+        for head in (1, 2):
+            for k in KS:
+                value = ratio(sums, f"head{head}_top{k}_hits", f"head{head}_count")
+                if value is not None:
+                    out[f"head{head}_top{k}"] = value
+        return out
+
+    def _end_epoch(self) -> None:
+        state, train = self.state, self.train_cfg
+        sums = state.epoch_sums
+        steps = max(sums.get("steps", 0.0), 1.0)
+        record = {"type": "epoch", "step": state.step, "epoch": state.epoch}
+        record.update({name: sums.get(name, 0.0) / steps for name in ("loss", "v1", "p1", "v2", "p2", "balance")})
+        record.update(self._accuracies(sums))
+        record["tokens"] = sums.get("tokens", 0.0)
+        self._log(record, say=True)
+        state.epoch, state.batch, state.epoch_sums = state.epoch + 1, 0, {}
+        if state.epoch % train.save_every == 0 or state.epoch == train.num_epochs:
+            self._log({"type": "eval", "step": state.step, "epoch": state.epoch - 1, **self.evaluate()}, say=True)
+            self.save_checkpoint()
+
+    # -- evaluation -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out losses, top-k accuracy per head and the draft's k-step accuracy ``acc_step{k}``."""
+        acc, train = self.accelerator, self.train_cfg
+        model = HeadsForward(self.draft, self.with_head2)  # the bare module: no DDP / DeepSpeed forward
+        was_training = self.draft.training
+        self.draft.eval()
+        sums = Sums()
+        chain_correct = torch.zeros(train.eval_draft_steps)
+        chain_total = torch.zeros(train.eval_draft_steps)
+        for batch in self._loader(self.test_set, self.test_sampler):
+            inputs = self._inputs(batch, None)
+            with self._full_parameters():
+                terms, scores = self._losses(model, inputs, (1.0, 1.0))  # weighted sums, normalised after reduce
+                with acc.autocast():
+                    correct, total = draft_chain_accuracy(self.draft, inputs["features"], inputs["input_ids"],
+                                                          inputs["target"], inputs["mask"], train.eval_draft_steps)
+            self._add_scores(sums, terms, scores)
+            sums.add("count2", inputs["mask"][:, 1:].sum())
+            chain_correct += correct
+            chain_total += total
+        for k in range(train.eval_draft_steps):
+            sums.add(f"chain{k}_correct", chain_correct[k])
+            sums.add(f"chain{k}_total", chain_total[k])
+        self.draft.train(was_training)
+        reduced = sums.reduced(acc)
+        count1, count2 = reduced.get("head1_count", 0.0) + EPS, reduced.get("count2", 0.0) + EPS
+        out = {f"test_{n}": reduced.get(n, 0.0) / count1 for n in ("v1", "p1")}
+        out.update({f"test_{n}": reduced.get(n, 0.0) / count2 for n in ("v2", "p2")})
+        out["test_loss"] = train.v_w * (out["test_v1"] + train.parallel_w * out["test_v2"]) + train.p_w * (
+            out["test_p1"] + train.parallel_w * out["test_p2"])
+        out.update({f"test_{n}": v for n, v in self._accuracies(reduced).items()})
+        for k in range(train.eval_draft_steps):
+            out[f"test_acc_step{k}"] = ratio(reduced, f"chain{k}_correct", f"chain{k}_total")
+        out["test_tokens_scored"] = reduced.get("head1_count", 0.0)
+        return out
+
+    # -- outputs ----------------------------------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(text)
+
+    def _log(self, record: dict, say: bool = False) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.log.write(record)
+            self.state.log_lines = self.log.lines
+            if say:
+                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if acc.log_with:
+            numbers = {f"{record['type']}/{k}": v for k, v in record.items()
+                       if isinstance(v, (int, float)) and k not in ("type", "step")}
+            acc.log(numbers, step=record["step"])
+
+    def save_checkpoint(self) -> Path:
+        """``accelerator.save_state`` into ``checkpoints/step_N`` (every process calls it; no-op if unchanged)."""
+        acc = self.accelerator
+        final = self.output_dir / CHECKPOINTS / f"step_{self.state.step}"
+        if self._saved_at == self.state.position:
+            return final
+        self._saved_at = self.state.position
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        acc.wait_for_everyone()
+        return final
+
+    def export(self) -> Path:
+        """Write the trained draft as ``output_dir/draft`` (``config.json`` + ``model.safetensors``, float32)."""
+        acc = self.accelerator
+        weights = acc.get_state_dict(self.model)  # every process: ZeRO-3 gathers the partitions
+        out = self.output_dir / EXPORT
+        if acc.is_main_process:
+            draft = DraftHead(self.draft_config)
+            draft.load_state_dict({k.removeprefix("draft."): v.float() for k, v in weights.items()}, strict=True)
+            draft.save_pretrained(out)
+            self._say(f"exported the draft to {out}")
+        acc.wait_for_everyone()
+        return out
+
