@@ -31,4 +31,6 @@ else
   python -m pip install --disable-pip-version-check -q "torch==2.13.0"
 fi
 echo "[setup] installing jakiro[$extras]"
-python -m pip install --disable-pip-version-check -q -e ".[$extras]"
+# --use-pep517: some sdists among the dependencies (wavedrom, via fschat) only build in an isolated PEP 517
+# environment on a cold pip cache (their setup_requires egg fetch misses transitive dependencies)
+python -m pip install --disable-pip-version-check -q --use-pep517 -e ".[$extras]"
