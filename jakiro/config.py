@@ -129,9 +129,11 @@ class DraftConfig(_Section):
     expert_intermediate_size: int | None = None  # expert MLP width; None = the target's hidden size (reference)
     parallel_head: bool = True  # second (contrastive / CEPD) head predicting the token after next
     bias: bool = True  # biases in the draft's fc and attention projections (reference: false for LLaMA-3)
+    vocab_size: int | None = None  # draft vocabulary: the N most frequent training tokens; None = the target's own
 
     def validate(self) -> None:
         self._require("num_experts", self.num_experts >= 1, "an integer >= 1")
+        self._require("vocab_size", self.vocab_size is None or self.vocab_size >= 1, "null or an integer >= 1")
         self._require(
             "experts_per_token", 1 <= self.experts_per_token <= self.num_experts,
             f"an integer in [1, num_experts={self.num_experts}]",

@@ -47,8 +47,9 @@ class TreeDrafter:
             raise ValueError(f"depth and top_k must be >= 1, got depth={depth}, top_k={top_k}")
         if sibling_mode not in SIBLING_MODES:
             raise ValueError(f"sibling_mode must be one of {SIBLING_MODES}, got {sibling_mode!r}")
-        if top_k > draft.config.vocab_size:
-            raise ValueError(f"top_k={top_k} exceeds the vocabulary size {draft.config.vocab_size}")
+        vocab = draft.config.draft_vocab_size or draft.config.vocab_size
+        if top_k > vocab:
+            raise ValueError(f"top_k={top_k} exceeds the draft's vocabulary size {vocab}")
         self.draft = draft
         self.total_token = total_token
         self.depth = depth
@@ -146,15 +147,15 @@ class TreeDrafter:
         Returns:
             (tokens [m, k], log-probs [m, k]).
         """
-        k = self.top_k
+        k, draft = self.top_k, self.draft
         if head2 or not self.per_expert:
-            logp = self.draft.logits((out.head2 if head2 else out.head1)[0]).float().log_softmax(-1)
+            logp = draft.compact_logits((out.head2 if head2 else out.head1)[0]).float().log_softmax(-1)
             top = torch.topk(logp, k, dim=-1)
-            return top.indices, top.values
-        per_expert = self.draft.logits(out.expert_features[0]).float().log_softmax(-1)  # [m, E_k, V]
+            return draft.to_target_ids(top.indices), top.values
+        per_expert = draft.compact_logits(out.expert_features[0]).float().log_softmax(-1)  # [m, E_k, V_d]
         top = torch.topk(per_expert, k, dim=-1)  # [m, E_k, k]
         m = top.indices.shape[0]
-        tokens = top.indices.transpose(1, 2).reshape(m, -1)  # rank-major interleave: [m, k * E_k]
+        tokens = draft.to_target_ids(top.indices).transpose(1, 2).reshape(m, -1)  # rank-major: [m, k * E_k]
         logp = top.values.transpose(1, 2).reshape(m, -1)
         earlier = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=tokens.device).tril(-1)
         duplicate = ((tokens[:, :, None] == tokens[:, None, :]) & earlier).any(-1)

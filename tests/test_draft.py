@@ -456,3 +456,57 @@ def test_init_draft_cli_bad_base_model_path(init_draft_runs):
     assert "Traceback" not in stderr
     assert str(root / "empty") in lines[0]
     assert not (root / "bad").exists()
+
+
+# -- reduced draft vocabulary ---------------------------------------------------------------------------------------
+def test_reduced_vocabulary_logits_are_the_target_head_rows():
+    target = tiny_target()
+    draft = bound_draft(target, draft_vocab_size=20)
+    ids = torch.tensor([3, 7, 100, 0, 55, 9, 127, 64, 12, 31, 90, 1, 2, 4, 5, 6, 8, 10, 11, 13])
+    draft.set_draft_vocabulary(ids)
+    assert torch.equal(draft.d2t, ids.sort().values)
+    h = torch.randn(4, 64)
+    with torch.no_grad():
+        full = target.get_output_embeddings()(h)
+        compact = draft.compact_logits(h)
+        spread = draft.logits(h)
+    assert compact.shape == (4, 20)
+    assert torch.allclose(compact, full[:, draft.d2t])
+    assert torch.equal(spread[:, draft.d2t], compact)
+    outside = torch.ones(128, dtype=torch.bool)
+    outside[draft.d2t] = False
+    assert torch.isinf(spread[:, outside]).all() and (spread[:, outside] < 0).all()
+    assert torch.equal(draft.to_target_ids(compact.argmax(-1)), spread.argmax(-1))
+
+
+def test_reduced_vocabulary_follows_a_vocabulary_change_and_round_trips_in_bf16(tmp_path):
+    target = tiny_target()
+    draft = bound_draft(target, draft_vocab_size=8)
+    h = torch.randn(2, 64)
+    with torch.no_grad():
+        before = draft.compact_logits(h)
+        draft.set_draft_vocabulary(torch.arange(100, 108))  # the cached head rows must be re-gathered
+        after = draft.compact_logits(h)
+        assert torch.allclose(after, target.get_output_embeddings()(h)[:, 100:108])
+        assert not torch.allclose(before, after)
+    draft.save_pretrained(tmp_path, dtype=torch.bfloat16)
+    loaded = DraftHead.from_pretrained(tmp_path)
+    assert loaded.d2t.dtype == torch.long and torch.equal(loaded.d2t, torch.arange(100, 108))
+
+
+@pytest.mark.parametrize("ids, match", [
+    (torch.arange(7), "expected 8 distinct"),
+    (torch.tensor([1, 1, 2, 3, 4, 5, 6, 7]), "distinct"),
+    (torch.arange(125, 133), r"in \[0, 128\)"),
+])
+def test_bad_draft_vocabulary_is_rejected(ids, match):
+    draft = tiny_draft(tiny_target(), draft_vocab_size=8)
+    with pytest.raises(ValueError, match=match):
+        draft.set_draft_vocabulary(ids)
+
+
+def test_draft_vocab_size_must_fit_the_vocabulary():
+    with pytest.raises(ValueError, match="draft_vocab_size"):
+        DraftHeadConfig.for_target(tiny_target().config, draft_vocab_size=129)
+    with pytest.raises(ValueError, match="full target vocabulary"):
+        tiny_draft(tiny_target()).set_draft_vocabulary(torch.arange(8))

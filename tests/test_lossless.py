@@ -66,6 +66,16 @@ def test_greedy_four_experts_top2_large_vocab():
     assert_greedy_equal(model, prompts_for(256, 4), max_new_tokens=32)
 
 
+@pytest.mark.parametrize("sibling_mode", ["mixture", "per_expert"])
+def test_greedy_reduced_draft_vocabulary(sibling_mode):
+    """A draft scoring only 12 of 32 tokens proposes only those; the output is still the target's."""
+    accepted = 0
+    for shape in TREE_SHAPES[1:]:
+        model = tiny_ea_model("llama", vocab_size=32, sibling_mode=sibling_mode, draft_vocab_size=12, **shape)
+        accepted += assert_greedy_equal(model, prompts_for(32, 3), max_new_tokens=40)
+    assert accepted > 0
+
+
 def exact_three_token_distribution(model, prompt, sampling):
     """P(x1, x2, x3) under the target's processed sampling distribution, computed by brute force."""
     target = model.base_model
@@ -82,11 +92,13 @@ def exact_three_token_distribution(model, prompt, sampling):
 
 
 @pytest.mark.parametrize(
-    "sampling, sibling_mode",
-    [(dict(temperature=1.0), "mixture"), (dict(temperature=0.7, top_p=0.9), "per_expert")],
+    "sampling, sibling_mode, draft_vocab_size",
+    [(dict(temperature=1.0), "mixture", None), (dict(temperature=0.7, top_p=0.9), "per_expert", None),
+     (dict(temperature=1.0), "per_expert", 5)],
 )
-def test_sampling_matches_target_distribution(sampling, sibling_mode):
-    model = tiny_ea_model("llama", vocab_size=8, total_token=8, depth=2, top_k=3, sibling_mode=sibling_mode, seed=3)
+def test_sampling_matches_target_distribution(sampling, sibling_mode, draft_vocab_size):
+    model = tiny_ea_model("llama", vocab_size=8, total_token=8, depth=2, top_k=3, sibling_mode=sibling_mode, seed=3,
+                          draft_vocab_size=draft_vocab_size)
     # soften the sharpened test target so that many sequences have sizable probability
     with torch.no_grad():
         model.base_model.lm_head.weight.mul_(0.25)

@@ -20,8 +20,10 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file, save_file
 
 from jakiro.config import ConfigError, load_config
+from jakiro.ge_data.dataset import FeatureShards
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
+from jakiro.train.data import split_indices
 from jakiro.train.main import main, parse_args, resolve_config
 from jakiro.train.trainer import EXPORT, METRICS, Trainer, deepspeed_settings, latest_checkpoint
 from tiny_models import tiny_target
@@ -310,3 +312,48 @@ def test_cli_errors(tiny, trained, tmp_path, capsys):
              str(trained["out"])]
     code, err = run_cli(capsys, reuse)  # a finished run's checkpoints are not overwritten without --resume
     assert code == 2 and "already holds checkpoints" in err[-1] and "--resume" in err[-1]
+
+
+def test_reduced_draft_vocabulary_run(tiny, tmp_path, capsys):
+    """draft.vocab_size=16: the draft scores the 16 most frequent answer tokens of the training split, is exported
+    with them, and generates losslessly."""
+    out = tmp_path / "out"
+    args = ["--basepath", str(tiny["root"] / "target"), "--tmpdir", str(tiny["features"]), "--cpdir", str(out),
+            *[a for o in ("train.num_epochs=2", "train.batch_size=4", "train.checkpoint_steps=0",
+                          "train.test_fraction=0.25", "draft.vocab_size=16") for a in ("--set", o)]]
+    assert main(args) == 0
+    assert "draft vocabulary: 16 of 64 tokens, covering" in capsys.readouterr().err
+    draft = DraftHead.from_pretrained(out / EXPORT)
+    cfg = resolve_config(parse_args(args))
+    train_idx, _ = split_indices(len(FeatureShards(tiny["features"])), cfg.train.test_fraction, cfg.train.seed)
+    counts = torch.zeros(VOCAB, dtype=torch.long)
+    for i in train_idx:  # count by hand from the data directory
+        item = FeatureShards(tiny["features"])[i]
+        counts += torch.bincount(item["input_ids"][item["loss_mask"] > 0], minlength=VOCAB)
+    order = sorted(range(VOCAB), key=lambda t: (-int(counts[t]), t))[:16]
+    assert draft.config.draft_vocab_size == 16 and draft.d2t.tolist() == sorted(order)
+    assert all(r["loss"] > 0 and "head1_top1" in r for r in records(out))
+    model = EaModel(tiny["target"], draft, None, total_token=12, depth=3, top_k=3, stop_token_ids=[])
+    for item in tiny["test"][:3]:
+        prompt = item["input_ids"][None, :6]
+        assert torch.equal(model.eagenerate(prompt, max_new_tokens=24), model.naivegenerate(prompt,
+                                                                                            max_new_tokens=24))
+
+
+def test_deepspeed_zero3_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    """ZeRO-3 (one process: DeepSpeed's partitioned parameters and optimizer state in its own checkpoint format):
+    killed after a checkpoint, resumed, it ends with the weights of the run that was never stopped."""
+    zero3 = ["train.deepspeed_config=configs/deepspeed_zero3.json", "train.checkpoint_steps=3"]
+
+    def args(out, extra=()):
+        return cli_args(tiny, out, 4, [*zero3, *extra])
+
+    launch(args(tmp_path / "whole"), [sys.executable])
+    cut = tmp_path / "cut"
+    launch(args(cut, ["train.stop_after_steps=7"]), [sys.executable])
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_3", "step_6", "step_7"]
+    shutil.rmtree(cut / "checkpoints" / "step_7")  # killed before step 7's checkpoint
+    launch([*args(cut), "--resume"], [sys.executable])
+    want = load_file(tmp_path / "whole" / EXPORT / "model.safetensors")
+    got = load_file(cut / EXPORT / "model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

@@ -42,14 +42,20 @@ def tiny_target(family: str = "llama", vocab_size: int = 128, seed: int = 0, **o
     return model
 
 
-def tiny_draft(target, num_experts=2, experts_per_token=2, parallel_head=True, seed=1) -> DraftHead:
+def tiny_draft(target, num_experts=2, experts_per_token=2, parallel_head=True, seed=1,
+               draft_vocab_size=None) -> DraftHead:
+    """An untrained draft; with ``draft_vocab_size`` its vocabulary is a random subset of the target's."""
     torch.manual_seed(seed)
-    config = DraftHeadConfig.for_target(target.config, num_experts, experts_per_token, parallel_head)
-    return DraftHead(config)
+    config = DraftHeadConfig.for_target(target.config, num_experts, experts_per_token, parallel_head,
+                                        draft_vocab_size=draft_vocab_size)
+    draft = DraftHead(config)
+    if draft_vocab_size is not None:
+        draft.set_draft_vocabulary(torch.randperm(config.vocab_size)[:draft_vocab_size])
+    return draft
 
 
 def tiny_ea_model(family="llama", vocab_size=128, total_token=12, depth=3, top_k=3, sibling_mode="mixture",
-                  num_experts=2, experts_per_token=2, parallel_head=True, seed=0) -> EaModel:
+                  num_experts=2, experts_per_token=2, parallel_head=True, seed=0, draft_vocab_size=None) -> EaModel:
     target = tiny_target(family, vocab_size, seed)
-    draft = tiny_draft(target, num_experts, experts_per_token, parallel_head, seed + 1)
+    draft = tiny_draft(target, num_experts, experts_per_token, parallel_head, seed + 1, draft_vocab_size)
     return EaModel(target, draft, None, total_token, depth, top_k, sibling_mode, stop_token_ids=[])

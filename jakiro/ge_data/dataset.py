@@ -68,18 +68,29 @@ class FeatureShards(Dataset):
     def __len__(self) -> int:
         return self.starts[-1]
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def _locate(self, i: int) -> tuple[str, int, int]:
+        """(shard file, first token, end token) of item ``i``."""
         if not 0 <= i < len(self):
             raise IndexError(i)
         shard = bisect.bisect_right(self.starts, i) - 1
         offsets = self.offsets[shard]
-        a, b = int(offsets[i - self.starts[shard]]), int(offsets[i - self.starts[shard] + 1])
-        with safe_open(self.files[shard], "pt") as f:
+        j = i - self.starts[shard]
+        return self.files[shard], int(offsets[j]), int(offsets[j + 1])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        file, a, b = self._locate(i)
+        with safe_open(file, "pt") as f:
             return {
                 "input_ids": f.get_slice("input_ids")[a:b].long(),
                 "hidden_state": f.get_slice("hidden_state")[a:b],
                 "loss_mask": f.get_slice("loss_mask")[a:b].long(),
             }
+
+    def tokens(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``i``'s (input_ids [L], loss_mask [L]) without reading its features."""
+        file, a, b = self._locate(i)
+        with safe_open(file, "pt") as f:
+            return f.get_slice("input_ids")[a:b].long(), f.get_slice("loss_mask")[a:b].long()
 
 
 class OnlineFeatures(Dataset):
@@ -121,6 +132,11 @@ class OnlineFeatures(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def tokens(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``i``'s (input_ids [L], loss_mask [L]) without running the target."""
+        ids, mask = self.items[i]
+        return ids.long(), mask.long()
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ids, mask = self.items[i]

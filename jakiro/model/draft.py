@@ -11,7 +11,10 @@ Shapes (B = batch, S = positions, H = target hidden size, V = target vocabulary)
     head2 = x + b_top E_top(u) - b_low E_low(u)   predicts f_{t+2} (CEPD parallel head)
 
 The draft owns no embedding and no LM head: it borrows the target's frozen ``embed_tokens`` and ``lm_head`` through
-:meth:`DraftHead.bind_target_modules` (they are not part of its state dict). Attention and RoPE are transformers' own
+:meth:`DraftHead.bind_target_modules` (they are not part of its state dict). With ``draft_vocab_size`` set, the
+draft scores only a subset of the vocabulary (the buffer ``d2t``: [V_d] target token ids, chosen from training-data
+frequencies): its logits are the target head's rows ``d2t``, which makes drafting and training several times cheaper
+for a large vocabulary while verification stays exact (tokens outside the subset are simply never proposed). Attention and RoPE are transformers' own
 Llama modules. ``num_experts=1`` without a parallel head is the EAGLE-2 draft.
 
 A draft directory holds ``config.json`` (see :class:`DraftHeadConfig`) and ``model.safetensors``.
@@ -61,6 +64,7 @@ class DraftHeadConfig:
     num_experts_per_tok: int = 2
     expert_intermediate_size: int | None = None  # None = hidden_size (the reference)
     parallel_head: bool = True
+    draft_vocab_size: int | None = None  # None = the target's vocabulary; else a subset of this many token ids
     num_hidden_layers: int = 1
     architectures: list = field(default_factory=lambda: ["JakiroDraftHead"])
 
@@ -71,6 +75,9 @@ class DraftHeadConfig:
             self.expert_intermediate_size = self.hidden_size
         if self.num_hidden_layers != 1:
             raise ValueError(f"only one-layer draft heads are supported, config has {self.num_hidden_layers}")
+        if self.draft_vocab_size is not None and not 1 <= self.draft_vocab_size <= self.vocab_size:
+            raise ValueError(f"draft_vocab_size must be in [1, vocab_size={self.vocab_size}], "
+                             f"got {self.draft_vocab_size}")
 
     @classmethod
     def from_dict(cls, raw: dict) -> "DraftHeadConfig":
@@ -102,6 +109,7 @@ class DraftHeadConfig:
         parallel_head: bool = True,
         expert_intermediate_size: int | None = None,
         bias: bool = True,
+        draft_vocab_size: int | None = None,
     ) -> "DraftHeadConfig":
         """Size a draft from a transformers target config (attention shapes, RoPE, norm eps, vocabulary)."""
         text_config = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
@@ -123,6 +131,7 @@ class DraftHeadConfig:
             num_experts_per_tok=experts_per_token,
             expert_intermediate_size=expert_intermediate_size,
             parallel_head=parallel_head,
+            draft_vocab_size=draft_vocab_size,
         )
 
     def to_llama_config(self) -> LlamaConfig:
@@ -151,11 +160,13 @@ class DraftOutput:
         head1: [B, S, H] predicted next features.
         head2: [B, S, H] predicted two-ahead features (CEPD), or None.
         expert_features: [B, S, k, H] x + E_e(u) for each routed expert (strongest first), or None.
+        router_logits: [B, S, E] float32 head-1 gate logits, or None for a one-expert draft.
     """
 
     head1: torch.Tensor
     head2: torch.Tensor | None = None
     expert_features: torch.Tensor | None = None
+    router_logits: torch.Tensor | None = None
 
 
 class DraftCache:
@@ -196,7 +207,11 @@ class DraftHead(nn.Module):
         self.fc = nn.Linear(2 * hidden, hidden, bias=config.bias)
         self.layers = nn.ModuleList([_DecoderLayer(llama, config)])
         self.rotary_emb = LlamaRotaryEmbedding(config=llama)
+        # [V_d] target token ids of the draft vocabulary (sorted), or None for the full target vocabulary
+        vocab = None if config.draft_vocab_size is None else torch.arange(config.draft_vocab_size)
+        self.register_buffer("d2t", vocab)
         self._target_modules: tuple[nn.Module, nn.Module] | None = None
+        self._restricted_head: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
 
     # -- target modules -------------------------------------------------------------------------------------------
     def bind_target_modules(self, embed_tokens: nn.Module, lm_head: nn.Module) -> None:
@@ -218,10 +233,52 @@ class DraftHead(nn.Module):
             raise RuntimeError("call bind_target_modules(embed_tokens, lm_head) before using the draft head")
         return self._target_modules
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """[..., H] draft features -> [..., V] logits through the target's LM head."""
+    # -- draft vocabulary ----------------------------------------------------------------------------------------
+    def set_draft_vocabulary(self, token_ids: torch.Tensor) -> None:
+        """Use these ``draft_vocab_size`` distinct target token ids (any order) as the draft's vocabulary."""
+        if self.d2t is None:
+            raise ValueError("this draft uses the full target vocabulary (draft_vocab_size is None)")
+        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().sort().values
+        if ids.shape != self.d2t.shape or ids.unique().numel() != ids.numel():
+            raise ValueError(f"expected {self.d2t.numel()} distinct token ids, got {token_ids.numel()} "
+                             f"({ids.unique().numel()} distinct)")
+        if ids[0] < 0 or ids[-1] >= self.config.vocab_size:
+            raise ValueError(f"draft vocabulary ids must be in [0, {self.config.vocab_size})")
+        self.d2t.copy_(ids.to(self.d2t.device))
+
+    def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """[...] indices into :meth:`compact_logits` -> [...] target token ids."""
+        return draft_ids if self.d2t is None else self.d2t[draft_ids]
+
+    def compact_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """[..., H] draft features -> [..., V_d] logits over the draft vocabulary: the target's LM head restricted to
+        the rows ``d2t`` (all V rows for a full-vocabulary draft). Softmax over them is the target head's distribution
+        conditioned on the draft vocabulary."""
         head = self.lm_head
-        return head(features.to(head.weight.device, head.weight.dtype))
+        x = features.to(head.weight.device, head.weight.dtype)
+        if self.d2t is None:
+            return head(x)
+        weight, bias = self._restricted_weights(head)
+        return nn.functional.linear(x, weight, bias)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """[..., H] draft features -> [..., V] logits over the target vocabulary (-inf outside the draft vocabulary)."""
+        compact = self.compact_logits(features)
+        if self.d2t is None:
+            return compact
+        full = compact.new_full((*compact.shape[:-1], self.config.vocab_size), float("-inf"))
+        return full.index_copy_(-1, self.d2t.to(compact.device), compact)
+
+    def _restricted_weights(self, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head's rows ``d2t`` (and bias entries), cached until the head or the vocabulary changes."""
+        key = (head.weight.data_ptr(), head.weight.dtype, head.weight._version, self.d2t.data_ptr(),
+               self.d2t._version)
+        if self._restricted_head is None or self._restricted_head[0] != key:
+            rows = self.d2t.to(head.weight.device)
+            bias = getattr(head, "bias", None)
+            self._restricted_head = (key, head.weight.detach().index_select(0, rows),
+                                     None if bias is None else bias.detach().index_select(0, rows))
+        return self._restricted_head[1], self._restricted_head[2]
 
     # -- forward --------------------------------------------------------------------------------------------------
     def forward(
@@ -269,14 +326,16 @@ class DraftHead(nn.Module):
         expert_features = None
         if moe.expert_outputs is not None:
             expert_features = x.unsqueeze(2) + moe.expert_outputs.view(b, s, -1, h)
-        return DraftOutput(x + moe.head1.view(b, s, h), head2, expert_features)
+        router_logits = None if moe.router_logits is None else moe.router_logits.view(b, s, -1)
+        return DraftOutput(x + moe.head1.view(b, s, h), head2, expert_features, router_logits)
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
+                 for k, v in self.state_dict().items()}
         _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, path, metadata={"format": "pt"}))
         text = json.dumps(asdict(self.config), indent=2, sort_keys=True) + "\n"
         _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))

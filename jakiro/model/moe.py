@@ -43,12 +43,14 @@ class MoEOutput:
         head2: [N, H] contrastive combination (two-ahead head), or None when not requested.
         expert_ids: [N, k] experts chosen by head-1 routing, strongest first.
         expert_outputs: [N, k, H] raw outputs E_e(u) of those experts, or None when not requested.
+        router_logits: [N, E] float32 head-1 gate logits (for a load-balancing loss), or None with one expert.
     """
 
     head1: torch.Tensor
     head2: torch.Tensor | None
     expert_ids: torch.Tensor
     expert_outputs: torch.Tensor | None
+    router_logits: torch.Tensor | None
 
 
 class MixtureOfExperts(nn.Module):
@@ -108,4 +110,5 @@ class MixtureOfExperts(nn.Module):
             if with_experts:
                 slot_rows, slot = (ids1[rows] == expert_id).nonzero(as_tuple=True)
                 expert_outputs[rows[slot_rows], slot] = y[slot_rows]
-        return MoEOutput(heads[0], heads[1] if with_head2 else None, ids1, expert_outputs)
+        router_logits = None if self.gate is None else logits[:, :e]
+        return MoEOutput(heads[0], heads[1] if with_head2 else None, ids1, expert_outputs, router_logits)

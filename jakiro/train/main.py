@@ -30,6 +30,7 @@ from torch.utils.data import Subset
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
 from jakiro.model.draft import CONFIG_NAME, DraftHeadConfig
 from jakiro.train.data import DataError, check_compatible, open_dataset, split_indices
+from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
 
 REFERENCE_FLAGS = {  # reference flag -> config key
     "basepath": "model.base_model_path",
@@ -99,8 +100,11 @@ def draft_architecture(cfg: JakiroConfig, text_config) -> DraftHeadConfig:
     source = cfg.train.draft_config
     if source is None:
         d = cfg.draft
+        if d.vocab_size is not None and d.vocab_size > text_config.vocab_size:
+            raise ConfigError(f"draft.vocab_size: {d.vocab_size} exceeds the target's vocabulary of "
+                              f"{text_config.vocab_size}")
         config = DraftHeadConfig.for_target(text_config, d.num_experts, d.experts_per_token, d.parallel_head,
-                                            d.expert_intermediate_size, d.bias)
+                                            d.expert_intermediate_size, d.bias, d.vocab_size)
     else:
         path = Path(source) / CONFIG_NAME if Path(source).is_dir() else Path(source)
         try:
@@ -125,7 +129,15 @@ def build_trainer(cfg: JakiroConfig):
     draft_config = draft_architecture(cfg, text_config)
     embed, head = load_target_modules(cfg, path)
     train_idx, test_idx = split_indices(len(dataset), cfg.train.test_fraction, cfg.train.seed)
-    return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx))
+    vocabulary = None
+    if draft_config.draft_vocab_size is not None:
+        counts = token_frequencies(dataset, train_idx, draft_config.vocab_size,
+                                   progress=os.environ.get("RANK", "0") == "0")
+        vocabulary = most_frequent_tokens(counts, draft_config.draft_vocab_size)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"draft vocabulary: {draft_config.draft_vocab_size} of {draft_config.vocab_size} tokens, covering "
+                  f"{coverage(counts, vocabulary):.1%} of the training answers' tokens", file=sys.stderr)
+    return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary)
 
 
 def main(argv: list[str] | None = None) -> int:

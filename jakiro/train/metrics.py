@@ -102,8 +102,11 @@ def draft_chain_accuracy(draft, features: torch.Tensor, input_ids: torch.Tensor,
     correct, total = torch.zeros(steps), torch.zeros(steps)
     if steps == 0 or features.shape[1] == 0:
         return correct, total
-    target_tokens = greedy_tokens(draft.logits, target)  # [B, S]: the target's token after f_{t+1}
-    on_greedy = (mask > 0) & (input_ids == greedy_tokens(draft.logits, features))
+    def target_head(h: torch.Tensor) -> torch.Tensor:  # the full vocabulary: a reduced-vocabulary draft can miss
+        return draft.lm_head(h.to(draft.lm_head.weight.dtype))
+
+    target_tokens = greedy_tokens(target_head, target)  # [B, S]: the target's token after f_{t+1}
+    on_greedy = (mask > 0) & (input_ids == greedy_tokens(target_head, features))
     chain = draft_chain(draft, features, input_ids, steps)
     scored = torch.ones_like(on_greedy)
     alive = torch.ones_like(on_greedy)

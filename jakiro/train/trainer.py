@@ -57,16 +57,24 @@ KS = (1, 2, 3)
 
 
 class HeadsForward(torch.nn.Module):
-    """The module accelerate prepares: the draft forward returning a tuple of tensors (head1[, head2]), [B, S, H] each,
-    which DDP's unused-parameter search and ZeRO-3's backward hooks can follow (they do not look into dataclasses)."""
+    """The module accelerate prepares: the draft forward returning a tuple of tensors (head1, head2, router logits),
+    which DDP's unused-parameter search and ZeRO-3's backward hooks can follow (they do not look into dataclasses).
+    head1 / head2 are [B, S, H], router logits [B, S, E]; head2 and the router logits are left out when not used."""
 
-    def __init__(self, draft: DraftHead, with_head2: bool):
+    def __init__(self, draft: DraftHead, with_head2: bool, with_router: bool):
         super().__init__()
-        self.draft, self.with_head2 = draft, with_head2
+        self.draft, self.with_head2, self.with_router = draft, with_head2, with_router
 
     def forward(self, features, input_ids, position_ids):
         out = self.draft(features, input_ids, position_ids, with_head2=self.with_head2)
-        return (out.head1, out.head2) if self.with_head2 else (out.head1,)
+        return (out.head1,) + ((out.head2,) if self.with_head2 else ()) + ((out.router_logits,) if self.with_router
+                                                                           else ())
+
+    def unpack(self, outputs: tuple) -> tuple:
+        """(head1, head2 or None, router logits or None) from :meth:`forward`'s tuple."""
+        rest = list(outputs[1:])
+        head2 = rest.pop(0) if self.with_head2 else None
+        return outputs[0], head2, rest.pop(0) if self.with_router else None
 
 
 class TrainState:
@@ -180,10 +188,13 @@ class Trainer:
         draft_config: the draft architecture.
         embed_tokens, lm_head: the target's input embedding and LM head (frozen here).
         train_set, test_set: map-style feature datasets.
+        draft_vocabulary: [draft_vocab_size] target token ids of a reduced draft vocabulary (see
+            :func:`jakiro.train.vocab.most_frequent_tokens`); needed exactly when the config sets draft_vocab_size.
     """
 
     def __init__(self, cfg: JakiroConfig, draft_config: DraftHeadConfig, embed_tokens: torch.nn.Module,
-                 lm_head: torch.nn.Module, train_set: Dataset, test_set: Dataset):
+                 lm_head: torch.nn.Module, train_set: Dataset, test_set: Dataset,
+                 draft_vocabulary: torch.Tensor | None = None):
         self.cfg, self.train_cfg = cfg, cfg.train
         train = self.train_cfg
         self.accelerator = acc = make_accelerator(cfg, draft_config)
@@ -192,14 +203,14 @@ class Trainer:
         self.lm_head = lm_head.to(acc.device).requires_grad_(False)
         torch.manual_seed(train.seed)
         draft = DraftHead(draft_config)
-        draft.bind_target_modules(self.embed_tokens, self.lm_head)
+        if (draft_vocabulary is None) != (draft_config.draft_vocab_size is None):
+            raise ValueError("pass draft_vocabulary exactly when the draft config sets draft_vocab_size")
+        if draft_vocabulary is not None:
+            draft.set_draft_vocabulary(draft_vocabulary)
+        draft.to(acc.device).bind_target_modules(self.embed_tokens, self.lm_head)
         self.draft, self.draft_config = draft, draft_config
         self.with_head2 = draft_config.parallel_head
-        gate = draft.layers[0].mlp_moe.gate
-        self.balance = train.load_balance_w > 0 and gate is not None
-        self._router_logits: list[torch.Tensor] = []
-        if self.balance:
-            gate.register_forward_hook(lambda module, args, out: self._router_logits.append(out))
+        self.balance = train.load_balance_w > 0 and draft.layers[0].mlp_moe.gate is not None
         optimizer = torch.optim.AdamW(draft.parameters(), lr=train.lr, betas=train.betas,
                                       weight_decay=train.weight_decay)
         world, rank = acc.num_processes, acc.process_index
@@ -210,7 +221,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * train.num_epochs
         self.scheduler = get_scheduler(SCHEDULES[train.schedule], optimizer, num_warmup_steps=train.warmup_steps,
                                        num_training_steps=self.total_steps)
-        heads = HeadsForward(draft, self.with_head2)
+        heads = HeadsForward(draft, self.with_head2, self.balance)
         plugin = acc.state.deepspeed_plugin
         self.zero3 = plugin is not None and plugin.zero_stage == 3
         if self.zero3:
@@ -220,6 +231,7 @@ class Trainer:
             from deepspeed.utils import set_z3_leaf_modules
 
             set_z3_leaf_modules(heads, [HeadsForward])
+        self.heads = heads
         self.model, self.optimizer = acc.prepare(heads, optimizer)
         self.state = TrainState()
         self._saved_at: tuple | None = None  # loop position of the last checkpoint written or loaded
@@ -267,24 +279,24 @@ class Trainer:
         }
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(x.to(self.lm_head.weight.dtype))
+        """[N, H] -> [N, V_d]: draft and target rows are both scored over the draft vocabulary."""
+        return self.draft.compact_logits(x)
 
     # -- one forward ------------------------------------------------------------------------------------------------
     def _losses(self, model, inputs: dict, normalizers):
         """Forward of ``model`` (a :class:`HeadsForward`, prepared or not) + losses, inside autocast; returns
         (LossTerms, HeadScores)."""
         train = self.train_cfg
-        self._router_logits.clear()
         mask = inputs["mask"]
         with self.accelerator.autocast():
-            heads = model(inputs["features"], inputs["input_ids"], inputs["positions"])
+            head1, head2, router_logits = self.heads.unpack(model(inputs["features"], inputs["input_ids"],
+                                                                  inputs["positions"]))
             balance = None
             if self.balance:
-                logits = self._router_logits[0].reshape(*mask.shape, -1)[..., : self.draft_config.num_local_experts]
                 rows = mask > 0
-                balance = load_balancing_loss(logits[rows], mask[rows], self.draft_config.num_experts_per_tok)
-            return draft_losses(heads[0], heads[1] if self.with_head2 else None, inputs["target"], mask, self._head,
-                                train.v_w, train.p_w, train.parallel_w, normalizers, balance, train.load_balance_w)
+                balance = load_balancing_loss(router_logits[rows], mask[rows], self.draft_config.num_experts_per_tok)
+            return draft_losses(head1, head2, inputs["target"], mask, self._head, train.v_w, train.p_w,
+                                train.parallel_w, normalizers, balance, train.load_balance_w)
 
     @staticmethod
     def _add_scores(sums: Sums, terms, scores) -> None:
@@ -428,7 +440,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Held-out losses, top-k accuracy per head and the draft's k-step accuracy ``acc_step{k}``."""
         acc, train = self.accelerator, self.train_cfg
-        model = HeadsForward(self.draft, self.with_head2)  # the bare module: no DDP / DeepSpeed forward
+        model = self.heads  # the bare module: no DDP / DeepSpeed forward
         was_training = self.draft.training
         self.draft.eval()
         sums = Sums()
@@ -505,7 +517,8 @@ class Trainer:
         out = self.output_dir / EXPORT
         if acc.is_main_process:
             draft = DraftHead(self.draft_config)
-            draft.load_state_dict({k.removeprefix("draft."): v.float() for k, v in weights.items()}, strict=True)
+            draft.load_state_dict({k.removeprefix("draft."): v.float() if v.is_floating_point() else v
+                                   for k, v in weights.items()}, strict=True)
             draft.save_pretrained(out)
             self._say(f"exported the draft to {out}")
         acc.wait_for_everyone()
