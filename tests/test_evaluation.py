@@ -301,3 +301,60 @@ def test_eval_script_smoke_run(tiny_dirs, tmp_path):
     assert "skipping gsm8k: no question file" in done.stdout
     assert "| tiny-jakiro-temperature-0.0 | " in done.stdout.split("mean over benches")[-1]
     assert len(read_records(tmp_path / "mt_bench" / "tiny-jakiro-temperature-0.0.jsonl")) == 1
+
+
+# -- interleaved benchmark ----------------------------------------------------------------------------------------
+def bench_args(tiny_dirs, out_dir, *extra):
+    target, draft = tiny_dirs
+    common = ["--set", f"model.base_model_path={target}", "--set", "model.dtype=float32", "--set",
+              f"eval.question_file={QUESTIONS}", "--set", "eval.warmup=1", "--set", "tree.total_token=8", "--set",
+              "tree.depth=3", "--set", "tree.top_k=3"]
+    arms = ["--arm", "vanilla", "eval.method=baseline", "--arm", "spec", f"model.draft_path={draft}",
+            "--arm", "spec-pe", f"model.draft_path={draft}", "tree.sibling_mode=per_expert"]
+    return [*common, *arms, "--out-dir", str(out_dir), "--max-new-tokens", "5", "--no-progress", *extra]
+
+
+def test_benchmark_interleaves_arms_resumes_and_reports(tiny_dirs, tmp_path, monkeypatch, capsys):
+    from jakiro.evaluation import benchmark
+
+    order = []
+    real = benchmark.answer_record
+
+    def recording(cfg, method, prompter, question, meta):
+        order.append((question["question_id"], cfg.eval.model_id, cfg.eval.temperature))
+        return real(cfg, method, prompter, question, meta)
+
+    monkeypatch.setattr(benchmark, "answer_record", recording)
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "1")) == 0
+    q1, q2 = [json.loads(line)["question_id"] for line in QUESTIONS.read_text().splitlines()]
+    assert order == [(q1, "vanilla", 0.0), (q1, "spec", 0.0), (q1, "spec-pe", 0.0),  # the order rotates
+                     (q2, "spec", 0.0), (q2, "spec-pe", 0.0), (q2, "vanilla", 0.0),
+                     (q1, "vanilla", 1.0), (q1, "spec", 1.0), (q1, "spec-pe", 1.0),
+                     (q2, "spec", 1.0), (q2, "spec-pe", 1.0), (q2, "vanilla", 1.0)]
+    for temperature in ("0.0", "1.0"):
+        report = json.loads((tmp_path / "mt_bench" / f"temperature-{temperature}" / "speed.json").read_text())
+        assert [m["label"] for m in report["methods"]] == ["spec", "spec-pe"] and report["baseline"]["samples"] == 2
+        for arm in ("vanilla", "spec", "spec-pe"):
+            records = [r for _, r in read_records(tmp_path / "mt_bench" / f"temperature-{temperature}" / f"{arm}.jsonl")]
+            assert len(records) == 2 and all(r["model_id"] == arm for r in records)
+            assert all(r["meta"]["temperature"] == float(temperature) for r in records)
+    greedy = json.loads((tmp_path / "mt_bench" / "temperature-0.0" / "speed.json").read_text())
+    assert all(m["equality"]["identical"] == m["equality"]["turns"] == 4 for m in greedy["methods"])
+    assert "| spec-pe |" in (tmp_path / "report.md").read_text()
+    # a rerun finds every question answered and only reports again
+    order.clear()
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "1")) == 0
+    assert order == []
+
+
+@pytest.mark.parametrize("arms, message", [
+    (["--arm", "a=b"], "arm's name"),
+    (["--arm", "one", "eval.method=baseline"], "at least two arms"),
+    (["--arm", "x", "--arm", "x"], "two arms are named 'x'"),
+    (["--arm", "x", "--arm", "y", "tree.depht=3"], "unknown key 'tree.depht'"),
+])
+def test_benchmark_bad_arms(arms, message, tmp_path, capsys):
+    from jakiro.evaluation import benchmark
+
+    assert benchmark.main([*arms, "--out-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err

@@ -158,19 +158,32 @@ def run(cfg: JakiroConfig, progress: bool = True) -> Path:
         return path
     method, about = load_method(cfg, max_new_tokens)
     prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, e.system_prompt)
-    meta = {"idxs": FORWARDS_COUNTING, "bench": e.bench_name, **about, "temperature": temperature,
-            "top_p": cfg.generation.top_p, "top_k": cfg.generation.top_k, "max_new_tokens": max_new_tokens,
-            "max_length": cfg.generation.max_length, "chat_template": cfg.model.chat_template,
-            "seed": cfg.generation.seed}
+    meta = answer_meta(cfg, about)
     for _ in tqdm(range(e.warmup), desc="warm-up", disable=not progress or not e.warmup, leave=False):
         answer_choice(method, prompter, questions[0], 0, cfg.generation.seed, temperature)
     path.parent.mkdir(parents=True, exist_ok=True)
     for question in tqdm(todo, desc=f"{e.bench_name} {e.method}", unit="q", disable=not progress):
-        choices = [answer_choice(method, prompter, question, i, cfg.generation.seed + i, temperature)
-                   for i in range(e.num_choices)]
-        append_record(path, {"question_id": question["question_id"], "answer_id": uuid.uuid4().hex,
-                             "model_id": e.model_id, "choices": choices, "tstamp": time.time(), "meta": meta})
+        append_record(path, answer_record(cfg, method, prompter, question, meta))
     return path
+
+
+def answer_meta(cfg: JakiroConfig, about: dict) -> dict:
+    """The ``meta`` field of every record: how the answers were produced (method settings from ``load_method``)."""
+    temperature, max_new_tokens = settings(cfg)
+    return {"idxs": FORWARDS_COUNTING, "bench": cfg.eval.bench_name, **about, "temperature": temperature,
+            "top_p": cfg.generation.top_p, "top_k": cfg.generation.top_k, "max_new_tokens": max_new_tokens,
+            "max_length": cfg.generation.max_length, "chat_template": cfg.model.chat_template,
+            "seed": cfg.generation.seed}
+
+
+def answer_record(cfg: JakiroConfig, method, prompter: ChatPrompter, question: dict, meta: dict) -> dict:
+    """One question answered ``eval.num_choices`` times: the JSONL record of the answer file."""
+    temperature, _ = settings(cfg)
+    seed = cfg.generation.seed
+    choices = [answer_choice(method, prompter, question, i, seed + i, temperature)
+               for i in range(cfg.eval.num_choices)]
+    return {"question_id": question["question_id"], "answer_id": uuid.uuid4().hex, "model_id": cfg.eval.model_id,
+            "choices": choices, "tstamp": time.time(), "meta": meta}
 
 
 def main(argv: list[str] | None = None, method: str | None = None) -> int:

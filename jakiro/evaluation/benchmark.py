@@ -1,0 +1,171 @@
+"""Interleaved speed benchmark: several decoding methods ("arms") answer the same questions in turn, in one process.
+
+    python -m jakiro.evaluation.benchmark --config smollm2 --out-dir outputs/benchmark/cpu \\
+        --arm vanilla eval.method=baseline  --arm pld eval.method=pld \\
+        --arm jakiro model.draft_path=DRAFT_DIR  --arm jakiro-per-expert model.draft_path=DRAFT_DIR \\
+        tree.sibling_mode=per_expert  [--temperatures 0.0 1.0] [--questions N] [--max-new-tokens 256]
+
+An arm is a name and config overrides on top of ``--config`` / ``--set`` (any ``eval.method`` of
+:mod:`jakiro.evaluation.methods`). The first arm is the baseline of the reports. For each temperature and each
+question, every arm answers all turns before the next question starts, and the arms' order rotates from question to
+question, so that slow drift of the machine (thermal state, background load) hits all arms alike; all models stay
+loaded. Each arm writes ``OUT_DIR/<bench>/temperature-<T>/<arm>.jsonl`` (the records of ``gen_ea_answer``), and a
+question already answered by an arm is not answered again (a killed run resumes). At the end, per temperature:
+``speed.json`` beside the answers and a markdown table (``python -m jakiro.evaluation.speed``), then
+``OUT_DIR/report.md`` with all tables, and with ``--plot`` ``OUT_DIR/speed.png`` (speedup and tau).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from jakiro.assets import AssetError, load_questions
+from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, load_config
+from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record, done_questions, question_path,
+                                       settings)
+from jakiro.evaluation.chat import ChatPrompter
+from jakiro.evaluation.methods import load_method
+from jakiro.evaluation.records import append_record
+from jakiro.evaluation.speed import build_report, format_report, load_answers
+
+ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclasses.dataclass
+class Arm:
+    """One method under test: its name, config and (once loaded) method, prompter and record meta."""
+
+    name: str
+    cfg: JakiroConfig
+    method: object = None
+    prompter: ChatPrompter | None = None
+    meta: dict | None = None
+
+    def answer_file(self, out_dir: Path, temperature: float) -> Path:
+        return out_dir / self.cfg.eval.bench_name / f"temperature-{temperature}" / f"{self.name}.jsonl"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jakiro.evaluation.benchmark",
+                                     description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
+    parser.add_argument("--arm", nargs="+", action="append", required=True, metavar="NAME [SECTION.KEY=VALUE ...]",
+                        help="a method under test (repeatable; the first is the baseline)")
+    parser.add_argument("--out-dir", required=True, help="answer files, reports and the plot go here")
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[0.0, 1.0])
+    parser.add_argument("--questions", type=int, default=None, help="only the first N questions (default: all)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default: the config's)")
+    parser.add_argument("--plot", action="store_true", help="also write speed.png (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def build_arms(args: argparse.Namespace) -> list[Arm]:
+    """One config per arm: the shared config, then the arm's overrides (validated like any config value)."""
+    arms, seen = [], set()
+    common = list(args.overrides)
+    if args.max_new_tokens is not None:
+        common.append(f"eval.max_new_tokens={args.max_new_tokens}")
+    for name, *overrides in args.arm:
+        if not ARM_NAME.match(name) or "=" in name:
+            raise ConfigError(f"--arm: the first word is the arm's name (letters, digits, '.', '_', '-'), got "
+                              f"{name!r}")
+        if name in seen:
+            raise ConfigError(f"--arm: two arms are named {name!r}")
+        seen.add(name)
+        cfg = load_config(args.config, [*common, *overrides, f"eval.model_id={name}"])
+        arms.append(Arm(name, cfg))
+    if len(arms) < 2:
+        raise ConfigError("--arm: give at least two arms (the first is the baseline)")
+    return arms
+
+
+def with_temperature(cfg: JakiroConfig, temperature: float) -> JakiroConfig:
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, temperature=temperature))
+
+
+def load_arms(arms: list[Arm]) -> None:
+    """Load every arm's models once (they all stay in memory) and warm each up on a short prompt."""
+    for arm in arms:
+        _, max_new_tokens = settings(arm.cfg)
+        print(f"loading arm {arm.name} ({arm.cfg.eval.method})", file=sys.stderr)
+        arm.method, about = load_method(arm.cfg, max_new_tokens)
+        arm.prompter = ChatPrompter(arm.method.tokenizer, arm.cfg.model.chat_template, arm.cfg.eval.system_prompt)
+        arm.meta = answer_meta(arm.cfg, about)
+        warmup = {"question_id": "warmup", "turns": ["Say hello."]}
+        for _ in range(arm.cfg.eval.warmup):
+            answer_choice(arm.method, arm.prompter, warmup, 0, arm.cfg.generation.seed, 0.0)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Answer every question with every arm at every temperature (interleaved), then report; returns the reports."""
+    arms = build_arms(args)
+    first = arms[0].cfg
+    questions = load_questions(question_path(first), first.eval.question_begin, first.eval.question_end)
+    questions = questions[: args.questions] if args.questions is not None else questions
+    if not questions:
+        raise ValueError("no questions selected")
+    out_dir = Path(args.out_dir)
+    load_arms(arms)
+    reports = []
+    for temperature in args.temperatures:
+        files = {arm.name: arm.answer_file(out_dir, temperature) for arm in arms}
+        done = {arm.name: done_questions(files[arm.name]) for arm in arms}
+        todo = [q for q in questions if any(q["question_id"] not in done[a.name] for a in arms)]
+        print(f"temperature {temperature}: {len(questions) - len(todo)} of {len(questions)} questions done by every "
+              f"arm, {len(todo)} to go", file=sys.stderr)
+        for number, question in enumerate(tqdm(todo, desc=f"T={temperature}", unit="q", disable=args.no_progress)):
+            shift = number % len(arms)
+            for arm in arms[shift:] + arms[:shift]:
+                if question["question_id"] in done[arm.name]:
+                    continue
+                cfg = with_temperature(arm.cfg, temperature)
+                meta = {**arm.meta, "temperature": temperature}
+                files[arm.name].parent.mkdir(parents=True, exist_ok=True)
+                append_record(files[arm.name], answer_record(cfg, arm.method, arm.prompter, question, meta))
+        reports.append(report(arms, files, out_dir, temperature, first.eval.bench_name))
+    write_summary(reports, out_dir, args.plot)
+    return reports
+
+
+def report(arms: list[Arm], files: dict, out_dir: Path, temperature: float, bench: str) -> dict:
+    baseline, *methods = [load_answers(files[arm.name]) for arm in arms]  # labelled by file name = arm name
+    result = build_report(baseline, methods, bench=f"{bench} T={temperature:g}")
+    path = out_dir / bench / f"temperature-{temperature}" / "speed.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def write_summary(reports: list[dict], out_dir: Path, plot: bool) -> None:
+    text = "\n\n".join(format_report(r) for r in reports)
+    print(text)
+    (out_dir / "report.md").write_text(text + "\n", encoding="utf-8")
+    if plot:
+        from jakiro.evaluation.plot import PlotUnavailable, plot_reports
+
+        try:
+            plot_reports(reports, out_dir / "speed.png")
+            print(f"plot: {out_dir / 'speed.png'}")
+        except PlotUnavailable as err:
+            print(f"skipping the plot: {err}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, AssetError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
