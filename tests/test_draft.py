@@ -510,3 +510,14 @@ def test_draft_vocab_size_must_fit_the_vocabulary():
         DraftHeadConfig.for_target(tiny_target().config, draft_vocab_size=129)
     with pytest.raises(ValueError, match="full target vocabulary"):
         tiny_draft(tiny_target()).set_draft_vocabulary(torch.arange(8))
+
+
+def test_shipped_draft_names(tmp_path, monkeypatch):
+    import jakiro.drafts as shipped
+
+    monkeypatch.setattr(shipped, "FOLDER", tmp_path)
+    bound_draft(tiny_target()).save_pretrained(tmp_path / "tiny-jakiro")
+    assert shipped.shipped_drafts() == ["tiny-jakiro"]
+    assert DraftHead.from_pretrained("shipped:tiny-jakiro").config.vocab_size == 128
+    with pytest.raises(ValueError, match="no shipped draft named 'nope'; shipped: tiny-jakiro"):
+        DraftHead.from_pretrained("shipped:nope")

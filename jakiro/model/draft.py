@@ -35,6 +35,7 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
+from jakiro.drafts import resolve_draft_path
 from jakiro.model.moe import MixtureOfExperts, MoEOutput
 
 WEIGHTS_NAME = "model.safetensors"
@@ -344,10 +345,11 @@ class DraftHead(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike) -> "DraftHead":
         """Load a draft directory (``config.json`` + ``model.safetensors`` or a legacy ``pytorch_model.bin``).
 
-        Raises ValueError naming the file for a missing directory, config or weights, a corrupted file, or
-        weights whose names or shapes do not match the config.
+        ``shipped:<name>`` names a draft shipped with the package (:mod:`jakiro.drafts`). Raises ValueError naming
+        the file for a missing directory, config or weights, a corrupted file, or weights whose names or shapes do
+        not match the config.
         """
-        directory = Path(directory)
+        directory = resolve_draft_path(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise ValueError(f"draft directory {directory} has no {CONFIG_NAME}")
