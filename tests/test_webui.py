@@ -5,6 +5,7 @@ message when gradio is missing. The page itself is tested in tests/test_webui_br
 
 import html
 import re
+import socket
 import string
 import sys
 import types
@@ -180,6 +181,17 @@ def test_config_errors_are_reported_without_a_traceback(monkeypatch, capsys):
     assert webui.main(["--set", "tree.depth=0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: tree.depth") and "Traceback" not in err
+
+
+def test_a_taken_port_is_reported_before_the_model_loads(monkeypatch, capsys):
+    monkeypatch.setattr(webui, "import_gradio", lambda: types.SimpleNamespace(__version__="6.0.0"))
+    monkeypatch.setattr(webui, "load_engine", lambda cfg: pytest.fail("loaded the model for a taken port"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert webui.main(["--port", str(port)]) == 2
+    assert f"error: cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 # -- chat engine on the real target --------------------------------------------------------------------------------

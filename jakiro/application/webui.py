@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -102,6 +103,17 @@ def import_gradio():
         raise GradioMissing(f"the web UI needs gradio >= {MIN_GRADIO}, found {gradio.__version__}. Upgrade: "
                             f"{INSTALL_HINT}")
     return gradio
+
+
+def check_address(host: str, port: int) -> None:
+    """OSError now, before the model loads, if ``host:port`` cannot be served (port taken, unknown host)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as err:
+        raise OSError(f"cannot serve on {host}:{port}: {err}") from None
 
 
 def load_engine(cfg: JakiroConfig) -> tuple[ChatEngine, str]:
@@ -221,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gr = import_gradio()
         cfg = config_from(args)
+        check_address(args.host, args.port)
         engine, description = load_engine(cfg)
     except (GradioMissing, ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -233,12 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     # system fonts: the page makes no request to font services
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
-    try:
-        app.queue().launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
-                           css=CSS, theme=theme)
+    try:  # quiet: gradio's own banner would suggest share=True
+        _, local_url, share_url = app.queue().launch(
+            server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, css=CSS, theme=theme,
+            quiet=True, prevent_thread_lock=True,
+        )
     except OSError as err:
         print(f"error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 2
+    print(f"Jakiro web UI on {local_url}" + (f" and {share_url}" if share_url else "") + " (Ctrl+C stops it)")
+    app.block_thread()
     return 0
 
 
