@@ -258,6 +258,37 @@ def test_measure_verification_costs():
     assert target.cache is None
 
 
+def test_set_tree_changes_the_tree_of_later_generations_and_stays_lossless():
+    model = tiny_ea_model("llama", vocab_size=VOCAB, total_token=12, depth=3, top_k=3)
+    trees = []
+    model.set_tree(5, 2, 2)
+    assert (model.drafter.total_token, model.drafter.depth, model.drafter.top_k) == (5, 2, 2)
+    draft_tree = model.drafter.draft_tree
+
+    def recording_draft_tree(*args):
+        trees.append(draft_tree(*args))
+        return trees[-1]
+
+    model.drafter.draft_tree = recording_draft_tree
+    assert torch.equal(model.eagenerate(PROMPT, max_new_tokens=12), greedy_reference(model.base_model, PROMPT, 12))
+    assert trees and all(t.tokens.numel() == 5 and int(t.depths.max()) <= 3 for t in trees)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 3), (12, 0, 3), (12, 3, 0), (12, 3, VOCAB + 1)])
+def test_set_tree_rejects_bad_shapes_and_keeps_the_current_tree(model, shape):
+    before = model.drafter
+    with pytest.raises(ValueError):
+        model.set_tree(*shape)
+    assert model.drafter is before
+
+
+def test_set_tree_auto_size_measures_the_target(monkeypatch):
+    monkeypatch.setattr(ea_module, "measure_verification_costs", lambda target, sizes, *a, **k: {8: 1.0, 16: 1.2})
+    model = tiny_ea_model("llama", vocab_size=VOCAB, total_token=12, depth=3, top_k=3)
+    model.set_tree(-1, 2, 4)
+    assert (model.drafter.total_token, model.drafter.depth, model.drafter.top_k) == (16, 2, 4)
+
+
 # -- draft placement ----------------------------------------------------------------------------------------------
 def test_draft_is_cast_to_target_dtype():
     target = tiny_target(vocab_size=VOCAB).to(torch.bfloat16)

@@ -74,9 +74,8 @@ class EaModel(nn.Module):
         last_layer_device = next(self.target.decoder.layers[-1].parameters()).device
         self.ea_layer = draft.to(device=last_layer_device, dtype=self.target.dtype).eval()
         self.ea_layer.bind_target_modules(base_model.get_input_embeddings(), base_model.get_output_embeddings())
-        if total_token == -1:
-            total_token = choose_tree_size(self.target)
-        self.drafter = TreeDrafter(self.ea_layer, total_token, depth, top_k, sibling_mode)
+        self.sibling_mode = sibling_mode
+        self.set_tree(total_token, depth, top_k)
         if stop_token_ids is None:
             stop_token_ids = default_stop_token_ids(base_model, tokenizer)
         self.stop_token_ids = sorted(set(stop_token_ids))
@@ -105,6 +104,14 @@ class EaModel(nn.Module):
 
     def get_tokenizer(self):
         return self.tokenizer
+
+    def set_tree(self, total_token: int, depth: int, top_k: int) -> None:
+        """Use a new tree shape from the next generate call on: ``total_token`` nodes verified per step (-1 =
+        measure the target and pick), ``depth`` draft layers, ``top_k`` children per node. Only the drafter is
+        rebuilt (no weights move); invalid values raise ValueError and keep the current tree."""
+        if total_token == -1:
+            total_token = choose_tree_size(self.target)
+        self.drafter = TreeDrafter(self.ea_layer, total_token, depth, top_k, self.sibling_mode)
 
     # -- public generation API ------------------------------------------------------------------------------------
     def eagenerate(self, input_ids, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=512, max_length=2048,
