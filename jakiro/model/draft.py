@@ -151,11 +151,13 @@ class DraftOutput:
         head1: [B, S, H] predicted next features.
         head2: [B, S, H] predicted two-ahead features (CEPD), or None.
         expert_features: [B, S, k, H] x + E_e(u) for each routed expert (strongest first), or None.
+        expert_weights: [B, S, k] float32 routing weights of those experts (they sum to 1), or None.
     """
 
     head1: torch.Tensor
     head2: torch.Tensor | None = None
     expert_features: torch.Tensor | None = None
+    expert_weights: torch.Tensor | None = None
 
 
 class DraftCache:
@@ -266,10 +268,11 @@ class DraftHead(nn.Module):
         u = layer.post_attention_layernorm(x)
         moe: MoEOutput = layer.mlp_moe(u.reshape(b * s, h), with_head2=with_head2, with_experts=with_experts)
         head2 = None if moe.head2 is None else x + moe.head2.view(b, s, h)
-        expert_features = None
+        expert_features = expert_weights = None
         if moe.expert_outputs is not None:
             expert_features = x.unsqueeze(2) + moe.expert_outputs.view(b, s, -1, h)
-        return DraftOutput(x + moe.head1.view(b, s, h), head2, expert_features)
+            expert_weights = moe.expert_weights.view(b, s, -1)
+        return DraftOutput(x + moe.head1.view(b, s, h), head2, expert_features, expert_weights)
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:

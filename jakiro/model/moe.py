@@ -43,12 +43,15 @@ class MoEOutput:
         head2: [N, H] contrastive combination (two-ahead head), or None when not requested.
         expert_ids: [N, k] experts chosen by head-1 routing, strongest first.
         expert_outputs: [N, k, H] raw outputs E_e(u) of those experts, or None when not requested.
+        expert_weights: [N, k] float32 head-1 routing weights of those experts (softmax over the chosen logits;
+            head1 = sum_slot expert_weights * expert_outputs).
     """
 
     head1: torch.Tensor
     head2: torch.Tensor | None
     expert_ids: torch.Tensor
     expert_outputs: torch.Tensor | None
+    expert_weights: torch.Tensor
 
 
 class MixtureOfExperts(nn.Module):
@@ -88,7 +91,8 @@ class MixtureOfExperts(nn.Module):
         else:
             logits = self.gate(u).float()
         top_logits, ids1 = torch.topk(logits[:, :e], k, dim=-1)
-        w1 = torch.zeros(n, e, device=u.device, dtype=torch.float32).scatter(-1, ids1, top_logits.softmax(-1))
+        routing = top_logits.softmax(-1)  # [N, k]
+        w1 = torch.zeros(n, e, device=u.device, dtype=torch.float32).scatter(-1, ids1, routing)
         weights = [w1]
         if with_head2:
             pair_logits, ids2 = torch.topk(logits[:, e:], 2, dim=-1)
@@ -108,4 +112,4 @@ class MixtureOfExperts(nn.Module):
             if with_experts:
                 slot_rows, slot = (ids1[rows] == expert_id).nonzero(as_tuple=True)
                 expert_outputs[rows[slot_rows], slot] = y[slot_rows]
-        return MoEOutput(heads[0], heads[1] if with_head2 else None, ids1, expert_outputs)
+        return MoEOutput(heads[0], heads[1] if with_head2 else None, ids1, expert_outputs, routing)
