@@ -9,7 +9,8 @@ One round, for a static tree of depth D (:mod:`jakiro_star.trees`):
    replacement at temperature > 0, deterministic top candidates at temperature 0). Then, unless d = D, one draft
    forward over the depth-d nodes that have children: each is fed its own token and its parent's head-1 feature,
    attends to the stable cache plus its own ancestors' tree entries (ancestor mask), and sits at draft position
-   ``stable_len + d - 1``. Leaves are never forwarded. Draft forwards per round: 1 + (depths with parents - 1).
+   ``stable_len + d - 1``. Leaves are never forwarded. Draft forwards per round: D (context pass + depths
+   1 .. D-1).
 3. The tree entries are cropped from the draft cache; the result is a :class:`SampledDraftTree` over the root and
    the drawn nodes, carrying each node's recorded proposal for :func:`jakiro_star.verify.verify_recursive`.
 
@@ -77,8 +78,9 @@ class StaticTreeDrafter:
         tokens = tokens.to(device)
         start = len(self.cache)
         positions = torch.arange(start, start + tokens.shape[0], device=device)[None]
-        out = draft(features[None], tokens[None], positions, cache=self.cache, last_position_only=True,
-                    with_experts=True)
+        # the context pass evaluates its last position only: one output row, the root's
+        parent_out = draft(features[None], tokens[None], positions, cache=self.cache, last_position_only=True,
+                           with_experts=True)
         stable_len = len(self.cache)
 
         n, greedy = len(tree), sampling["temperature"] == 0
@@ -87,7 +89,6 @@ class StaticTreeDrafter:
         present = torch.ones(n, dtype=torch.bool)
         proposals = None if greedy else torch.zeros(n, draft.config.vocab_size)
         cached_nodes = torch.zeros(0, dtype=torch.long)  # tree nodes in the draft cache, in cache order
-        parent_out = out  # the context pass evaluated its last position only: one row, the root's
         for depth, level in enumerate(self.levels, start=1):
             self._draw_level(level, parent_out, node_tokens, present, proposals, sampling, generator)
             if depth == len(self.levels):
@@ -100,9 +101,8 @@ class StaticTreeDrafter:
             mask = torch.zeros(allowed.shape, dtype=param.dtype, device=device)
             mask.masked_fill_(~allowed, torch.finfo(param.dtype).min)
             pos = torch.full((1, len(forward)), stable_len + depth - 1, device=device)
-            out = draft(parent_out.head1[0][rows.to(device)][None], node_tokens[forward].to(device)[None], pos,
-                        attention_mask=mask[None, None], cache=self.cache, with_experts=True)
-            parent_out = out
+            parent_out = draft(parent_out.head1[0][rows.to(device)][None], node_tokens[forward].to(device)[None], pos,
+                               attention_mask=mask[None, None], cache=self.cache, with_experts=True)
 
         self.cache.crop(stable_len)
         node_tokens = node_tokens.to(device)

@@ -77,12 +77,13 @@ def test_greedy_other_expert_routings(num_experts, experts_per_token):
         assert greedy_accept_rate(model, prompts_for(16, 2)) > 0
 
 
-def test_greedy_custom_chain_tree_and_stop_tokens():
+@pytest.mark.parametrize("choices", [[[0], [0, 0], [0, 0, 0]], [[0], [1], [2]]], ids=["chain", "one-level"])
+def test_greedy_custom_trees_and_stop_tokens(choices):
     """A choices list works as a tree; generation stops right after a stop token, like the target's."""
     target = weak_context_target("llama", vocab_size=16)
     plain = target.generate(torch.tensor([[1, 2, 3]]), do_sample=False, max_new_tokens=30, min_new_tokens=30)
     stop = int(plain[0, 3 + 10])  # the 11th generated token
     first_stop = next(i for i in range(3, plain.shape[1]) if int(plain[0, i]) == stop)
-    model = StarEaModel(target, imitating_draft(target), None, [[0], [0, 0], [0, 0, 0]], stop_token_ids=[stop])
+    model = StarEaModel(target, imitating_draft(target), None, choices, stop_token_ids=[stop])
     ids = model.eagenerate(torch.tensor([[1, 2, 3]]), max_new_tokens=30)
     assert torch.equal(ids, plain[:, : first_stop + 1])
