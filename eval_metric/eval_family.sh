@@ -25,7 +25,7 @@ options (environment variable in brackets, default after '='):
                                               (embedded); benches without a question file are skipped
   --benches "B ..."        [BENCHES="mt_bench humaneval gsm8k alpaca sum qa"]
   --temperatures "T ..."   [TEMPERATURES="0.0 1.0"]
-  --methods "M ..."        [METHODS=jakiro]   compared with plain decoding: jakiro, pld, assisted
+  --methods "M ..."        [METHODS=jakiro]   compared with plain decoding: jakiro, jakiro_star, pld, assisted
   --out-dir DIR            [OUT_DIR=outputs/eval/FAMILY]
   --questions-limit N      [QUESTIONS_LIMIT=] only the first N questions per bench (smoke runs); empty = all
   --max-new-tokens N       [MAX_NEW_TOKENS=]  per turn; empty = the config's generation.max_new_tokens

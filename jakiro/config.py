@@ -151,12 +151,16 @@ class TreeConfig(_Section):
     depth: int = 5  # drafting steps (tree depth below the root)
     top_k: int = 10  # children expanded per node and nodes kept per layer
     sibling_mode: str = "mixture"  # how experts propose children: "mixture" (merged top-k) or "per_expert"
+    static_tree: str = "mc_sim_7b_63"  # method jakiro_star: static tree name (total_token/depth/top_k unused)
 
     def validate(self) -> None:
+        from jakiro_star.tree_choices import STATIC_TREES
+
         self._require("total_token", self.total_token == -1 or self.total_token >= 2, "-1 or an integer >= 2")
         self._require("depth", self.depth >= 1, "an integer >= 1")
         self._require("top_k", self.top_k >= 1, "an integer >= 1")
         self._require_choice("sibling_mode", ("mixture", "per_expert"))
+        self._require_choice("static_tree", tuple(STATIC_TREES))
 
 
 @dataclass
@@ -263,7 +267,7 @@ class EvalConfig(_Section):
     question_file: str | None = None  # FastChat question jsonl; None = the embedded MT-bench questions
     answer_file: str | None = None  # output jsonl; None = outputs/<bench>/<model_id>-<method>-temperature-<T>.jsonl
     model_id: str = "jakiro"  # name recorded in each answer record
-    method: str = "jakiro"  # decoding method: "jakiro", "baseline" (plain), "pld" (prompt lookup), "assisted"
+    method: str = "jakiro"  # "jakiro", "jakiro_star" (static sampled tree), "baseline" (plain), "pld", "assisted"
     assistant_model_path: str | None = None  # assistant model for method "assisted" (Hugging Face assisted generation)
     prompt_lookup_num_tokens: int = 10  # tokens proposed per step by method "pld"
     system_prompt: str | None = None  # None = the chat template's default (Llama-2 safety prompt for llama-2/llama-3)
@@ -275,7 +279,7 @@ class EvalConfig(_Section):
     question_end: int | None = None  # one past the last question; None = to the end
 
     def validate(self) -> None:
-        self._require_choice("method", ("jakiro", "baseline", "pld", "assisted"))
+        self._require_choice("method", ("jakiro", "jakiro_star", "baseline", "pld", "assisted"))
         self._require("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens >= 1, "an integer >= 1")
         self._require("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1,
                       "null or an integer >= 1")

@@ -153,11 +153,25 @@ class TreeDrafter:
             top = torch.topk(logp, k, dim=-1)
             return draft.to_target_ids(top.indices), top.values
         per_expert = draft.compact_logits(out.expert_features[0]).float().log_softmax(-1)  # [m, E_k, V_d]
-        top = torch.topk(per_expert, k, dim=-1)  # [m, E_k, k]
-        m = top.indices.shape[0]
-        tokens = draft.to_target_ids(top.indices).transpose(1, 2).reshape(m, -1)  # rank-major: [m, k * E_k]
-        logp = top.values.transpose(1, 2).reshape(m, -1)
-        earlier = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=tokens.device).tril(-1)
-        duplicate = ((tokens[:, :, None] == tokens[:, None, :]) & earlier).any(-1)
-        order = torch.sort(duplicate.int(), dim=1, stable=True).indices[:, :k]
-        return tokens.gather(1, order), logp.gather(1, order)
+        tokens, logp = interleave_expert_rankings(per_expert, k)
+        return draft.to_target_ids(tokens), logp
+
+
+def interleave_expert_rankings(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first k distinct tokens of the experts' ranked lists taken rank by rank (rank 1 of every expert in
+    expert order, then rank 2, ...).
+
+    Args:
+        scores: [m, E, V] per-expert scores (e.g. log-probs), experts strongest first.
+        k: tokens to keep per row (<= V).
+    Returns:
+        (tokens [m, k], the score of each token under the expert that proposed it [m, k]).
+    """
+    top = torch.topk(scores, k, dim=-1)  # [m, E, k]
+    m = top.indices.shape[0]
+    tokens = top.indices.transpose(1, 2).reshape(m, -1)  # rank-major interleave: [m, k * E]
+    values = top.values.transpose(1, 2).reshape(m, -1)
+    earlier = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=tokens.device).tril(-1)
+    duplicate = ((tokens[:, :, None] == tokens[:, None, :]) & earlier).any(-1)
+    order = torch.sort(duplicate.int(), dim=1, stable=True).indices[:, :k]
+    return tokens.gather(1, order), values.gather(1, order)

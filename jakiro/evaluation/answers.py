@@ -6,6 +6,7 @@ Shared by ``python -m jakiro.evaluation.gen_ea_answer`` (method from the config,
     python -m jakiro.evaluation.gen_ea_answer --config smollm2 [--set eval.xxx=...] [--method pld]
         [--model-id ID] [--answer-file F] [--bench-name B] [--question-file F] [--max-new-tokens N]
         [--temperature T] [--base-model-path DIR] [--ea-model-path DIR] [--total-token N] [--depth D] [--top-k K]
+        [--static-tree NAME]
 
 Each direct flag sets one config key (its help names it) and wins over ``--set``. Per question and choice i
 (seed ``generation.seed + i``), each turn's prompt holds the earlier questions and the model's own answers; the
@@ -56,6 +57,7 @@ FLAGS = {
     "--total-token": ("tree", "total_token", int),
     "--depth": ("tree", "depth", int),
     "--top-k": ("tree", "top_k", int),
+    "--static-tree": ("tree", "static_tree", str),
     "--seed": ("generation", "seed", int),
 }
 

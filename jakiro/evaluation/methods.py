@@ -1,12 +1,15 @@
 """Decoding methods compared by the answer harness, behind one interface (``load_method``).
 
 * ``jakiro``: :meth:`EaModel.eagenerate` (tree speculative decoding with the configured draft);
+* ``jakiro_star``: :meth:`jakiro_star.model.StarEaModel.eagenerate` (Jakiro*: static tree ``tree.static_tree``
+  whose children are drawn from the experts' distributions, ``tree.sibling_mode``);
 * ``baseline``: :meth:`EaModel.naivegenerate` (one target forward per token);
 * ``pld``: Hugging Face assisted generation with prompt lookup (``prompt_lookup_num_tokens``);
 * ``assisted``: Hugging Face assisted generation with a user-given assistant model.
 
 Every method returns the generated ids, the exact number of target forwards (prefill included; for the Hugging
-Face methods counted by a forward hook on the target) and, for ``jakiro``, the accepted draft length per step.
+Face methods counted by a forward hook on the target) and, for ``jakiro`` / ``jakiro_star``, the accepted draft
+length per step.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from jakiro.config import JakiroConfig
 from jakiro.model.ea_model import EaModel, default_stop_token_ids
 from jakiro.model.init_draft import resolve_draft
 
-METHODS = ("jakiro", "baseline", "pld", "assisted")
+METHODS = ("jakiro", "jakiro_star", "baseline", "pld", "assisted")
 
 
 @dataclass
@@ -47,7 +50,7 @@ def hardware(device: torch.device) -> str:
 
 
 class EaMethod:
-    """``jakiro`` and ``baseline``: the two generate loops of one :class:`EaModel`."""
+    """``jakiro``, ``jakiro_star`` and ``baseline``: the two generate loops of one :class:`EaModel`."""
 
     def __init__(self, model: EaModel, speculative: bool, sampling: dict):
         self.model = model
@@ -119,19 +122,28 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
     base = cfg.model.base_model_path or str(ensure_smollm2())
     load = dict(dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device)
     about = {"method": name, "base_model": Path(base).name, "dtype": cfg.model.dtype}
-    if name in ("jakiro", "baseline"):
+    if name in ("jakiro", "jakiro_star", "baseline"):
+        speculative = name != "baseline"
         draft, trained = resolve_draft(cfg, base)
-        if name == "jakiro" and not trained:
+        if speculative and not trained:
             print("note: no trained draft configured (model.draft_path / --ea-model-path); using an UNTRAINED "
                   "draft: output stays lossless but expect a slowdown")
         tree = cfg.tree
-        model = EaModel.from_pretrained(base, draft, total_token=tree.total_token, depth=tree.depth,
-                                        top_k=tree.top_k, sibling_mode=tree.sibling_mode, **load)
-        method = EaMethod(model, name == "jakiro", _sampling(cfg, max_new_tokens))
-        if name == "jakiro":
-            about.update(draft=Path(draft).name, draft_trained=trained,
-                         tree={"total_token": model.drafter.total_token, "depth": tree.depth, "top_k": tree.top_k,
-                               "sibling_mode": tree.sibling_mode})
+        if name == "jakiro_star":
+            from jakiro_star.model import StarEaModel
+
+            model = StarEaModel.from_pretrained(base, draft, static_tree=tree.static_tree,
+                                                sibling_mode=tree.sibling_mode, **load)
+            tree_about = {"static_tree": tree.static_tree, "total_token": model.drafter.total_token,
+                          "depth": model.drafter.tree.depth, "sibling_mode": tree.sibling_mode}
+        else:
+            model = EaModel.from_pretrained(base, draft, total_token=tree.total_token, depth=tree.depth,
+                                            top_k=tree.top_k, sibling_mode=tree.sibling_mode, **load)
+            tree_about = {"total_token": model.drafter.total_token, "depth": tree.depth, "top_k": tree.top_k,
+                          "sibling_mode": tree.sibling_mode}
+        method = EaMethod(model, speculative, _sampling(cfg, max_new_tokens))
+        if speculative:
+            about.update(draft=Path(draft).name, draft_trained=trained, tree=tree_about)
     else:
         model = AutoModelForCausalLM.from_pretrained(base, **load).eval()
         tokenizer = AutoTokenizer.from_pretrained(base)

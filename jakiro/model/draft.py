@@ -161,12 +161,14 @@ class DraftOutput:
         head1: [B, S, H] predicted next features.
         head2: [B, S, H] predicted two-ahead features (CEPD), or None.
         expert_features: [B, S, k, H] x + E_e(u) for each routed expert (strongest first), or None.
+        expert_weights: [B, S, k] float32 routing weights of those experts (they sum to 1), or None.
         router_logits: [B, S, E] float32 head-1 gate logits, or None for a one-expert draft.
     """
 
     head1: torch.Tensor
     head2: torch.Tensor | None = None
     expert_features: torch.Tensor | None = None
+    expert_weights: torch.Tensor | None = None
     router_logits: torch.Tensor | None = None
 
 
@@ -324,11 +326,12 @@ class DraftHead(nn.Module):
         u = layer.post_attention_layernorm(x)
         moe: MoEOutput = layer.mlp_moe(u.reshape(b * s, h), with_head2=with_head2, with_experts=with_experts)
         head2 = None if moe.head2 is None else x + moe.head2.view(b, s, h)
-        expert_features = None
+        expert_features = expert_weights = None
         if moe.expert_outputs is not None:
             expert_features = x.unsqueeze(2) + moe.expert_outputs.view(b, s, -1, h)
+            expert_weights = moe.expert_weights.view(b, s, -1)
         router_logits = None if moe.router_logits is None else moe.router_logits.view(b, s, -1)
-        return DraftOutput(x + moe.head1.view(b, s, h), head2, expert_features, router_logits)
+        return DraftOutput(x + moe.head1.view(b, s, h), head2, expert_features, expert_weights, router_logits)
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from jakiro.drafter import TreeDrafter
 from jakiro.model.draft import DraftHead
 from jakiro.target import TargetModel
-from jakiro.verify import verify_greedy, verify_sampling, warp_logits
+from jakiro.verify import Verdict, verify_greedy, verify_sampling, warp_logits
 
 # tokens that end an assistant turn in common chat formats, added to the EOS ids when the tokenizer knows them
 CHAT_STOP_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>")
@@ -213,14 +213,11 @@ class EaModel(nn.Module):
         new_features = features
         new_tokens = torch.cat([prompt[0, 1:], torch.tensor([root], device=prompt.device)])
         while True:
-            tree = self.drafter.draft_tree(new_features, new_tokens)
+            tree = self._draft(new_features, new_tokens, sampling, generator)
             prefix_len = len(self.target)
             tree_logits, tree_features = self.target.verify(tree)
             stats.target_forwards += 1
-            if sampling["temperature"] == 0:
-                verdict = verify_greedy(tree, tree_logits)
-            else:
-                verdict = verify_sampling(tree, tree_logits, generator=generator, **sampling)
+            verdict = self._verify(tree, tree_logits, sampling, generator)
             path = torch.cat([torch.zeros(1, dtype=torch.long), verdict.accepted_nodes]).to(tree_features.device)
             self.target.commit(prefix_len, path)
             stats.accept_lengths.append(int(verdict.accepted_nodes.numel()))
@@ -228,6 +225,17 @@ class EaModel(nn.Module):
             yield accepted_tokens + [verdict.next_token]
             new_features = tree_features[path]
             new_tokens = torch.tensor(accepted_tokens + [verdict.next_token], device=prompt.device)
+
+    def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict, generator: torch.Generator):
+        """One draft tree below ``tokens[-1]`` (features [S, H] and tokens [S] of the newly committed positions).
+        Drafting here is deterministic; subclasses with a sampling drafter (Jakiro*) use ``sampling``/``generator``."""
+        return self.drafter.draft_tree(features, tokens)
+
+    def _verify(self, tree, logits: torch.Tensor, sampling: dict, generator: torch.Generator) -> Verdict:
+        """Verdict on a drafted tree given the target's logits [n, V] at its nodes (greedy at temperature 0)."""
+        if sampling["temperature"] == 0:
+            return verify_greedy(tree, logits)
+        return verify_sampling(tree, logits, generator=generator, **sampling)
 
     def _check_inputs(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length) -> int:
         """Validate arguments before any work; returns how many tokens may be generated."""

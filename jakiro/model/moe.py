@@ -43,6 +43,8 @@ class MoEOutput:
         head2: [N, H] contrastive combination (two-ahead head), or None when not requested.
         expert_ids: [N, k] experts chosen by head-1 routing, strongest first.
         expert_outputs: [N, k, H] raw outputs E_e(u) of those experts, or None when not requested.
+        expert_weights: [N, k] float32 head-1 routing weights of those experts (softmax over the chosen logits;
+            head1 = sum_slot expert_weights * expert_outputs).
         router_logits: [N, E] float32 head-1 gate logits (for a load-balancing loss), or None with one expert.
     """
 
@@ -50,6 +52,7 @@ class MoEOutput:
     head2: torch.Tensor | None
     expert_ids: torch.Tensor
     expert_outputs: torch.Tensor | None
+    expert_weights: torch.Tensor
     router_logits: torch.Tensor | None
 
 
@@ -90,7 +93,8 @@ class MixtureOfExperts(nn.Module):
         else:
             logits = self.gate(u).float()
         top_logits, ids1 = torch.topk(logits[:, :e], k, dim=-1)
-        w1 = torch.zeros(n, e, device=u.device, dtype=torch.float32).scatter(-1, ids1, top_logits.softmax(-1))
+        routing = top_logits.softmax(-1)  # [N, k]
+        w1 = torch.zeros(n, e, device=u.device, dtype=torch.float32).scatter(-1, ids1, routing)
         weights = [w1]
         if with_head2:
             pair_logits, ids2 = torch.topk(logits[:, e:], 2, dim=-1)
@@ -111,4 +115,4 @@ class MixtureOfExperts(nn.Module):
                 slot_rows, slot = (ids1[rows] == expert_id).nonzero(as_tuple=True)
                 expert_outputs[rows[slot_rows], slot] = y[slot_rows]
         router_logits = None if self.gate is None else logits[:, :e]
-        return MoEOutput(heads[0], heads[1] if with_head2 else None, ids1, expert_outputs, router_logits)
+        return MoEOutput(heads[0], heads[1] if with_head2 else None, ids1, expert_outputs, routing, router_logits)

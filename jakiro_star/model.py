@@ -1,0 +1,87 @@
+"""``StarEaModel``: :class:`jakiro.model.ea_model.EaModel` with Jakiro*'s static-tree drafter and verifier.
+
+Same API as ``EaModel`` (``from_pretrained``, ``eagenerate``, ``naivegenerate``, ``ea_generate``,
+``naive_generate``, ``last_stats``, ``get_tokenizer``); only the tree settings differ::
+
+    from jakiro_star.model import StarEaModel
+    model = StarEaModel.from_pretrained(base_model_path=..., ea_model_path=..., static_tree="mc_sim_7b_63",
+                                        sibling_mode="mixture", dtype=torch.bfloat16)
+    ids = model.eagenerate(input_ids, temperature=1.0, max_new_tokens=256)
+
+Per step: :class:`jakiro_star.drafter.StaticTreeDrafter` draws the static tree's nodes from the experts'
+distributions, the target verifies it in one forward (the ``jakiro`` target adapter and KV compaction), and the
+verdict comes from :func:`jakiro.verify.verify_greedy` at temperature 0 or
+:func:`jakiro_star.verify.verify_recursive` (lossless recursive rejection sampling) otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from jakiro.model.draft import DraftHead
+from jakiro.model.ea_model import EaModel
+from jakiro.verify import Verdict, verify_greedy
+from jakiro_star.drafter import StaticTreeDrafter
+from jakiro_star.proposals import check_mode
+from jakiro_star.trees import StaticTree, get_static_tree
+from jakiro_star.verify import SampledDraftTree, verify_recursive
+
+DEFAULT_TREE = "mc_sim_7b_63"
+_DYNAMIC_TREE_ARGS = ("total_token", "depth", "top_k")
+
+
+class StarEaModel(EaModel):
+    """Target model + draft head + tokenizer, decoding with Jakiro*'s static sampled trees."""
+
+    def __init__(
+        self,
+        base_model: PreTrainedModel,
+        draft: DraftHead,
+        tokenizer=None,
+        static_tree: str | Sequence[Sequence[int]] | StaticTree = DEFAULT_TREE,
+        sibling_mode: str = "mixture",
+        stop_token_ids: list[int] | None = None,
+    ):
+        check_mode(sibling_mode)
+        tree = get_static_tree(static_tree)
+        # the parent builds a dynamic drafter of the same size, which the static one replaces
+        super().__init__(base_model, draft, tokenizer, total_token=len(tree), depth=tree.depth,
+                         top_k=min(tree.max_children, draft.config.vocab_size), stop_token_ids=stop_token_ids)
+        self.drafter = StaticTreeDrafter(self.ea_layer, tree, sibling_mode)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model_path: str,
+        ea_model_path: str,
+        static_tree: str | Sequence[Sequence[int]] = DEFAULT_TREE,
+        sibling_mode: str = "mixture",
+        **hf_kwargs,
+    ) -> "StarEaModel":
+        """Load a target with ``AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs)`` and a draft
+        directory. ``static_tree``: a registered name (:data:`jakiro_star.tree_choices.STATIC_TREES`) or a choices list;
+        ``sibling_mode``: ``mixture`` or ``per_expert`` (see :mod:`jakiro_star.proposals`)."""
+        given = [name for name in _DYNAMIC_TREE_ARGS if name in hf_kwargs]
+        if given:
+            raise ValueError(f"Jakiro* drafts a static tree: pass static_tree=... instead of {', '.join(given)}")
+        if "torch_dtype" in hf_kwargs:  # the name reference users write; transformers 5 calls it dtype
+            hf_kwargs["dtype"] = hf_kwargs.pop("torch_dtype")
+        check_mode(sibling_mode)  # fail on bad tree settings before loading any weights
+        tree = get_static_tree(static_tree)
+        draft = DraftHead.from_pretrained(ea_model_path)
+        base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        return cls(base_model, draft, tokenizer, tree, sibling_mode)
+
+    def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict,
+               generator: torch.Generator) -> SampledDraftTree:
+        return self.drafter.draft_tree(features, tokens, sampling, generator)
+
+    def _verify(self, tree: SampledDraftTree, logits: torch.Tensor, sampling: dict,
+                generator: torch.Generator) -> Verdict:
+        if sampling["temperature"] == 0:
+            return verify_greedy(tree, logits)
+        return verify_recursive(tree, logits, generator=generator, **sampling)
