@@ -160,6 +160,22 @@ def test_resume_gives_identical_result(tiny_run, tmp_path):
         generate_features(load_config(config, [f"data.output_dir={parts}", "data.max_len=64"]), progress=False)
 
 
+def test_raising_data_end_reuses_finished_shards(tiny_run, tmp_path):
+    """end=5 writes shards [0, 3) and [3, 5); end=None (11 conversations) keeps shard 0 untouched, recomputes the cut
+    shard 1, adds shards 2 and 3, and ends with the files of a run that had end=None from the start."""
+    root, config = tiny_run
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    small = generate_features(load_config(config, [f"data.output_dir={grown}", "data.end=5"]), progress=False)
+    assert small["totals"]["shards"] == 2 and small["input"]["end"] == 5
+    first = (grown / "shard_00000.safetensors").stat().st_mtime_ns
+    cut = sha(grown / "shard_00001.safetensors")
+    full = generate_features(load_config(config, [f"data.output_dir={grown}"]), progress=False)
+    assert (grown / "shard_00000.safetensors").stat().st_mtime_ns == first  # reused, not rewritten
+    assert sha(grown / "shard_00001.safetensors") != cut  # its 2 conversations became 3
+    assert full == generate_features(load_config(config, [f"data.output_dir={fresh}"]), progress=False)
+    assert all(sha(grown / s["file"]) == sha(fresh / s["file"]) for s in full["shards"])
+
+
 def test_shard_format(tiny_run, tmp_path):
     root, config = tiny_run
     generate_features(load_config(config, [f"data.output_dir={tmp_path}", "data.shard_size=100"]), progress=False)

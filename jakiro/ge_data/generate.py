@@ -19,10 +19,11 @@ conversations with ``T`` tokens in all:
 * ``input_ids`` int32 [T], ``loss_mask`` uint8 [T], ``hidden_state`` [T, H] in ``data.features_dtype``:
   the conversations concatenated; conversation ``j`` is rows ``offsets[j]:offsets[j + 1]``;
 * ``offsets`` int64 [n + 1]; ``index`` int64 [n]: each conversation's row in the input file;
-* metadata key ``jakiro``: JSON with the run's ``fingerprint`` and the shard's counts.
+* metadata key ``jakiro``: JSON with the run's ``fingerprint`` (without ``data.end``) and the shard's counts.
 
-A shard already present with the same fingerprint is skipped, so a killed run restarted with the same command
-continues and ends with the same files. When every shard exists, the main process writes ``manifest.json`` (last,
+A shard already present with the same fingerprint and conversation count is skipped, so a killed run restarted
+with the same command continues and ends with the same files, and a run with a larger (or smaller) ``data.end``
+reuses the finished shards: the data set grows without recomputing it. When every shard exists, the main process writes ``manifest.json`` (last,
 atomically; no timestamps): the fingerprint (format, target, features_dtype, template, system_prompt, max_len,
 input, shard_size), one entry per shard (file, conversations, tokens, assistant_tokens, skipped, bytes, sha256)
 and the totals.
@@ -238,16 +239,22 @@ class _Job:
         return self.order[shard * size:(shard + 1) * size]
 
     def is_done(self, shard: int) -> bool:
-        """Whether the shard file exists from this same run; GeDataError if it is from another one."""
+        """Whether the shard file exists with this shard's conversations; GeDataError if it is from other settings.
+
+        ``data.end`` is not part of a shard's identity: shard i holds the same conversations whatever ``end`` is,
+        except a last shard that ``end`` cuts short, so raising or lowering ``end`` reuses every finished full shard
+        and recomputes only a last shard whose conversation count changed.
+        """
         path = self.out / shard_name(shard)
         if not path.exists():
             return False
-        found = read_shard_meta(path)["fingerprint"]
-        if found != self.fingerprint:
-            keys = sorted(k for k in self.fingerprint if found.get(k) != self.fingerprint[k])
+        meta = read_shard_meta(path)
+        found, wanted = _shard_identity(meta["fingerprint"]), _shard_identity(self.fingerprint)
+        if found != wanted:
+            keys = sorted(k for k in wanted if found.get(k) != wanted[k])
             raise GeDataError(f"{path} was written with other settings (different {', '.join(keys)}); use another "
                               "data.output_dir or delete the old shards")
-        return True
+        return meta["conversations"] + sum(meta["skipped"].values()) == len(self.shard_rows(shard))
 
     def write_shard(self, shard: int, progress: _Progress) -> None:
         """Compute and write one shard."""
@@ -276,7 +283,7 @@ class _Job:
         }
         counts = {"conversations": len(kept), "tokens": int(lengths.sum()),
                   "assistant_tokens": int(tensors["loss_mask"].sum()), "skipped": dict(sorted(skipped.items()))}
-        meta = {"fingerprint": self.fingerprint, "shard": shard, **counts}
+        meta = {"fingerprint": _shard_identity(self.fingerprint), "shard": shard, **counts}
         metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
         _atomic_write(self.out / shard_name(shard), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -292,6 +299,12 @@ class _Job:
         totals = {"shards": len(shards), "skipped": dict(sorted(skipped.items()))}
         totals.update({k: sum(s[k] for s in shards) for k in ("conversations", "tokens", "assistant_tokens", "bytes")})
         return {**self.fingerprint, "shards": shards, "totals": totals}
+
+
+def _shard_identity(fingerprint: dict) -> dict:
+    """The settings a shard's content depends on: the run's fingerprint without the selection's end."""
+    selection = {k: v for k, v in fingerprint["input"].items() if k not in ("end", "selected", "sha256")}
+    return {**fingerprint, "input": selection}
 
 
 def generate_features(cfg: JakiroConfig, max_shards: int | None = None, progress: bool = True) -> dict | None:
