@@ -521,3 +521,16 @@ def test_shipped_draft_names(tmp_path, monkeypatch):
     assert DraftHead.from_pretrained("shipped:tiny-jakiro").config.vocab_size == 128
     with pytest.raises(ValueError, match="no shipped draft named 'nope'; shipped: tiny-jakiro"):
         DraftHead.from_pretrained("shipped:nope")
+
+
+@pytest.mark.parametrize("num_experts, k, parallel_head", [(1, 1, False), (2, 2, True), (4, 1, False)])
+def test_bf16_draft_forward(num_experts, k, parallel_head):
+    """The routing weights are float32 whatever the model dtype (a one-expert bf16 draft used to fail here)."""
+    target = tiny_target().to(torch.bfloat16)
+    draft = bound_draft(target, num_experts=num_experts, experts_per_token=k, parallel_head=parallel_head)
+    draft.to(torch.bfloat16)
+    features, ids, positions = draft_inputs()
+    with torch.no_grad():
+        out = draft(features.to(torch.bfloat16), ids, positions, with_head2=parallel_head, with_experts=True)
+    assert out.head1.dtype == torch.bfloat16 and out.expert_weights.dtype == torch.float32
+    assert torch.isfinite(draft.logits(out.head1).float()).all()

@@ -89,7 +89,7 @@ class MixtureOfExperts(nn.Module):
         if with_head2 and not self.parallel_head:
             raise ValueError("this draft has no parallel head")
         if self.gate is None:
-            logits = u.new_zeros(n, 1)
+            logits = u.new_zeros(n, 1, dtype=torch.float32)
         else:
             logits = self.gate(u).float()
         top_logits, ids1 = torch.topk(logits[:, :e], k, dim=-1)
