@@ -9,7 +9,9 @@
 #   bash scripts/train_smollm2_drafts.sh [DRAFT ...]          # default: all three
 #   STOP_AFTER=240 bash scripts/train_smollm2_drafts.sh        # pause each run after 240 optimizer steps
 #   THREADS=1 ...                                              # CPU threads per training run
-# Outputs: outputs/train/smollm2-<draft>/{draft,metrics.jsonl,checkpoints}; copy draft/ into jakiro/drafts/ to ship.
+#   SHIP=1 ...                                                 # then write each finished draft, in bf16, to
+#                                                              # jakiro/drafts/smollm2-<draft> (shipped:smollm2-<draft>)
+# Outputs: outputs/train/smollm2-<draft>/{draft,metrics.jsonl,checkpoints}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || . .venv/bin/activate
@@ -33,4 +35,13 @@ for name in "${drafts[@]}"; do
   for kv in ${ARCH[$name]}; do sets+=(--set "$kv"); done
   echo "== $name: ${ARCH[$name]}"
   python -m jakiro.train.main --config train_smollm2 "${sets[@]}" --resume
+  if [ -n "${SHIP:-}" ]; then
+    python - "outputs/train/smollm2-$name/draft" "jakiro/drafts/smollm2-$name" <<'PY'
+import sys
+import torch
+from jakiro.model.draft import DraftHead
+DraftHead.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], dtype=torch.bfloat16)
+print(f"shipped {sys.argv[1]} as {sys.argv[2]} (bf16)")
+PY
+  fi
 done
