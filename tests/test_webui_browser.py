@@ -160,9 +160,10 @@ def test_answer_streams_with_speed_ratio_and_highlighted_accepted_tokens(page, t
     WebDriverWait(page, 30).until(lambda d: len(accepted_spans(d)) == len(spans))
 
 
-def set_number(driver, label: str, value: int) -> None:
+def set_number(driver, elem_id: str, value: int) -> None:
     """Type into the number box of a gradio slider and leave it (which applies the value)."""
-    box = driver.find_element(By.CSS_SELECTOR, f'input[type=number][aria-label="number input for {label}"]')
+    selector = f"#{elem_id} input[type=number]"
+    box = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, selector))  # accordion opening
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(str(value), Keys.TAB)
 
@@ -186,9 +187,9 @@ def test_plain_decoding_regenerate_clear_and_tree_settings(page):
 
     page.find_element(By.CSS_SELECTOR, "#jk-speculative input").click()  # speculative again, with another tree
     page.find_element(By.XPATH, "//button[contains(., 'Draft tree')]").click()
-    set_number(page, "total_token (nodes verified)", 8)
-    set_number(page, "depth (draft layers)", 2)
-    set_number(page, "top_k (children per node)", 3)
+    set_number(page, "jk-total-token", 8)
+    set_number(page, "jk-depth", 2)
+    set_number(page, "jk-top-k", 3)
     send(page, "Hi")
     wait_done(page)
     assert page.find_element(By.ID, "jk-chat").text.endswith("Jakiro (tree 8/2/3)")

@@ -207,9 +207,11 @@ def build_app(gr, engine: ChatEngine, cfg: JakiroConfig, description: str):
                 top_p = gr.Slider(0.05, 1.0, value=cfg.generation.top_p, step=0.05, label="Top-p")
                 with gr.Accordion("Draft tree", open=False):
                     tree_total = gr.Slider(2, max(128, total_token), value=total_token, step=1,
-                                           label="total_token (nodes verified)")
-                    tree_depth = gr.Slider(1, max(12, depth), value=depth, step=1, label="depth (draft layers)")
-                    tree_top_k = gr.Slider(1, max(20, top_k), value=top_k, step=1, label="top_k (children per node)")
+                                           label="total_token (nodes verified)", elem_id="jk-total-token")
+                    tree_depth = gr.Slider(1, max(12, depth), value=depth, step=1, label="depth (draft layers)",
+                                           elem_id="jk-depth")
+                    tree_top_k = gr.Slider(1, max(20, top_k), value=top_k, step=1, label="top_k (children per node)",
+                                           elem_id="jk-top-k")
                 gr.Markdown(HELP)
 
         choices = [speculative, temperature, top_p, tree_total, tree_depth, tree_top_k]
