@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from jakiro.evaluation import answers, speed
 from jakiro.chat_templates import LLAMA2_SYSTEM_PROMPT
@@ -22,13 +21,7 @@ REFERENCE = DATA / "reference-outputs"  # copies of the reference repo's Vicuna-
 QUESTIONS = DATA / "questions" / "mt_bench" / "question.jsonl"  # the first 2 MT-bench questions (2 turns each)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0)
 SAMPLING = dict(temperature=0.8, top_p=0.95, top_k=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def drafter_for(tree="mc_sim_7b_63", mode="mixture", vocab=64):

@@ -14,13 +14,7 @@ from jakiro_star.tree_choices import STATIC_TREES
 from tiny_models import tiny_draft, tiny_target
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def prompts_for(vocab, count, seed=0):

@@ -23,13 +23,8 @@ from tiny_models import tiny_draft, tiny_target
 V, E, C = 5, 2, 3  # vocabulary, routed experts, children of the node
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread, above all on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
+
 
 SAMPLINGS = [dict(temperature=1.0), dict(temperature=0.7, top_p=0.9), dict(temperature=1.0, top_p=0.3)]
 
