@@ -5,6 +5,7 @@
 # Outputs in OUT_DIR (default outputs/benchmark/cpu): answer JSONL per arm and temperature, speed.json per
 # temperature, report.md (the tables) and speed.png. Resumable: rerun the same command after a kill.
 #   bash scripts/benchmark_cpu.sh                       # all 80 questions (hours on a 2-core CPU)
+#   EVERY=4 bash scripts/benchmark_cpu.sh               # every 4th question: 20, from all 8 categories
 #   QUESTIONS=10 MAX_NEW_TOKENS=128 bash scripts/benchmark_cpu.sh   # a shorter run
 # Extra arguments go to the benchmark, e.g. --set tree.total_token=16 (applies to every arm).
 set -euo pipefail
@@ -15,11 +16,12 @@ questions=()
 [ -z "${QUESTIONS:-}" ] || questions=(--questions "$QUESTIONS")
 python -m jakiro.assets --only smollm2,mtbench
 python -m jakiro.evaluation.benchmark --config smollm2 --out-dir "$OUT_DIR" --plot \
-  --temperatures ${TEMPERATURES:-0.0 1.0} --max-new-tokens "${MAX_NEW_TOKENS:-256}" "${questions[@]}" \
+  --temperatures ${TEMPERATURES:-0.0 1.0} --max-new-tokens "${MAX_NEW_TOKENS:-256}" --every "${EVERY:-1}" \
+  "${questions[@]}" \
   --arm vanilla eval.method=baseline \
   --arm pld eval.method=pld \
   --arm eagle2 model.draft_path=shipped:smollm2-eagle2 \
   --arm jakiro model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=mixture \
   --arm jakiro-per-expert model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=per_expert \
-  --arm jakiro_star eval.method=jakiro_star model.draft_path=shipped:smollm2-jakiro_star tree.static_tree=cpu12 \
+  --arm jakiro_star eval.method=jakiro_star model.draft_path=shipped:smollm2-jakiro_star tree.static_tree=cpu8 \
   "$@"

@@ -351,3 +351,82 @@ def test_benchmark_bad_arms(arms, message, tmp_path, capsys):
 
     assert benchmark.main([*arms, "--out-dir", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+# -- greedy losslessness check ------------------------------------------------------------------------------------
+def greedy_check_args(tiny_dirs, out, *extra):
+    target, draft = tiny_dirs
+    return ["--set", f"model.base_model_path={target}", "--set", f"model.draft_path={draft}", "--set",
+            "model.dtype=float32", "--set", f"eval.question_file={QUESTIONS}", "--set", "tree.total_token=8",
+            "--set", "tree.depth=3", "--set", "tree.top_k=3", "--max-new-tokens", "12", "--out", str(out),
+            "--no-progress", *extra]
+
+
+def test_first_difference():
+    from jakiro.evaluation.greedy_check import first_difference
+
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2 and first_difference([1, 2, 3], [1, 2]) == 2
+
+
+@pytest.mark.parametrize("method", ["jakiro", "jakiro_star"])
+def test_greedy_check_finds_every_turn_identical_and_resumes(method, tiny_dirs, tmp_path, monkeypatch, capsys):
+    from jakiro.evaluation import greedy_check
+
+    out = tmp_path / "check.jsonl"
+    extra = ["--set", f"eval.method={method}"] + (["--set", "tree.static_tree=cpu8"] if method == "jakiro_star" else [])
+    assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra)) == 0
+    summary = json.loads(out.with_name("check.summary.json").read_text())
+    assert (summary["questions"], summary["questions_identical"], summary["turns"], summary["turns_identical"]) == \
+        (2, 2, 4, 4)
+    assert summary["tokens"] == 4 * 12 and summary["near_ties"] == summary["mismatches"] == []
+    assert "questions identical (all turns): 2/2 (100.0%)" in capsys.readouterr().out
+    monkeypatch.setattr(greedy_check, "check_question", lambda *a: pytest.fail("a finished question was redone"))
+    assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra)) == 0
+
+
+def test_greedy_check_reports_a_divergence_with_the_targets_logits(tiny_dirs, tmp_path, monkeypatch, capsys):
+    from jakiro.evaluation import greedy_check
+    from jakiro.evaluation.methods import EaMethod
+
+    real = EaMethod.generate
+
+    def corrupted(self, input_ids, temperature, seed):  # a lossy "speculative" method: token 3 is off by one
+        out = real(self, input_ids, temperature, seed)
+        out.tokens[3] = (out.tokens[3] + 1) % 100
+        return out
+
+    monkeypatch.setattr(EaMethod, "generate", corrupted)
+    out = tmp_path / "check.jsonl"
+    assert greedy_check.main(greedy_check_args(tiny_dirs, out, "--questions", "1")) == 1
+    text = capsys.readouterr().out
+    assert "turns identical: 0/2" in text and "other divergences (bugs): 2" in text
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    first = record["turns"][0]["divergence"]
+    assert first["position"] == 3 and first["speculative_token"] == (first["plain_token"] + 1) % 100
+    assert first["plain_logit"] - first["speculative_logit"] == pytest.approx(first["logit_gap"])
+    assert first["logit_gap"] > 1e-4  # the plain token is the target's argmax, the corrupted one is not
+    assert first["top2_gap"] >= 0
+    # the same divergences count as near-ties under a (silly) threshold above their gap
+    assert greedy_check.main(greedy_check_args(tiny_dirs, tmp_path / "loose.jsonl", "--questions", "1",
+                                               "--tie", "1e9")) == 0
+    assert "near-tie divergences: 2; other divergences (bugs): 0" in capsys.readouterr().out
+
+
+def test_greedy_check_needs_a_speculative_method(tiny_dirs, tmp_path, capsys):
+    from jakiro.evaluation import greedy_check
+
+    args = greedy_check_args(tiny_dirs, tmp_path / "x.jsonl", "--set", "eval.method=pld")
+    assert greedy_check.main(args) == 2
+    assert "eval.method must be one of jakiro, jakiro_star" in capsys.readouterr().err
+
+
+def test_pick_questions_spreads_over_categories():
+    questions = [{"question_id": 81 + i, "category": i // 10} for i in range(80)]  # MT-bench's layout
+    picked = answers.pick_questions(questions, every=4)
+    assert len(picked) == 20 and {q["category"] for q in picked} == set(range(8))
+    assert [q["question_id"] for q in answers.pick_questions(questions, 3, every=4)] == [81, 85, 89]
+    assert answers.pick_questions(questions, 5) == questions[:5]
+    with pytest.raises(ValueError, match="--every must be >= 1"):
+        answers.pick_questions(questions, every=0)

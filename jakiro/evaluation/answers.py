@@ -115,6 +115,15 @@ def question_path(cfg: JakiroConfig) -> Path:
     return ensure_mtbench()
 
 
+def pick_questions(questions: list[dict], number: int | None = None, every: int = 1) -> list[dict]:
+    """Every ``every``-th question (MT-bench lists its 8 categories in blocks of 10, so ``every=4`` keeps 20
+    questions from all of them), then the first ``number`` of those."""
+    if every < 1:
+        raise ValueError(f"--every must be >= 1, got {every}")
+    picked = questions[::every]
+    return picked[:number] if number is not None else picked
+
+
 def answer_choice(method, prompter: ChatPrompter, question: dict, index: int, seed: int, temperature: float) -> dict:
     """All turns of one question for choice ``index``: texts, target forwards, token counts, timings."""
     turn_seeds = torch.Generator().manual_seed(seed)

@@ -3,7 +3,7 @@
     python -m jakiro.evaluation.benchmark --config smollm2 --out-dir outputs/benchmark/cpu \\
         --arm vanilla eval.method=baseline  --arm pld eval.method=pld \\
         --arm jakiro model.draft_path=DRAFT_DIR  --arm jakiro-per-expert model.draft_path=DRAFT_DIR \\
-        tree.sibling_mode=per_expert  [--temperatures 0.0 1.0] [--questions N] [--max-new-tokens 256]
+        tree.sibling_mode=per_expert  [--temperatures 0.0 1.0] [--questions N] [--every K] [--max-new-tokens 256]
 
 An arm is a name and config overrides on top of ``--config`` / ``--set`` (any ``eval.method`` of
 :mod:`jakiro.evaluation.methods`). The first arm is the baseline of the reports. For each temperature and each
@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from jakiro.assets import AssetError, load_questions
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, load_config
-from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record, done_questions, question_path,
-                                       settings)
+from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record, done_questions, pick_questions,
+                                       question_path, settings)
 from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record
@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", required=True, help="answer files, reports and the plot go here")
     parser.add_argument("--temperatures", nargs="+", type=float, default=[0.0, 1.0])
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions (default: all)")
+    parser.add_argument("--every", type=int, default=1,
+                        help="only every K-th question, before --questions (K=4: 20 MT-bench questions, all categories)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default: the config's)")
     parser.add_argument("--plot", action="store_true", help="also write speed.png (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true")
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     arms = build_arms(args)
     first = arms[0].cfg
     questions = load_questions(question_path(first), first.eval.question_begin, first.eval.question_end)
-    questions = questions[: args.questions] if args.questions is not None else questions
+    questions = pick_questions(questions, args.questions, args.every)
     if not questions:
         raise ValueError("no questions selected")
     out_dir = Path(args.out_dir)

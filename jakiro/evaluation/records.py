@@ -27,8 +27,9 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def read_records(path: str | os.PathLike, repair_tail: bool = False) -> list[tuple[int, dict]]:
-    """``(line number, record)`` for every record of an answer file.
+def read_records(path: str | os.PathLike, repair_tail: bool = False, check=None) -> list[tuple[int, dict]]:
+    """``(line number, record)`` for every record of an answer file (or, with ``check(record, path, line)``, of
+    another JSONL file whose records that function validates).
 
     A last line that is not valid JSON and has no trailing newline is what a killed writer leaves behind: it is
     dropped with a warning (and, with ``repair_tail``, cut from the file so appends continue cleanly). Any other
@@ -53,7 +54,7 @@ def read_records(path: str | os.PathLike, repair_tail: bool = False) -> list[tup
                         f.truncate(offset)
                         os.fsync(f.fileno())
                 break
-            _check_record(record, path, number)
+            (check or _check_record)(record, path, number)
             records.append((number, record))
         offset += len(raw) + 1
     return records
