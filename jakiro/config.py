@@ -172,6 +172,8 @@ class GenerationConfig(_Section):
     max_new_tokens: int = 512  # stop after this many generated tokens
     max_length: int = 2048  # hard cap on prompt + generated tokens (KV cache size)
     seed: int = 0  # seed of the torch generator used for sampling and acceptance
+    exact_verification: bool = False  # attention per tree node as in one-token decoding: output equal to plain
+    # decoding bit for bit where the matmul kernels are row-consistent (bf16 on this CPU); costs some speed
 
     def validate(self) -> None:
         self._require("temperature", self.temperature >= 0, "a number >= 0")

@@ -39,7 +39,8 @@ def run(cfg: JakiroConfig, num_questions: int) -> list[dict]:
     torch.manual_seed(cfg.generation.seed)
     model = EaModel.from_pretrained(
         base, draft_path, total_token=cfg.tree.total_token, depth=cfg.tree.depth, top_k=cfg.tree.top_k,
-        sibling_mode=cfg.tree.sibling_mode, dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device,
+        sibling_mode=cfg.tree.sibling_mode, exact_verification=cfg.generation.exact_verification,
+        dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device,
     )
     tokenizer = model.get_tokenizer()
     gen = cfg.generation

@@ -5,6 +5,8 @@ It runs transformers' own model code (Llama, Qwen2, Mistral, Mixtral, ...) with 
 * ``prefill``: the prompt, causally; returns the last position's logits and every position's feature.
 * ``verify``: a whole draft tree in one forward, with an additive float 4D mask (prefix + ancestors) and explicit
   position ids ``prefix_len + depth``.
+  With ``exact_verification``, each node's attention is instead computed as one-token decoding computes it
+  (:mod:`jakiro.exact_attention`), so verification reproduces plain decoding bit for bit.
 * ``commit``: KV-cache compaction — keep the prefix plus the accepted root-to-node path, drop the rejected nodes,
   with no re-prefill.
 
@@ -16,14 +18,16 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from jakiro.tree import DraftTree, additive_tree_mask
+from jakiro.exact_attention import exact_tree_attention_for
+from jakiro.tree import DraftTree, additive_tree_mask, root_paths
 
 
 class TargetModel:
     """Stateful wrapper holding one generation's target KV cache (batch size 1)."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, exact_verification: bool = False):
         self.model = model
+        self.exact_verification = exact_verification
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
         self.cache: DynamicCache | None = None
@@ -31,6 +35,9 @@ class TargetModel:
         window = getattr(config, "sliding_window", None)
         uses_window = getattr(config, "use_sliding_window", True)
         self.sliding_window = window if (window and uses_window) else None
+        if exact_verification and self.sliding_window:
+            raise ValueError(f"exact verification does not support sliding-window attention (sliding_window="
+                             f"{self.sliding_window}); use the default batched verification")
 
     @property
     def device(self) -> torch.device:
@@ -43,13 +50,14 @@ class TargetModel:
     def __len__(self) -> int:
         return 0 if self.cache is None else self.cache.get_seq_length()
 
-    def _features(self, input_ids, position_ids, attention_mask) -> torch.Tensor:
+    def _features(self, input_ids, position_ids, attention_mask, **attention_kwargs) -> torch.Tensor:
         out = self.decoder(
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=attention_mask,
             past_key_values=self.cache,
             use_cache=True,
+            **attention_kwargs,
         )
         return out.last_hidden_state
 
@@ -88,9 +96,15 @@ class TargetModel:
             (logits [n, V], features [n, H]) at the tree nodes.
         """
         prefix = len(self)
-        mask = additive_tree_mask(tree.mask.to(self.device), prefix, self.dtype)
         positions = (tree.depths.to(self.device) + prefix)[None]
-        features = self._features(tree.tokens.to(self.device)[None], positions, mask)[0]
+        ids = tree.tokens.to(self.device)[None]
+        if self.exact_verification:
+            paths = root_paths(tree.mask.to(self.device))
+            with exact_tree_attention_for(self.model, paths) as attention_kwargs:
+                features = self._features(ids, positions, None, **attention_kwargs)[0]
+        else:
+            mask = additive_tree_mask(tree.mask.to(self.device), prefix, self.dtype)
+            features = self._features(ids, positions, mask)[0]
         return self.logits(features), features
 
     def commit(self, prefix_len: int, keep_nodes: torch.Tensor) -> None:

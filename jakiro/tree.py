@@ -147,6 +147,16 @@ def retrieve_indices(mask: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
     return torch.where(at_level.any(dim=-1), paths, torch.full_like(paths, -1))
 
 
+def root_paths(tree_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Node i's path from the root, root first: [i's ancestors..., i] (parents precede children, so the ancestors in
+    index order are the path in order). With the worked example: [0], [0, 1], [0, 2], [0, 1, 3], [0, 1, 4], [0, 2, 5].
+
+    Args:
+        tree_mask: [n, n] bool ancestor-or-self matrix.
+    """
+    return [row.nonzero().flatten() for row in tree_mask]
+
+
 def additive_tree_mask(tree_mask: torch.Tensor, prefix_len: int, dtype: torch.dtype) -> torch.Tensor:
     """Float attention mask for verifying a tree after a cached prefix.
 

@@ -44,12 +44,14 @@ class StarEaModel(EaModel):
         static_tree: str | Sequence[Sequence[int]] | StaticTree = DEFAULT_TREE,
         sibling_mode: str = "mixture",
         stop_token_ids: list[int] | None = None,
+        exact_verification: bool = False,
     ):
         check_mode(sibling_mode)
         tree = get_static_tree(static_tree)
         # the parent builds a dynamic drafter of the same size, which the static one replaces
         super().__init__(base_model, draft, tokenizer, total_token=len(tree), depth=tree.depth,
-                         top_k=min(tree.max_children, draft.config.vocab_size), stop_token_ids=stop_token_ids)
+                         top_k=min(tree.max_children, draft.config.vocab_size), stop_token_ids=stop_token_ids,
+                         exact_verification=exact_verification)
         self.drafter = StaticTreeDrafter(self.ea_layer, tree, sibling_mode)
 
     @classmethod
@@ -59,11 +61,13 @@ class StarEaModel(EaModel):
         ea_model_path: str,
         static_tree: str | Sequence[Sequence[int]] = DEFAULT_TREE,
         sibling_mode: str = "mixture",
+        exact_verification: bool = False,
         **hf_kwargs,
     ) -> "StarEaModel":
         """Load a target with ``AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs)`` and a draft
         directory. ``static_tree``: a registered name (:data:`jakiro_star.tree_choices.STATIC_TREES`) or a choices list;
-        ``sibling_mode``: ``mixture`` or ``per_expert`` (see :mod:`jakiro_star.proposals`)."""
+        ``sibling_mode``: ``mixture`` or ``per_expert`` (see :mod:`jakiro_star.proposals`); ``exact_verification``: as
+        for :meth:`EaModel.from_pretrained`."""
         given = [name for name in _DYNAMIC_TREE_ARGS if name in hf_kwargs]
         if given:
             raise ValueError(f"Jakiro* drafts a static tree: pass static_tree=... instead of {', '.join(given)}")
@@ -74,7 +78,7 @@ class StarEaModel(EaModel):
         draft = DraftHead.from_pretrained(ea_model_path)
         base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
-        return cls(base_model, draft, tokenizer, tree, sibling_mode)
+        return cls(base_model, draft, tokenizer, tree, sibling_mode, exact_verification=exact_verification)
 
     def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict,
                generator: torch.Generator) -> SampledDraftTree:

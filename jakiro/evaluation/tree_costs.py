@@ -1,0 +1,86 @@
+"""Verification cost curve of the configured target on this device: what one forward over n tree nodes costs.
+
+    python -m jakiro.evaluation.tree_costs --config smollm2 [--context 300] [--sizes 1 2 4 8 16 32 64]
+        [--repeats 5] [--set model.dtype=float32 ...] [--set generation.exact_verification=true]
+
+For each n: the median time of verifying a 4-ary tree of n nodes (``TargetModel.verify``: tree mask, LM head) after
+``--context`` cached tokens, and its ratio to one plain decoding step (a cached forward of one token). A speculative step pays the verification of its tree plus
+the drafting, and gains tau tokens, so the curve bounds the tree size worth trying: past the knee, extra nodes cost
+more than the few extra accepted tokens they can bring. The last line names the size ``tree.total_token: -1`` picks.
+Choose depth and top_k with the interleaved benchmark (``python -m jakiro.evaluation.benchmark``, one arm per tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from jakiro.assets import AssetError, ensure_smollm2
+from jakiro.config import ConfigError, add_config_arguments, config_from_args
+from jakiro.evaluation.methods import hardware
+from jakiro.model.ea_model import measure_verification_costs, pick_tree_size
+from jakiro.target import TargetModel
+
+DEFAULT_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+
+
+@torch.inference_mode()
+def decoding_step_cost(target: TargetModel, context_len: int, repeats: int) -> float:
+    """Median seconds of one plain decoding step (``TargetModel.step``) after ``context_len`` cached tokens."""
+    vocab = target.lm_head.weight.shape[0]
+    prompt = torch.randint(0, vocab, (1, context_len), generator=torch.Generator().manual_seed(1))
+    timings = []
+    for _ in range(repeats + 1):
+        target.prefill(prompt)
+        begin = time.perf_counter()
+        target.step(0)
+        timings.append(time.perf_counter() - begin)
+    target.cache = None
+    return sorted(timings[1:])[len(timings[1:]) // 2]
+
+
+def format_costs(costs: dict[int, float], step: float) -> str:
+    """Markdown table: nodes, milliseconds, cost relative to one plain decoding step."""
+    rows = ["| nodes verified | ms | x one decoding step |", "|---|---|---|",
+            f"| (decoding step) | {1000 * step:.1f} | 1.00 |"]
+    rows += [f"| {n} | {1000 * cost:.1f} | {cost / step:.2f} |" for n, cost in sorted(costs.items())]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jakiro.evaluation.tree_costs",
+                                     description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
+    parser.add_argument("--context", type=int, default=300, help="cached tokens before the tree (default 300)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="tree sizes to time")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forwards per size (median; default 5)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        if args.context < 1 or args.repeats < 1 or min(args.sizes) < 1:
+            raise ValueError("--context, --repeats and every --sizes value must be >= 1")
+        base = cfg.model.base_model_path or str(ensure_smollm2())
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, cfg.model.dtype),
+                                                     device_map=cfg.model.device).eval()
+    except (ConfigError, AssetError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    target = TargetModel(model, cfg.generation.exact_verification)
+    costs = measure_verification_costs(target, sorted(set(args.sizes)), args.context, args.repeats)
+    step = decoding_step_cost(target, args.context, args.repeats)
+    print(f"{base.rstrip('/').split('/')[-1]}, {cfg.model.dtype}, batch 1, context {args.context}, "
+          f"{hardware(target.device)}, {platform.python_implementation()} "
+          f"{platform.python_version()}, torch {torch.__version__}, "
+          f"{'exact' if target.exact_verification else 'batched'} verification")
+    print(format_costs(costs, step))
+    print(f"tree.total_token: -1 would pick {pick_tree_size(costs)} (largest size within 1.3x the smallest's cost)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
