@@ -2,15 +2,18 @@
 
 A batched tree forward gives the same logits as one-token decoding only up to rounding: its attention kernels see
 ``prefix + n`` keys with a mask instead of ``prefix + depth + 1`` keys without one, so they block and accumulate
-differently (in bfloat16 the features differ by ~0.1 after 30 layers, enough to flip near-tied greedy choices). Every
-other operation of a decoder layer (linear layers, norms, rotary embeddings, activations) treats the rows of a batch
-independently and gives the same bits for a row whatever the batch shape.
+differently (in bfloat16 the features differ by ~0.1 after 30 layers, enough to flip near-tied greedy choices). The
+other operations of a decoder layer (linear layers, norms, rotary embeddings, activations) treat the rows of a batch
+independently; they give a row the same bits whatever the batch shape where their kernels do (bf16 linear layers
+on oneDNN x86 CPUs do; fp32 ones on MKL do not: one row takes a matrix-vector kernel).
 
 So, inside :func:`exact_tree_attention`, the model's own attention function (``sdpa``, ``eager``, ...) is called
 once per tree node with that node's query alone and the keys / values of exactly the positions it would see when
 decoded one token at a time: the cached prefix followed by its root-to-node path, in order, without a mask. The
 node's output then equals that of a one-token decoding step at its position, so the verified logits, the kept KV
-entries and hence the whole speculative generation equal plain decoding bit for bit, in any dtype.
+entries and hence the whole speculative generation equal plain decoding bit for bit, wherever the linear layers are
+row-consistent (``tests/test_smollm2.py`` checks it on the embedded target in bf16). Elsewhere the attention is still
+shape-independent and the remaining differences are those of the linear kernels.
 
 The price is one attention call per node and layer instead of one per layer (the other work is still batched);
 ``python -m jakiro.evaluation.tree_costs --set generation.exact_verification=true`` measures it.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU speed comparison on MT-bench with the shipped SmolLM2 drafts: vanilla decoding, Hugging Face prompt lookup,
-# the EAGLE-2 draft, Jakiro (both sibling modes) and Jakiro*, interleaved question by question in one process
+# the EAGLE-2 draft, Jakiro (both sibling modes, and with exact verification) and Jakiro*, interleaved question by question in one process
 # (python -m jakiro.evaluation.benchmark), bf16, batch 1, max_new_tokens 256, temperatures 0 and 1.
 # Outputs in OUT_DIR (default outputs/benchmark/cpu): answer JSONL per arm and temperature, speed.json per
 # temperature, report.md (the tables) and speed.png. Resumable: rerun the same command after a kill.
@@ -22,6 +22,7 @@ python -m jakiro.evaluation.benchmark --config smollm2 --out-dir "$OUT_DIR" --pl
   --arm pld eval.method=pld \
   --arm eagle2 model.draft_path=shipped:smollm2-eagle2 \
   --arm jakiro model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=mixture \
+  --arm jakiro-exact model.draft_path=shipped:smollm2-jakiro generation.exact_verification=true \
   --arm jakiro-per-expert model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=per_expert \
   --arm jakiro_star eval.method=jakiro_star model.draft_path=shipped:smollm2-jakiro_star tree.static_tree=cpu8 \
   "$@"
