@@ -125,7 +125,8 @@ def load_engine(cfg: JakiroConfig) -> tuple[ChatEngine, str]:
               "Answers are still exactly the target's, but expect no speedup.")
     model = EaModel.from_pretrained(
         base, draft_path, total_token=cfg.tree.total_token, depth=cfg.tree.depth, top_k=cfg.tree.top_k,
-        sibling_mode=cfg.tree.sibling_mode, dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device,
+        sibling_mode=cfg.tree.sibling_mode, exact_verification=cfg.generation.exact_verification,
+        dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device,
     )
     gen = cfg.generation
     engine = ChatEngine(model, cfg.model.chat_template, gen.max_new_tokens, gen.max_length, gen.top_k)
