@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU speed comparison on MT-bench with the shipped SmolLM2 drafts: vanilla decoding, Hugging Face prompt lookup,
-# the EAGLE-2 draft, Jakiro (both sibling modes, and with exact verification) and Jakiro*, interleaved question by question in one process
-# (python -m jakiro.evaluation.benchmark), bf16, batch 1, max_new_tokens 256, temperatures 0 and 1.
+# the EAGLE-2 draft, Jakiro (both sibling modes, and with exact verification) and Jakiro*, interleaved question by
+# question in one process (python -m jakiro.evaluation.benchmark), bf16, batch 1, max_new_tokens 256, T = 0 and 1.
 # Outputs in OUT_DIR (default outputs/benchmark/cpu): answer JSONL per arm and temperature, speed.json per
 # temperature, report.md (the tables) and speed.png. Resumable: rerun the same command after a kill.
 #   bash scripts/benchmark_cpu.sh                       # all 80 questions (hours on a 2-core CPU)
