@@ -3,7 +3,8 @@
 # the EAGLE-2 draft, Jakiro (both sibling modes, and with exact verification) and Jakiro*, interleaved question by
 # question in one process (python -m jakiro.evaluation.benchmark), bf16, batch 1, max_new_tokens 256, T = 0 and 1.
 # Outputs in OUT_DIR (default outputs/benchmark/cpu): answer JSONL per arm and temperature, speed.json per
-# temperature, report.md (the tables) and speed.png. Resumable: rerun the same command after a kill.
+# temperature, report.md (the tables) and speed.png (needs matplotlib: bash scripts/setup.sh assets,plot).
+# Resumable: rerun the same command after a kill.
 #   bash scripts/benchmark_cpu.sh                       # all 80 questions (hours on a 2-core CPU)
 #   EVERY=4 bash scripts/benchmark_cpu.sh               # every 4th question: 20, from all 8 categories
 #   QUESTIONS=10 MAX_NEW_TOKENS=128 bash scripts/benchmark_cpu.sh   # a shorter run
