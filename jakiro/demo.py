@@ -71,8 +71,21 @@ def run(cfg: JakiroConfig, num_questions: int) -> list[dict]:
               f"{sum(r['same'] for r in rows)}/{len(rows)}")
         print(f"target {Path(base).name}, {cfg.model.dtype}, draft {'trained' if trained else 'UNTRAINED'}, tree "
               f"total_token={model.drafter.total_token} depth={cfg.tree.depth} top_k={cfg.tree.top_k}, "
-              f"temperature={gen.temperature}, {torch.get_num_threads()} CPU threads")
+              f"temperature={gen.temperature}, {torch.get_num_threads()} CPU threads, "
+              f"{'exact' if gen.exact_verification else 'batched'} verification")
+        if gen.temperature == 0 and not all(r["same"] for r in rows):
+            print(different_output_note(cfg))
     return rows
+
+
+def different_output_note(cfg: JakiroConfig) -> str:
+    """Why greedy outputs can differ although both decodings are exact, and how to get identical ones."""
+    if cfg.model.dtype != "float32" and not cfg.generation.exact_verification:
+        return (f"note: in {cfg.model.dtype} a batched tree forward rounds differently from one-token decoding, so "
+                "near-tied tokens can flip and the texts part ways (both are the target's greedy decoding up to "
+                "rounding); --set generation.exact_verification=true makes them identical bit for bit (slower)")
+    return ("note: the outputs differ; check whether each divergence is a numerical near-tie with "
+            "python -m jakiro.evaluation.greedy_check --config smollm2")
 
 
 def main(argv: list[str] | None = None) -> int:
