@@ -124,7 +124,7 @@ def test_shipped_config_values():
     assert load_config("default") == JakiroConfig()  # default.yaml documents exactly the defaults
     small = load_config("configs/smollm2.yaml")
     assert load_config("smollm2") == small
-    assert (small.tree.total_token, small.tree.depth, small.tree.top_k, small.model.dtype) == (24, 4, 6, "bfloat16")
+    assert (small.tree.total_token, small.tree.depth, small.tree.top_k, small.model.dtype) == (8, 3, 4, "bfloat16")
     eagle2 = load_config("eagle2").draft
     assert (eagle2.num_experts, eagle2.experts_per_token, eagle2.parallel_head) == (1, 1, False)
 
@@ -144,5 +144,5 @@ def test_cli_arguments():
     add_config_arguments(parser)
     args = parser.parse_args(["--config", "smollm2", "--set", "tree.depth=6", "--set", "generation.temperature=0.7"])
     cfg = config_from_args(args)
-    assert (cfg.tree.depth, cfg.tree.top_k, cfg.generation.temperature) == (6, 6, 0.7)
+    assert (cfg.tree.depth, cfg.tree.top_k, cfg.generation.temperature) == (6, 4, 0.7)
     assert config_from_args(parser.parse_args([])) == JakiroConfig()

@@ -143,7 +143,7 @@ def test_cli_defaults_listen_on_loopback_without_share_and_use_the_embedded_conf
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
     cfg = webui.config_from(args)
     assert cfg.model.base_model_path is None and cfg.model.draft_path == "shipped:smollm2-jakiro"  # embedded
-    assert (cfg.tree.total_token, cfg.tree.depth, cfg.tree.top_k) == (24, 4, 6)  # configs/smollm2.yaml
+    assert (cfg.tree.total_token, cfg.tree.depth, cfg.tree.top_k) == (8, 3, 4)  # configs/smollm2.yaml
     assert webui.parse_args(["--share"]).share is True
 
 
