@@ -43,7 +43,7 @@ def own_attention(module, implementation: str):
     return eager
 
 
-def exact_tree_attention(module, query, key, value, attention_mask, tree_paths=None,
+def exact_tree_attention(module, query, key, value, attention_mask, tree_key_positions=None,
                          tree_attention_implementation=None, **kwargs):
     """Attention for a tree of n nodes after a cached prefix, one node at a time.
 
@@ -51,28 +51,29 @@ def exact_tree_attention(module, query, key, value, attention_mask, tree_paths=N
         query: [1, heads, n, head_dim] queries of the tree nodes.
         key, value: [1, kv_heads, prefix + n, head_dim] cached prefix followed by the tree nodes.
         attention_mask: ignored (the paths say what each node sees).
-        tree_paths: n tensors; path i holds the node indices from the root to node i (both included).
+        tree_key_positions: n tensors; tensor i holds the key positions of node i's root-to-node path (root and
+            node i included), i.e. prefix + the path's node indices.
         tree_attention_implementation: the model's own attention implementation ("sdpa", "eager", ...).
     Returns:
         ([1, n, heads, head_dim] outputs, None), the layout every transformers attention function returns.
     """
-    if tree_paths is None or tree_attention_implementation is None:
+    if tree_key_positions is None or tree_attention_implementation is None:
         raise RuntimeError(f"{type(module).__name__} did not pass the tree to its attention function: exact "
                            "verification needs a model that forwards attention keyword arguments")
     inner_attention = own_attention(module, tree_attention_implementation)
     n = query.shape[2]
     prefix = key.shape[2] - n
-    longest = max(len(path) for path in tree_paths)
+    longest = max(len(positions) for positions in tree_key_positions)
     # scratch keys / values: the prefix once, then each node's path written behind it
     keys = key.new_empty(*key.shape[:2], prefix + longest, key.shape[3])
     values = value.new_empty(*value.shape[:2], prefix + longest, value.shape[3])
     keys[:, :, :prefix] = key[:, :, :prefix]
     values[:, :, :prefix] = value[:, :, :prefix]
     outputs = []
-    for node, path in enumerate(tree_paths):
-        seen = prefix + len(path)
-        keys[:, :, prefix:seen] = key[:, :, prefix + path]
-        values[:, :, prefix:seen] = value[:, :, prefix + path]
+    for node, positions in enumerate(tree_key_positions):
+        seen = prefix + len(positions)
+        keys[:, :, prefix:seen] = key[:, :, positions]
+        values[:, :, prefix:seen] = value[:, :, positions]
         out, _ = inner_attention(module, query[:, :, node:node + 1], keys[:, :, :seen], values[:, :, :seen], None,
                                  **kwargs)
         outputs.append(out)
@@ -86,8 +87,9 @@ def _register() -> None:
 
 
 @contextlib.contextmanager
-def exact_tree_attention_for(model: PreTrainedModel, tree_paths: list[torch.Tensor]):
-    """Within the block, ``model``'s attention layers run :func:`exact_tree_attention` over ``tree_paths``.
+def exact_tree_attention_for(model: PreTrainedModel, tree_key_positions: list[torch.Tensor]):
+    """Within the block, ``model``'s attention layers run :func:`exact_tree_attention` over ``tree_key_positions``
+    (computed once per verification, used by every layer).
 
     Yields the keyword arguments to pass to the decoder's forward (they reach every attention call).
     """
@@ -96,6 +98,6 @@ def exact_tree_attention_for(model: PreTrainedModel, tree_paths: list[torch.Tens
     own = config._attn_implementation or "eager"
     config._attn_implementation = NAME
     try:
-        yield {"tree_paths": tree_paths, "tree_attention_implementation": own}
+        yield {"tree_key_positions": tree_key_positions, "tree_attention_implementation": own}
     finally:
         config._attn_implementation = own

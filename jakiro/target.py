@@ -99,8 +99,8 @@ class TargetModel:
         positions = (tree.depths.to(self.device) + prefix)[None]
         ids = tree.tokens.to(self.device)[None]
         if self.exact_verification:
-            paths = root_paths(tree.mask.to(self.device))
-            with exact_tree_attention_for(self.model, paths) as attention_kwargs:
+            key_positions = [prefix + path for path in root_paths(tree.mask.to(self.device))]
+            with exact_tree_attention_for(self.model, key_positions) as attention_kwargs:
                 features = self._features(ids, positions, None, **attention_kwargs)[0]
         else:
             mask = additive_tree_mask(tree.mask.to(self.device), prefix, self.dtype)

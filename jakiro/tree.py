@@ -147,6 +147,16 @@ def retrieve_indices(mask: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
     return torch.where(at_level.any(dim=-1), paths, torch.full_like(paths, -1))
 
 
+def full_tree(tokens: torch.Tensor, arity: int = 4) -> DraftTree:
+    """A stand-in draft tree over ``tokens`` [n]: the full ``arity``-ary tree (node i's parent is (i - 1) // arity),
+    for timing verification of n nodes."""
+    n = tokens.shape[0]
+    parents = torch.tensor([-1] + [(i - 1) // arity for i in range(1, n)])
+    mask = ancestor_mask(parents)
+    depths = mask.sum(dim=1) - 1
+    return DraftTree(tokens, parents, depths, mask, retrieve_indices(mask, depths))
+
+
 def root_paths(tree_mask: torch.Tensor) -> list[torch.Tensor]:
     """Node i's path from the root, root first: [i's ancestors..., i] (parents precede children, so the ancestors in
     index order are the path in order). With the worked example: [0], [0, 1], [0, 2], [0, 1, 3], [0, 1, 4], [0, 2, 5].

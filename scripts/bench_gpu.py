@@ -28,8 +28,7 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from jakiro.model.draft import DraftHead, DraftHeadConfig
-from jakiro.model.ea_model import EaModel
-from jakiro.tree import DraftTree, ancestor_mask, retrieve_indices
+from jakiro.model.ea_model import EaModel, measure_verification_costs
 from jakiro.verify import verify_greedy
 
 VICUNA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -52,38 +51,6 @@ def build_model(shape: dict, dtype: torch.dtype, device: torch.device, tree: dic
         target = LlamaForCausalLM._from_config(config, dtype=dtype).eval()
     draft = DraftHead(DraftHeadConfig.for_target(config, num_experts=2, experts_per_token=2, parallel_head=True))
     return EaModel(target, draft, None, stop_token_ids=[], **tree)
-
-
-def synthetic_tree(n: int, vocab: int, generator: torch.Generator) -> DraftTree:
-    """A 4-ary tree of n nodes (node i's parent is (i - 1) // 4) with random tokens."""
-    parents = torch.tensor([-1] + [(i - 1) // 4 for i in range(1, n)])
-    mask = ancestor_mask(parents)
-    depths = mask.sum(dim=1) - 1
-    return DraftTree(torch.randint(0, vocab, (n,), generator=generator), parents, depths, mask,
-                     retrieve_indices(mask, depths))
-
-
-@torch.inference_mode()
-def verification_curve(model: EaModel, context: int, repeats: int) -> dict[int, float]:
-    """Median seconds of ``target.verify`` on an n-node tree after ``context`` cached tokens, per n."""
-    target, device = model.target, model.target.device
-    vocab = target.lm_head.weight.shape[0]
-    generator = torch.Generator().manual_seed(0)
-    target.prefill(torch.randint(0, vocab, (1, context), generator=generator))
-    keep_prefix_only = torch.empty(0, dtype=torch.long, device=device)
-    costs = {}
-    for n in SIZES:
-        tree = synthetic_tree(n, vocab, generator)
-        timings = []
-        for _ in range(repeats + 1):  # the first run is a warm-up
-            sync(device)
-            start = time.perf_counter()
-            target.verify(tree)
-            sync(device)
-            timings.append(time.perf_counter() - start)
-            target.commit(context, keep_prefix_only)
-        costs[n] = statistics.median(timings[1:])
-    return costs
 
 
 @torch.inference_mode()
@@ -152,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     tree = dict(total_token=args.total_token, depth=args.depth, top_k=args.top_k)
     shape = SMALL if args.small else VICUNA_7B
     model = build_model(shape, dtype, device, tree)
-    curve = verification_curve(model, context, repeats)
+    curve = measure_verification_costs(model.target, SIZES, context, repeats)
     parts, mean_accepted = cycle_costs(model, context, steps)
     one = curve[1]
     print(f"hardware: {hardware(device)}; dtype {str(dtype).removeprefix('torch.')}; batch size 1; torch "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -23,25 +22,10 @@ from transformers import AutoModelForCausalLM
 from jakiro.assets import AssetError, ensure_smollm2
 from jakiro.config import ConfigError, add_config_arguments, config_from_args
 from jakiro.evaluation.methods import hardware
-from jakiro.model.ea_model import measure_verification_costs, pick_tree_size
+from jakiro.model.ea_model import measure_decoding_step_cost, measure_verification_costs, pick_tree_size
 from jakiro.target import TargetModel
 
 DEFAULT_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-
-
-@torch.inference_mode()
-def decoding_step_cost(target: TargetModel, context_len: int, repeats: int) -> float:
-    """Median seconds of one plain decoding step (``TargetModel.step``) after ``context_len`` cached tokens."""
-    vocab = target.lm_head.weight.shape[0]
-    prompt = torch.randint(0, vocab, (1, context_len), generator=torch.Generator().manual_seed(1))
-    timings = []
-    for _ in range(repeats + 1):
-        target.prefill(prompt)
-        begin = time.perf_counter()
-        target.step(0)
-        timings.append(time.perf_counter() - begin)
-    target.cache = None
-    return sorted(timings[1:])[len(timings[1:]) // 2]
 
 
 def format_costs(costs: dict[int, float], step: float) -> str:
@@ -72,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target = TargetModel(model, cfg.generation.exact_verification)
     costs = measure_verification_costs(target, sorted(set(args.sizes)), args.context, args.repeats)
-    step = decoding_step_cost(target, args.context, args.repeats)
+    step = measure_decoding_step_cost(target, args.context, args.repeats)
     print(f"{base.rstrip('/').split('/')[-1]}, {cfg.model.dtype}, batch 1, context {args.context}, "
           f"{hardware(target.device)}, {platform.python_implementation()} "
           f"{platform.python_version()}, torch {torch.__version__}, "

@@ -15,6 +15,7 @@ that path. Output is the target's own greedy output at temperature 0, and the ta
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from jakiro.drafter import TreeDrafter
 from jakiro.model.draft import DraftHead
 from jakiro.target import TargetModel
-from jakiro.tree import DraftTree, ancestor_mask, retrieve_indices
+from jakiro.tree import full_tree
 from jakiro.verify import Verdict, verify_greedy, verify_sampling, warp_logits
 
 # tokens that end an assistant turn in common chat formats, added to the EOS ids when the tokenizer knows them
@@ -294,7 +295,7 @@ def choose_tree_size(target: TargetModel, candidates=TREE_SIZE_CANDIDATES, conte
                      repeats: int = 3, slack: float = 1.3) -> int:
     """Pick the tree size (``total_token``) by measuring verification cost on the target's device.
 
-    Times one cached forward of n tokens for each candidate n and returns the largest n whose cost stays within
+    Times the verification of an n-node tree after a cached context for each candidate n and returns the largest n whose cost stays within
     ``slack`` times the cost of the smallest candidate: beyond that knee, extra nodes cost more than the few
     extra accepted tokens they can add.
     """
@@ -308,12 +309,19 @@ def pick_tree_size(costs: dict[int, float], slack: float = 1.3) -> int:
     return max(n for n, cost in costs.items() if cost <= slack * costs[smallest])
 
 
-def heap_tree(n: int, arity: int = 4) -> DraftTree:
-    """A full ``arity``-ary tree of n nodes (node i's parent is (i - 1) // arity): a stand-in draft tree of size n."""
-    parents = torch.tensor([-1] + [(i - 1) // arity for i in range(1, n)])
-    mask = ancestor_mask(parents)
-    depths = mask.sum(dim=1) - 1
-    return DraftTree(torch.zeros(n, dtype=torch.long), parents, depths, mask, retrieve_indices(mask, depths))
+def _median_seconds(device: torch.device, run, repeats: int, reset) -> float:
+    """Median wall time of ``run()`` over ``repeats`` timed calls after one warm-up, ``reset()`` after each call."""
+    timings = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        begin = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append(time.perf_counter() - begin)
+        reset()
+    return statistics.median(timings[1:])
 
 
 @torch.inference_mode()
@@ -322,21 +330,22 @@ def measure_verification_costs(target: TargetModel, sizes, context_len: int = 12
     ``context_len`` random tokens, per n."""
     vocab = target.lm_head.weight.shape[0]
     generator = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, vocab, (1, context_len), generator=generator)
+    target.prefill(torch.randint(0, vocab, (1, context_len), generator=generator))
+    drop_tree = lambda: target.commit(context_len, torch.empty(0, dtype=torch.long, device=target.device))  # noqa: E731
     costs = {}
     for n in sizes:
-        tree = heap_tree(n)
-        timings = []
-        for _ in range(repeats + 1):
-            target.prefill(prompt)
-            tree.tokens = torch.randint(0, vocab, (n,), generator=generator)
-            if target.device.type == "cuda":
-                torch.cuda.synchronize(target.device)
-            begin = time.perf_counter()
-            target.verify(tree)
-            if target.device.type == "cuda":
-                torch.cuda.synchronize(target.device)
-            timings.append(time.perf_counter() - begin)
-        costs[n] = sorted(timings[1:])[len(timings[1:]) // 2]
+        tree = full_tree(torch.randint(0, vocab, (n,), generator=generator))
+        costs[n] = _median_seconds(target.device, lambda: target.verify(tree), repeats, drop_tree)
     target.cache = None
     return costs
+
+
+@torch.inference_mode()
+def measure_decoding_step_cost(target: TargetModel, context_len: int = 128, repeats: int = 3) -> float:
+    """Median seconds of one plain decoding step (``target.step``) after ``context_len`` cached random tokens."""
+    vocab = target.lm_head.weight.shape[0]
+    target.prefill(torch.randint(0, vocab, (1, context_len), generator=torch.Generator().manual_seed(1)))
+    drop_token = lambda: target.commit(context_len, torch.empty(0, dtype=torch.long, device=target.device))  # noqa: E731
+    cost = _median_seconds(target.device, lambda: target.step(0), repeats, drop_token)
+    target.cache = None
+    return cost
