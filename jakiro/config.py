@@ -206,6 +206,21 @@ class DataConfig(_Section):
 
 
 @dataclass
+class RegenerateConfig(_Section):
+    SECTION: ClassVar[str] = "regenerate"
+    output_path: str = "data/regenerated.jsonl"  # the conversations with the target's own answers (JSONL)
+    max_new_tokens: int = 256  # new tokens per assistant turn
+    temperature: float = 0.0  # 0 = the target's greedy answers; > 0 = sampled answers
+    batch_size: int = 32  # conversations answered together (left-padded)
+    seed: int = 0  # sampling seed (each batch is seeded with seed + its index, so a resumed run matches)
+
+    def validate(self) -> None:
+        self._require("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1")
+        self._require("temperature", self.temperature >= 0, "a number >= 0")
+        self._require("batch_size", self.batch_size >= 1, "an integer >= 1")
+
+
+@dataclass
 class TrainConfig(_Section):
     SECTION: ClassVar[str] = "train"
     data_dir: str = "data/features"  # feature shards from data generation
@@ -234,6 +249,8 @@ class TrainConfig(_Section):
     save_every: int = 5  # save a checkpoint (and evaluate) every this many epochs, and after the last
     seed: int = 0  # seed for initialization, shuffling and noise
     draft_config: str | None = None  # draft config.json (or draft dir) fixing the architecture; None = from draft.*
+    init_from: str | None = None  # draft dir (or shipped:NAME) to continue training from: its architecture,
+    # vocabulary and weights (a new run with a fresh optimizer and schedule); None = a new draft
     checkpoint_steps: int = 1000  # also checkpoint every this many optimizer steps; 0 = only at epoch ends
     stop_after_steps: int = 0  # stop (with a checkpoint) after this many optimizer steps; 0 = run every epoch
     load_balance_w: float = 0.0  # weight of the Switch load-balancing loss on head-1 routing; 0 = off
@@ -299,6 +316,7 @@ class JakiroConfig:
     tree: TreeConfig = field(default_factory=TreeConfig)  # dynamic tree size
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # decoding settings
     data: DataConfig = field(default_factory=DataConfig)  # training-data generation
+    regenerate: RegenerateConfig = field(default_factory=RegenerateConfig)  # self-distilled conversations
     train: TrainConfig = field(default_factory=TrainConfig)  # draft training
     eval: EvalConfig = field(default_factory=EvalConfig)  # answer generation for benchmarks
 

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Reproduce the shipped SmolLM2 drafts from scratch with the project's own commands: features of the recovered
-# ShareGPT subset (configs/ge_data_smollm2.yaml), then the same training recipe (configs/train_smollm2.yaml: same
-# data, schedule and number of optimizer steps) for each architecture:
+# Reproduce the shipped SmolLM2 drafts from scratch with the project's own commands, in two stages that give every
+# draft the same data, schedule and number of optimizer steps:
+#   stage 1  features of a recovered ShareGPT subset (configs/ge_data_smollm2.yaml), training from scratch
+#            (configs/train_smollm2.yaml) -> outputs/train/smollm2-<draft>
+#   stage 2  other ShareGPT conversations answered by the target itself (configs/regenerate_smollm2.yaml), their
+#            features (configs/ge_data_smollm2_selfdistill.yaml), the stage-1 draft trained further on them
+#            (configs/train_smollm2_selfdistill.yaml) -> outputs/train/smollm2-<draft>-selfdistill
+# The architectures:
 #   jakiro       2 experts (top-2) + CEPD parallel head
 #   eagle2       1 dense expert as wide as the target's MLP (1536), no parallel head (the EAGLE-2 baseline)
 #   jakiro_star  2 experts (top-2), no parallel head (static-tree decoupled sampling, package jakiro_star)
@@ -9,9 +14,10 @@
 #   bash scripts/train_smollm2_drafts.sh [DRAFT ...]          # default: all three
 #   STOP_AFTER=240 bash scripts/train_smollm2_drafts.sh        # pause each run after 240 optimizer steps
 #   THREADS=1 ...                                              # CPU threads per training run
-#   SHIP=1 ...                                                 # then write each finished draft, in bf16, to
+#   STAGES=1 ...                                               # stage 1 only (default: STAGES="1 2")
+#   SHIP=1 ...                                                 # then write each finished stage-2 draft, in bf16, to
 #                                                              # jakiro/drafts/smollm2-<draft> (shipped:smollm2-<draft>)
-# Outputs: outputs/train/smollm2-<draft>/{draft,metrics.jsonl,checkpoints}.
+# Outputs: outputs/train/smollm2-<draft>[-selfdistill]/{draft,metrics.jsonl,checkpoints}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || . .venv/bin/activate
@@ -28,20 +34,35 @@ for name in "${drafts[@]}"; do
   [ -n "${ARCH[$name]:-}" ] || { echo "unknown draft '$name' (choose from: ${!ARCH[*]})" >&2; exit 2; }
 done
 
+stages=${STAGES:-1 2}
 python -m jakiro.assets --only smollm2,sharegpt
-python -m jakiro.ge_data --config ge_data_smollm2
-for name in "${drafts[@]}"; do
-  sets=(--set "train.output_dir=outputs/train/smollm2-$name" --set "train.stop_after_steps=${STOP_AFTER:-0}")
-  for kv in ${ARCH[$name]}; do sets+=(--set "$kv"); done
-  echo "== $name: ${ARCH[$name]}"
-  python -m jakiro.train.main --config train_smollm2 "${sets[@]}" --resume
-  if [ -n "${SHIP:-}" ]; then
-    python - "outputs/train/smollm2-$name/draft" "jakiro/drafts/smollm2-$name" <<'PY'
+if [[ " $stages " == *" 1 "* ]]; then
+  python -m jakiro.ge_data --config ge_data_smollm2
+  for name in "${drafts[@]}"; do
+    sets=(--set "train.output_dir=outputs/train/smollm2-$name" --set "train.stop_after_steps=${STOP_AFTER:-0}")
+    for kv in ${ARCH[$name]}; do sets+=(--set "$kv"); done
+    echo "== stage 1, $name: ${ARCH[$name]}"
+    python -m jakiro.train.main --config train_smollm2 "${sets[@]}" --resume
+  done
+fi
+if [[ " $stages " == *" 2 "* ]]; then
+  python -m jakiro.ge_data.regenerate --config regenerate_smollm2
+  python -m jakiro.ge_data --config ge_data_smollm2_selfdistill
+  for name in "${drafts[@]}"; do
+    echo "== stage 2, $name: from outputs/train/smollm2-$name/draft"
+    python -m jakiro.train.main --config train_smollm2_selfdistill --resume \
+      --set "train.output_dir=outputs/train/smollm2-$name-selfdistill" \
+      --set "train.init_from=outputs/train/smollm2-$name/draft" --set "train.stop_after_steps=${STOP_AFTER:-0}"
+  done
+fi
+if [ -n "${SHIP:-}" ]; then
+  for name in "${drafts[@]}"; do
+    python - "outputs/train/smollm2-$name-selfdistill/draft" "jakiro/drafts/smollm2-$name" <<'PY'
 import sys
 import torch
 from jakiro.model.draft import DraftHead
 DraftHead.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], dtype=torch.bfloat16)
 print(f"shipped {sys.argv[1]} as {sys.argv[2]} (bf16)")
 PY
-  fi
-done
+  done
+fi

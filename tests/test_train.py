@@ -314,6 +314,33 @@ def test_cli_errors(tiny, trained, tmp_path, capsys):
     assert code == 2 and "already holds checkpoints" in err[-1] and "--resume" in err[-1]
 
 
+def test_init_from_continues_a_trained_draft(tiny, trained, tmp_path, capsys):
+    """train.init_from: the new run starts from the trained draft's architecture and weights (its first-step loss is
+    the trained draft's, far below a fresh draft's), with a fresh schedule; bad uses are one-line errors."""
+    base = ["--basepath", str(tiny["root"] / "target"), "--tmpdir", str(tiny["features"]),
+            *[a for o in ("train.num_epochs=1", "train.batch_size=4", "train.checkpoint_steps=0",
+                          "train.warmup_steps=0", "train.test_fraction=0.25", "draft.num_experts=4")
+              for a in ("--set", o)]]
+    first_loss = {}
+    for name, extra in (("fresh", []), ("continued", ["--set", f"train.init_from={trained['export']}"])):
+        assert main([*base, "--cpdir", str(tmp_path / name), *extra]) == 0
+        first_loss[name] = records(tmp_path / name)[0]["loss"]
+    assert first_loss["continued"] < 0.9 * first_loss["fresh"], first_loss
+    init = DraftHead.from_pretrained(trained["export"])
+    continued = DraftHead.from_pretrained(tmp_path / "continued" / EXPORT)
+    assert continued.config == init.config  # the init's architecture wins over draft.*
+    assert continued.config.num_local_experts != 4 and not torch.equal(continued.fc.weight, init.fc.weight)
+    assert [r["lr"] for r in records(tmp_path / "continued")] == [r["lr"] for r in records(tmp_path / "fresh")]
+    capsys.readouterr()
+    code, err = run_cli(capsys, [*base, "--cpdir", str(tmp_path / "x"), "--set",
+                                 f"train.init_from={tmp_path / 'none'}"])
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: train.init_from:") and "none" in err[0]
+    code, err = run_cli(capsys, [*base, "--cpdir", str(tmp_path / "x"), "--set",
+                                 f"train.init_from={trained['export']}", "--set",
+                                 f"train.draft_config={trained['export']}"])
+    assert code == 2 and err == ["error: train.init_from and train.draft_config both fix the architecture; set only one"]
+
+
 def test_reduced_draft_vocabulary_run(tiny, tmp_path, capsys):
     """draft.vocab_size=16: the draft scores the 16 most frequent answer tokens of the training split, is exported
     with them, and generates losslessly."""

@@ -10,6 +10,8 @@
 The reference's flags work too: ``--basepath`` (model.base_model_path), ``--tmpdir`` (train.data_dir), ``--cpdir``
 (train.output_dir), ``--configpath`` (train.draft_config), ``--lr``, ``--bs``, ``--gradient-accumulation-steps``;
 ``--set`` overrides win over them. ``--resume`` continues from the last checkpoint in train.output_dir.
+``--set train.init_from=DIR`` starts from a trained draft (its architecture, vocabulary and weights) instead of a
+new one: a second training stage, e.g. on other data, with a fresh optimizer and schedule.
 Outputs in train.output_dir: ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``checkpoints/step_N`` and
 the trained draft directory ``draft/`` (loads with ``EaModel.from_pretrained(base, ea_model_path=...)``).
 Exit code 2 with a one-line message for a bad config key or value, missing / empty / foreign training data, or a
@@ -28,7 +30,7 @@ import torch
 from torch.utils.data import Subset
 
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
-from jakiro.model.draft import CONFIG_NAME, DraftHeadConfig
+from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 from jakiro.train.data import DataError, check_compatible, open_dataset, split_indices
 from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
 
@@ -118,6 +120,24 @@ def draft_architecture(cfg: JakiroConfig, text_config) -> DraftHeadConfig:
     return config
 
 
+def initial_draft(cfg: JakiroConfig, text_config) -> DraftHead | None:
+    """The draft named by ``train.init_from`` (None when unset), checked against the target."""
+    source = cfg.train.init_from
+    if source is None:
+        return None
+    if cfg.train.draft_config is not None:
+        raise ConfigError("train.init_from and train.draft_config both fix the architecture; set only one")
+    try:
+        draft = DraftHead.from_pretrained(source)
+    except ValueError as err:
+        raise ConfigError(f"train.init_from: {err}") from None
+    for key in ("hidden_size", "vocab_size"):
+        if getattr(draft.config, key) != getattr(text_config, key):
+            raise ConfigError(f"train.init_from: the draft's {key} {getattr(draft.config, key)} does not match the "
+                              f"target's {getattr(text_config, key)}")
+    return draft
+
+
 def build_trainer(cfg: JakiroConfig):
     """Open the data, load the target's frozen modules, size the draft and create the :class:`Trainer`."""
     from jakiro.train.trainer import Trainer
@@ -126,18 +146,22 @@ def build_trainer(cfg: JakiroConfig):
     path = target_path(cfg)
     text_config = target_config(path)
     check_compatible(info, text_config.hidden_size, text_config.vocab_size, path)
-    draft_config = draft_architecture(cfg, text_config)
+    init = initial_draft(cfg, text_config)
+    draft_config = draft_architecture(cfg, text_config) if init is None else init.config
     embed, head = load_target_modules(cfg, path)
     train_idx, test_idx = split_indices(len(dataset), cfg.train.test_fraction, cfg.train.seed)
     vocabulary = None
-    if draft_config.draft_vocab_size is not None:
+    if init is not None:
+        vocabulary = init.d2t
+    elif draft_config.draft_vocab_size is not None:
         counts = token_frequencies(dataset, train_idx, draft_config.vocab_size,
                                    progress=os.environ.get("RANK", "0") == "0")
         vocabulary = most_frequent_tokens(counts, draft_config.draft_vocab_size)
         if os.environ.get("RANK", "0") == "0":
             print(f"draft vocabulary: {draft_config.draft_vocab_size} of {draft_config.vocab_size} tokens, covering "
                   f"{coverage(counts, vocabulary):.1%} of the training answers' tokens", file=sys.stderr)
-    return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary)
+    return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary,
+                   None if init is None else init.state_dict())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,11 +190,12 @@ class Trainer:
         train_set, test_set: map-style feature datasets.
         draft_vocabulary: [draft_vocab_size] target token ids of a reduced draft vocabulary (see
             :func:`jakiro.train.vocab.most_frequent_tokens`); needed exactly when the config sets draft_vocab_size.
+        initial_weights: a draft state dict (``train.init_from``) to start from instead of a fresh initialization.
     """
 
     def __init__(self, cfg: JakiroConfig, draft_config: DraftHeadConfig, embed_tokens: torch.nn.Module,
                  lm_head: torch.nn.Module, train_set: Dataset, test_set: Dataset,
-                 draft_vocabulary: torch.Tensor | None = None):
+                 draft_vocabulary: torch.Tensor | None = None, initial_weights: dict | None = None):
         self.cfg, self.train_cfg = cfg, cfg.train
         train = self.train_cfg
         self.accelerator = acc = make_accelerator(cfg, draft_config)
@@ -207,6 +208,8 @@ class Trainer:
             raise ValueError("pass draft_vocabulary exactly when the draft config sets draft_vocab_size")
         if draft_vocabulary is not None:
             draft.set_draft_vocabulary(draft_vocabulary)
+        if initial_weights is not None:
+            draft.load_state_dict(initial_weights)
         draft.to(acc.device).bind_target_modules(self.embed_tokens, self.lm_head)
         self.draft, self.draft_config = draft, draft_config
         self.with_head2 = draft_config.parallel_head

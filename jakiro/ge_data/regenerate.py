@@ -1,0 +1,286 @@
+"""Self-distilled training conversations: the ``data.*`` selection of ShareGPT, answered by the target itself.
+
+    python -m jakiro.ge_data.regenerate --config regenerate_smollm2 [--set regenerate.batch_size=16 ...]
+    python -m jakiro.ge_data --config ge_data_smollm2_selfdistill    # then features of the result, as usual
+
+Why: a draft is trained to predict the target's features on some text, and at inference it drafts on the target's
+own text. ShareGPT's answers were written by ChatGPT; a small target writes differently (shorter, simpler, more
+repetitive), so training on the target's own answers matches what the draft sees when it is used.
+
+Selection as ``python -m jakiro.ge_data`` (``data.input_path``, ``shuffle_seed``, ``start``, ``end``). Each
+conversation keeps its user turns; assistant turn k is replaced by the target's answer to the conversation so far
+(its own earlier answers included, rendered with the chat template of ``data.chat_template`` /
+``model.chat_template``): greedy at ``regenerate.temperature`` 0, sampled otherwise, at most
+``regenerate.max_new_tokens`` new tokens. A conversation ends early when its prompt reaches ``data.max_len``
+tokens (its features would be truncated there), when an answer is empty, or after an answer cut off at
+``max_new_tokens``. Conversations are taken in parts of 4 batches; within a part, round r asks turn r of every
+conversation still going, ``regenerate.batch_size`` prompts at a time (left-padded, in order of prompt length).
+
+Output ``regenerate.output_path``: JSONL, one ShareGPT record per line, ``{"id", "source_index" (row in the input
+file), "conversations": [{"from": "human" | "gpt", "value"}, ...]}``. Each part is first written, atomically, to
+``<output_path>.parts/part_{i:05d}.jsonl``; a killed run restarted with the same command skips the finished parts
+(refusing parts written with other settings), and the output file is written (atomically) once all parts exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from jakiro.assets import AssetError
+from jakiro.chat_templates import (
+    Messages,
+    SkipConversation,
+    TemplateError,
+    check_template_name,
+    get_template,
+    to_messages,
+)
+from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.ge_data.generate import GeDataError, _atomic_write, load_conversations, load_target, select
+
+PARTS_META = "settings.json"
+PART_BATCHES = 4  # a part (the unit of resumption) holds this many batches of conversations
+
+
+def _say(message: str) -> None:
+    print(f"[jakiro.ge_data.regenerate] {message}", flush=True)
+
+
+@dataclass
+class Conversation:
+    """One conversation being answered: its source row, user turns and the messages so far."""
+
+    index: int
+    record_id: object
+    user_turns: list[str]
+    messages: Messages
+    done: bool = False
+
+
+@dataclass
+class Counts:
+    """What a batch did: answers written, answers cut at max_new_tokens, new tokens, prompts that reached max_len."""
+
+    answers: int = 0
+    cut: int = 0
+    tokens: int = 0
+    prompts_too_long: int = 0
+
+    def add(self, other: "Counts") -> None:
+        for key in vars(self):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
+
+def start_conversation(index: int, record: object) -> Conversation:
+    """Raises SkipConversation for records ``python -m jakiro.ge_data`` would skip too."""
+    messages = to_messages(record)
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    record_id = record.get("id", index) if isinstance(record, dict) else index
+    return Conversation(index, record_id, users, [])
+
+
+def to_record(conversation: Conversation) -> dict:
+    roles = {"user": "human", "assistant": "gpt"}
+    turns = [{"from": roles[m["role"]], "value": m["content"]} for m in conversation.messages]
+    return {"id": conversation.record_id, "source_index": conversation.index, "conversations": turns}
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids [B, L], attention_mask [B, L]), left-padded to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.int64)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.int64)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+class Regenerator:
+    """The target, its tokenizer and chat template, and the settings of one regeneration run."""
+
+    def __init__(self, cfg: JakiroConfig, model, tokenizer):
+        template_name = cfg.data.chat_template or cfg.model.chat_template
+        check_template_name(template_name)
+        self.template = get_template(template_name, tokenizer, cfg.data.system_prompt)
+        self.model, self.tokenizer = model, tokenizer
+        self.settings = cfg.regenerate
+        self.max_len = cfg.data.max_len
+        generation = model.generation_config
+        ends = generation.eos_token_id if generation.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = set(ends if isinstance(ends, list) else [ends]) - {None}
+        if not self.eos_ids:
+            raise GeDataError("the target has no end-of-sequence token (generation_config.eos_token_id, "
+                              "tokenizer.eos_token_id): its answers could not end")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.pad_id = pad
+
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        turn = len(conversation.messages) // 2
+        messages = conversation.messages + [{"role": "user", "content": conversation.user_turns[turn]}]
+        text = self.template.render(messages, True)
+        return self.tokenizer(text, add_special_tokens=self.template.add_special_tokens)["input_ids"]
+
+    @torch.no_grad()
+    def answer_turn(self, asking: list[Conversation], prompts: list[list[int]], seed: int) -> Counts:
+        """Append one assistant answer to every conversation of ``asking`` (or mark it done); ``prompts`` are their
+        tokenized prompts, each shorter than data.max_len."""
+        counts = Counts()
+        input_ids, attention_mask = _left_pad(prompts, self.pad_id)
+        device = self.model.device
+        sample = self.settings.temperature > 0
+        torch.manual_seed(seed)
+        output = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            max_new_tokens=self.settings.max_new_tokens, do_sample=sample,
+            temperature=self.settings.temperature if sample else None, top_p=None, top_k=None,
+            eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+        )
+        for conversation, new in zip(asking, output[:, input_ids.shape[1]:].tolist()):
+            end = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
+            tokens = new if end is None else new[:end]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            user = conversation.user_turns[len(conversation.messages) // 2]
+            if not text:
+                conversation.done = True
+                continue
+            conversation.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": text}]
+            counts.answers += 1
+            counts.tokens += len(tokens) + (end is not None)
+            if end is None:
+                counts.cut += 1
+                conversation.done = True
+            if len(conversation.messages) // 2 == len(conversation.user_turns):
+                conversation.done = True
+        return counts
+
+    def answer(self, part: list[Conversation], seed: int) -> Counts:
+        """Answer every turn of every conversation of ``part``: round r asks turn r of the conversations still
+        going, ``batch_size`` prompts at a time, in order of prompt length (so batches stay full and pad little)."""
+        counts = Counts()
+        size = self.settings.batch_size
+        for round_ in itertools.count():
+            asking = []
+            for conversation in part:
+                if conversation.done:
+                    continue
+                ids = self.prompt_ids(conversation)
+                if len(ids) >= self.max_len:
+                    conversation.done = True
+                    counts.prompts_too_long += 1
+                else:
+                    asking.append((len(ids), conversation, ids))
+            if not asking:
+                return counts
+            asking.sort(key=lambda a: a[0])  # stable: equal lengths keep the part's order
+            for b in range(0, len(asking), size):
+                batch = asking[b:b + size]
+                counts.add(self.answer_turn([a[1] for a in batch], [a[2] for a in batch],
+                                            seed * 1000 + round_ * 100 + b // size))
+        return counts
+
+
+def part_name(index: int) -> str:
+    return f"part_{index:05d}.jsonl"
+
+
+def _settings(cfg: JakiroConfig, input_path: str, num_records: int, target_path: str) -> dict:
+    """What a part's content depends on; parts written under other settings are refused."""
+    data = cfg.data
+    return {
+        "input": {"path": input_path, "records": num_records, "shuffle_seed": data.shuffle_seed,
+                  "start": data.start},
+        "target": {"path": target_path, "dtype": cfg.model.dtype},
+        "template": data.chat_template or cfg.model.chat_template, "system_prompt": data.system_prompt,
+        "max_len": data.max_len, "regenerate": {k: v for k, v in vars(cfg.regenerate).items() if k != "output_path"},
+    }
+
+
+def _check_parts_dir(parts: Path, settings: dict) -> None:
+    meta = parts / PARTS_META
+    if meta.exists():
+        found = json.loads(meta.read_text("utf-8"))
+        if found != settings:
+            keys = sorted(k for k in settings if found.get(k) != settings[k])
+            raise GeDataError(f"{parts} holds answers written with other settings (different {', '.join(keys)}); "
+                              "use another regenerate.output_path or delete that directory")
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        _atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(settings, indent=2) + "\n", "utf-8"))
+
+
+def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool = True) -> Path | None:
+    """Write the missing parts (at most ``max_parts``), then the output file once all exist.
+
+    Returns the output path, or None while parts are missing.
+    """
+    records, input_path = load_conversations(cfg.data.input_path)
+    order = select(len(records), cfg.data.shuffle_seed, cfg.data.start, cfg.data.end)
+    conversations, skipped = [], 0
+    for row in order:
+        try:
+            conversations.append(start_conversation(row, records[row]))
+        except SkipConversation:
+            skipped += 1
+    if not conversations:
+        raise GeDataError(f"{input_path}: no usable conversation in [{cfg.data.start}, {cfg.data.end})")
+    size = PART_BATCHES * cfg.regenerate.batch_size
+    groups = [conversations[i:i + size] for i in range(0, len(conversations), size)]
+
+    model, tokenizer, target_path = load_target(cfg.model)
+    output = Path(cfg.regenerate.output_path)
+    parts = output.with_name(output.name + ".parts")
+    _check_parts_dir(parts, _settings(cfg, input_path, len(records), target_path))
+    todo = [i for i in range(len(groups)) if not (parts / part_name(i)).exists()]
+    _say(f"{len(conversations)} conversations ({skipped} skipped as malformed), {len(groups)} parts of "
+         f"{size}; {len(groups) - len(todo)} already answered")
+    regenerator = Regenerator(cfg, model, tokenizer)
+    counts, started = Counts(), time.perf_counter()
+    bar = tqdm(todo[:max_parts], desc="regenerate", unit="part", disable=not progress)
+    for i in bar:
+        counts.add(regenerator.answer(groups[i], cfg.regenerate.seed + i))
+        lines = "".join(json.dumps(to_record(c), ensure_ascii=False) + "\n" for c in groups[i] if c.messages)
+        _atomic_write(parts / part_name(i), lambda tmp: tmp.write_text(lines, "utf-8"))
+        bar.set_postfix(tokens_per_s=f"{counts.tokens / (time.perf_counter() - started):.0f}")
+    bar.close()
+    seconds = time.perf_counter() - started
+    _say(f"this run: {counts.answers} answers ({counts.cut} cut at max_new_tokens, {counts.prompts_too_long} "
+         f"turns not asked: prompt >= data.max_len), {counts.tokens} new tokens in {seconds:.0f} s "
+         f"({counts.tokens / max(seconds, 1e-9):.0f} tokens/s)")
+    missing = [i for i in range(len(groups)) if not (parts / part_name(i)).exists()]
+    if missing:
+        _say(f"{len(missing)} of {len(groups)} parts still missing; run the same command again to continue")
+        return None
+    text = "".join((parts / part_name(i)).read_text("utf-8") for i in range(len(groups)))
+    _atomic_write(output, lambda tmp: tmp.write_text(text, "utf-8"))
+    _say(f"{text.count(chr(10))} conversations -> {output}")
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jakiro.ge_data.regenerate", description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--max-parts", type=int, default=None, metavar="K",
+                        help="answer at most K parts (4 batches of conversations each), then stop (the same command "
+                             "continues later)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        regenerate(config_from_args(args), args.max_parts, progress=not args.quiet)
+    except (ConfigError, GeDataError, TemplateError, AssetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
