@@ -17,7 +17,6 @@ import difflib
 import json
 import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import yaml
+
+from jakiro.io import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -419,19 +420,12 @@ def to_dict(cfg: JakiroConfig) -> dict[str, dict[str, Any]]:
 
 
 def save_config(cfg: JakiroConfig, path: str | os.PathLike) -> None:
-    """Write `cfg` as JSON (for a .json path) or YAML, atomically (temp file in the same folder + os.replace)."""
+    """Write `cfg` as JSON (for a .json path) or YAML, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_dict(cfg)
     text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

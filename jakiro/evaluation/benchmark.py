@@ -34,6 +34,7 @@ from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record
 from jakiro.evaluation.speed import build_report, format_report, load_answers
+from jakiro.io import atomic_write_text
 
 ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -141,14 +142,14 @@ def report(arms: list[Arm], files: dict, out_dir: Path, temperature: float, benc
     baseline, *methods = [load_answers(files[arm.name]) for arm in arms]  # labelled by file name = arm name
     result = build_report(baseline, methods, bench=f"{bench} T={temperature:g}")
     path = out_dir / bench / f"temperature-{temperature}" / "speed.json"
-    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     return result
 
 
 def write_summary(reports: list[dict], out_dir: Path, plot: bool) -> None:
     text = "\n\n".join(format_report(r) for r in reports)
     print(text)
-    (out_dir / "report.md").write_text(text + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "report.md", text + "\n")
     if plot:
         from jakiro.evaluation.plot import PlotUnavailable, plot_reports
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from jakiro.evaluation.answers import pick_questions, question_path, settings
 from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record, read_records
+from jakiro.io import atomic_write_text
 
 SPECULATIVE_METHODS = ("jakiro", "jakiro_star")
 
@@ -140,12 +140,6 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def default_out(cfg: JakiroConfig) -> Path:
     return Path("outputs") / "greedy_check" / f"{cfg.eval.bench_name}-{cfg.eval.method}-{cfg.model.dtype}.jsonl"
 
@@ -175,7 +169,7 @@ def run(cfg: JakiroConfig, out: Path, num_questions: int | None, tie: float, eve
             "draft": about.get("draft"), "max_new_tokens": max_new_tokens, "tie": tie, "hardware": about["hardware"],
             "torch": about["torch"], "transformers": about["transformers"]}
     summary = summarize(records, meta)
-    write_json_atomic(out.with_name(out.stem + ".summary.json"), summary)
+    atomic_write_text(out.with_name(out.stem + ".summary.json"), json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -41,7 +41,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import PartialState
@@ -52,6 +51,7 @@ from tqdm.auto import tqdm
 
 from jakiro.assets import AssetError, ensure_sharegpt, ensure_smollm2
 from jakiro.config import ConfigError, JakiroConfig, ModelConfig, add_config_arguments, config_from_args
+from jakiro.io import atomic_write, atomic_write_text
 from jakiro.chat_templates import (
     SkipConversation,
     TemplateError,
@@ -155,18 +155,6 @@ def _sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(temporary path)``, then rename it to ``path``; removes temporaries left by a killed run."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Progress:
@@ -285,7 +273,7 @@ class _Job:
                   "assistant_tokens": int(tensors["loss_mask"].sum()), "skipped": dict(sorted(skipped.items()))}
         meta = {"fingerprint": _shard_identity(self.fingerprint), "shard": shard, **counts}
         metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
-        _atomic_write(self.out / shard_name(shard), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        atomic_write(self.out / shard_name(shard), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     def manifest(self) -> dict:
         shards, skipped = [], Counter()
@@ -336,7 +324,7 @@ def generate_features(cfg: JakiroConfig, max_shards: int | None = None, progress
         _say(f"{len(missing)} of {job.num_shards} shards still missing; run the same command again to continue")
         return None
     manifest = job.manifest()
-    _atomic_write(job.out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n", "utf-8"))
+    atomic_write_text(job.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     _say(summary(manifest) + f" -> {job.out / MANIFEST}")
     return manifest
 

@@ -45,7 +45,8 @@ from jakiro.chat_templates import (
     to_messages,
 )
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
-from jakiro.ge_data.generate import GeDataError, _atomic_write, load_conversations, load_target, select
+from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
+from jakiro.io import atomic_write_text
 
 PARTS_META = "settings.json"
 PART_BATCHES = 4  # a part (the unit of resumption) holds this many batches of conversations
@@ -215,7 +216,7 @@ def _check_parts_dir(parts: Path, settings: dict) -> None:
                               "use another regenerate.output_path or delete that directory")
     else:
         parts.mkdir(parents=True, exist_ok=True)
-        _atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(settings, indent=2) + "\n", "utf-8"))
+        atomic_write_text(meta, json.dumps(settings, indent=2) + "\n")
 
 
 def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool = True) -> Path | None:
@@ -249,7 +250,7 @@ def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool =
     for i in bar:
         counts.add(regenerator.answer(groups[i], cfg.regenerate.seed + i))
         lines = "".join(json.dumps(to_record(c), ensure_ascii=False) + "\n" for c in groups[i] if c.messages)
-        _atomic_write(parts / part_name(i), lambda tmp: tmp.write_text(lines, "utf-8"))
+        atomic_write_text(parts / part_name(i), lines)
         bar.set_postfix(tokens_per_s=f"{counts.tokens / (time.perf_counter() - started):.0f}")
     bar.close()
     seconds = time.perf_counter() - started
@@ -261,7 +262,7 @@ def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool =
         _say(f"{len(missing)} of {len(groups)} parts still missing; run the same command again to continue")
         return None
     text = "".join((parts / part_name(i)).read_text("utf-8") for i in range(len(groups)))
-    _atomic_write(output, lambda tmp: tmp.write_text(text, "utf-8"))
+    atomic_write_text(output, text)
     _say(f"{text.count(chr(10))} conversations -> {output}")
     return output
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from jakiro.drafts import resolve_draft_path
+from jakiro.io import atomic_write
 from jakiro.model.moe import MixtureOfExperts, MoEOutput
 
 WEIGHTS_NAME = "model.safetensors"
@@ -340,9 +340,9 @@ class DraftHead(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
                  for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, path, metadata={"format": "pt"}))
+        atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, path, metadata={"format": "pt"}))
         text = json.dumps(asdict(self.config), indent=2, sort_keys=True) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
+        atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "DraftHead":
@@ -417,15 +417,3 @@ def _load_state(directory: Path) -> dict[str, torch.Tensor]:
         except Exception as err:  # torch raises several types for a bad pickle
             raise ValueError(f"cannot read draft weights {legacy_path} (corrupted?): {err}") from None
     raise ValueError(f"draft directory {directory} has no weights ({WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME})")
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
