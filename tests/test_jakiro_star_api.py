@@ -17,7 +17,7 @@ from jakiro.model.draft import DraftCache
 from jakiro_star.drafter import StaticTreeDrafter
 from jakiro_star.model import StarEaModel
 from jakiro_star.proposals import expert_probabilities, top_children
-from test_evaluation import QUESTIONS, tiny_dirs  # noqa: F401  (tiny_dirs is a pytest fixture)
+from test_evaluation import QUESTIONS
 from tiny_models import tiny_draft, tiny_target
 
 GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0)
@@ -175,7 +175,7 @@ def test_config_keys():
         load_config(None, ["tree.static_tree=mc_sim"])
 
 
-def test_gen_ea_answer_runs_jakiro_star(tiny_dirs, tmp_path):  # noqa: F811
+def test_gen_ea_answer_runs_jakiro_star(tiny_dirs, tmp_path):
     target, draft = tiny_dirs
     base = ["--base-model-path", str(target), "--ea-model-path", str(draft), "--set", "model.dtype=float32",
             "--question-file", str(QUESTIONS), "--warmup", "0", "--max-new-tokens", "8", "--no-progress"]
