@@ -14,6 +14,10 @@ One round, for a static tree of depth D (:mod:`jakiro_star.trees`):
 3. The tree entries are cropped from the draft cache; the result is a :class:`SampledDraftTree` over the root and
    the drawn nodes, carrying each node's recorded proposal for :func:`jakiro_star.verify.verify_recursive`.
 
+Children are drawn over the draft's own vocabulary (its ``compact_logits``: V_d token ids, all V for a
+full-vocabulary draft), which keeps the per-expert distributions and draws V / V_d times smaller; only the kept
+nodes' proposals are scattered back to the target's vocabulary (zero outside the draft's) for verification.
+
 Children carry their parent's mixture feature h1 (as in training), whichever expert proposed them.
 """
 
@@ -47,9 +51,11 @@ class StaticTreeDrafter:
     def __init__(self, draft: DraftHead, tree: str | Sequence[Sequence[int]] | StaticTree, proposal: str = "mixture"):
         check_mode(proposal)
         self.tree = get_static_tree(tree)
-        if self.tree.max_children > draft.config.vocab_size:
+        draft_vocab = draft.config.draft_vocab_size or draft.config.vocab_size
+        if self.tree.max_children > draft_vocab:
             raise ValueError(f"static tree {self.tree.name!r} has a node with {self.tree.max_children} children, "
-                             f"more than the vocabulary size {draft.config.vocab_size}")
+                             f"more than the draft vocabulary size {draft_vocab}")
+        self.draft_vocab_size = draft_vocab
         self.draft = draft
         self.proposal = proposal
         self.total_token = len(self.tree)
@@ -87,7 +93,7 @@ class StaticTreeDrafter:
         node_tokens = torch.zeros(n, dtype=torch.long)
         node_tokens[0] = int(tokens[-1])
         present = torch.ones(n, dtype=torch.bool)
-        proposals = None if greedy else torch.zeros(n, draft.config.vocab_size)
+        proposals = None if greedy else torch.zeros(n, self.draft_vocab_size)  # over the draft vocabulary
         cached_nodes = torch.zeros(0, dtype=torch.long)  # tree nodes in the draft cache, in cache order
         for depth, level in enumerate(self.levels, start=1):
             self._draw_level(level, parent_out, node_tokens, present, proposals, sampling, generator)
@@ -109,21 +115,30 @@ class StaticTreeDrafter:
         built = tree.to_draft_tree(node_tokens[0], node_tokens[1:], present[1:])
         kept = present.nonzero().squeeze(1)  # the root and the drawn nodes, in node order
         return SampledDraftTree(built.tokens, built.parents, built.depths, built.mask, built.retrieve_indices,
-                                None if proposals is None else proposals[kept])
+                                None if proposals is None else self._to_target_vocabulary(proposals[kept]))
+
+    def _to_target_vocabulary(self, proposals: torch.Tensor) -> torch.Tensor:
+        """[k, V_d] proposals over the draft vocabulary -> [k, V] over the target's (zero outside the draft's)."""
+        d2t = self.draft.d2t
+        if d2t is None:
+            return proposals
+        full = proposals.new_zeros(proposals.shape[0], self.draft.config.vocab_size)
+        return full.index_copy_(1, d2t.cpu(), proposals)
 
     def _draw_level(self, level: _Level, parent_out: DraftOutput, node_tokens: torch.Tensor, present: torch.Tensor,
                     proposals: torch.Tensor | None, sampling: dict, generator: torch.Generator | None) -> None:
         """Draw the children of ``level.parents`` from their draft outputs (one row per parent, in order) and write
-        them into the per-node tensors."""
-        logits = self.draft.logits(parent_out.expert_features[0])  # [m, E, V]
+        them into the per-node tensors (tokens as target ids, proposals over the draft vocabulary)."""
+        logits = self.draft.compact_logits(parent_out.expert_features[0])  # [m, E, V_d]
         probs = expert_probabilities(logits, sampling)
         weights = parent_out.expert_weights[0].to(probs.device)  # [m, E]
         if proposals is None:
-            chosen = top_children(probs, weights, level.slots, self.proposal).cpu()
+            chosen = self.draft.to_target_ids(top_children(probs, weights, level.slots, self.proposal)).cpu()
             node_tokens[level.nodes] = chosen[level.parent_row, level.slot]
             return
         counts = level.counts * present[level.parents]  # an absent parent has no children
         draws = draw_children(slot_distributions(probs, weights, level.slots, self.proposal), counts, generator)
-        node_tokens[level.nodes] = draws.tokens[level.parent_row, level.slot]
+        node_tokens[level.nodes] = self.draft.to_target_ids(draws.tokens.to(logits.device)).cpu()[
+            level.parent_row, level.slot]
         present[level.nodes] = draws.present[level.parent_row, level.slot]
         proposals[level.nodes] = draws.proposals[level.parent_row, level.slot]

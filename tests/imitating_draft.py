@@ -25,9 +25,11 @@ def weak_context_target(family: str = "llama", vocab_size: int = 16, attention_s
 
 
 def imitating_draft(target, num_experts: int = 2, experts_per_token: int = 2, expert_scale: float = 0.3,
-                    seed: int = 1) -> DraftHead:
-    """A draft (no parallel head) whose head 1 imitates the target's one-token-context prediction."""
-    draft = tiny_draft(target, num_experts, experts_per_token, parallel_head=False, seed=seed)
+                    seed: int = 1, draft_vocab_size: int | None = None) -> DraftHead:
+    """A draft (no parallel head) whose head 1 imitates the target's one-token-context prediction; with
+    ``draft_vocab_size`` it proposes only a random subset of the target's tokens."""
+    draft = tiny_draft(target, num_experts, experts_per_token, parallel_head=False, seed=seed,
+                       draft_vocab_size=draft_vocab_size)
     vocab, hidden = target.config.vocab_size, target.config.hidden_size
     with torch.no_grad():
         one_token_features = target.get_decoder()(torch.arange(vocab)[:, None]).last_hidden_state[:, 0]  # [V, H]

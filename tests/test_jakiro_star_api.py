@@ -110,8 +110,11 @@ def test_sampled_drafts_are_reproducible_from_the_generator():
 def test_drafter_errors():
     target = tiny_target("llama", vocab_size=3)
     draft = tiny_draft(target, parallel_head=False)
-    with pytest.raises(ValueError, match="more than the vocabulary size 3"):
+    with pytest.raises(ValueError, match="more than the draft vocabulary size 3"):
         StaticTreeDrafter(draft, "mc_sim_7b_63")
+    with pytest.raises(ValueError, match="more than the draft vocabulary size 3"):  # a 64-token target, 3 drafted
+        StaticTreeDrafter(tiny_draft(tiny_target("llama", vocab_size=64), parallel_head=False, draft_vocab_size=3),
+                          "mc_sim_7b_63")
     with pytest.raises(ValueError, match="proposal mode"):
         StaticTreeDrafter(draft, "cpu8", "joint")
     with pytest.raises(ValueError, match="unknown static tree"):

@@ -1,6 +1,7 @@
 """Jakiro* sampling is lossless end to end: the joint distribution of the first three generated tokens over many
 seeded ``StarEaModel.eagenerate`` runs matches the target's exact distribution (chi-square, alpha = 1e-3; see
-tests/stats.py), at T = 1 and at T = 0.7 / top-p 0.9, for both sibling modes. The same test rejects the
+tests/stats.py), at T = 1 and at T = 0.7 / top-p 0.9, for both sibling modes, and with a reduced draft vocabulary
+(children drawn over the draft's token subset, proposals scattered back to the target's). The same test rejects the
 reference Jakiro*'s verifier input: children drawn from the joint softmax over both experts' logits and checked
 against the lower-gated expert's share of it.
 """
@@ -51,6 +52,24 @@ def test_sampling_matches_target_distribution(target, sampling, sibling_mode):
     model = StarEaModel(target, imitating_draft(target), None, "cpu8", sibling_mode, stop_token_ids=[])
     counts, accepted = sample_counts(model, sampling)
     assert accepted > RUNS // 2, f"only {accepted} accepted drafts: tree verification is barely exercised"
+    statistic, critical, dof = chi_square(counts, exact_three_token_distribution(model, PROMPT, sampling))
+    assert statistic < critical, f"chi2={statistic:.1f} >= {critical:.1f} (dof {dof})"
+
+
+@pytest.mark.parametrize("sibling_mode", ["mixture", "per_expert"])
+def test_reduced_draft_vocabulary_stays_lossless(target, sibling_mode):
+    """6 of the 8 tokens: two can never be proposed, yet the output must still follow the target exactly."""
+    sampling = dict(temperature=1.0)
+    draft = imitating_draft(target, draft_vocab_size=6)
+    model = StarEaModel(target, draft, None, "cpu8", sibling_mode, stop_token_ids=[])
+    tree = model.drafter.draft_tree(torch.randn(3, target.config.hidden_size), PROMPT[0], sampling,
+                                    torch.Generator().manual_seed(0))
+    outside = torch.ones(target.config.vocab_size, dtype=torch.bool)
+    outside[draft.d2t] = False
+    assert tree.proposals.shape[1] == target.config.vocab_size and tree.proposals[:, outside].sum() == 0
+    assert set(tree.tokens[1:].tolist()) <= set(draft.d2t.tolist())
+    counts, accepted = sample_counts(model, sampling)
+    assert accepted > RUNS // 3, f"only {accepted} accepted drafts: tree verification is barely exercised"
     statistic, critical, dof = chi_square(counts, exact_three_token_distribution(model, PROMPT, sampling))
     assert statistic < critical, f"chi2={statistic:.1f} >= {critical:.1f} (dof {dof})"
 
