@@ -77,6 +77,46 @@ def test_resume_skips_done_questions_and_drops_a_truncated_line(tiny_dirs, tmp_p
     assert generate(tiny_dirs, path, "--method", "baseline") == records  # nothing left to do
 
 
+def test_resume_refuses_a_file_made_with_other_settings(tiny_dirs, tmp_path, capsys):
+    path = tmp_path / "answers.jsonl"
+    (first,) = generate(tiny_dirs, path, "--method", "baseline", "--question-end", "1")
+    assert first["meta"]["settings"]["max_new_tokens"] == 6 and "draft" not in first["meta"]["settings"]
+    target, _ = tiny_dirs
+    argv = ["--base-model-path", str(target), "--set", "model.dtype=float32", "--question-file", str(QUESTIONS),
+            "--answer-file", str(path), "--method", "baseline", "--max-new-tokens", "5", "--no-progress"]
+    assert answers.main(argv) == 2
+    assert "holds results made with other settings (max_new_tokens: 6 in the file, 5 now)" in capsys.readouterr().err
+    assert path.read_text().count("\n") == 1  # nothing was added
+    # a record written before settings were recorded is not compared
+    legacy = json.loads(path.read_text())
+    del legacy["meta"]["settings"]
+    path.write_text(json.dumps(legacy) + "\n")
+    assert answers.main(argv) == 0
+    assert [r["question_id"] for _, r in read_records(path)] == [81, 82]
+
+
+def test_resume_refuses_a_retrained_draft_in_the_same_directory(tiny_dirs, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    target, trained = tiny_dirs
+    draft = tmp_path / "draft"
+    shutil.copytree(trained, draft)
+    path = tmp_path / "answers.jsonl"
+    argv = ["--base-model-path", str(target), "--ea-model-path", str(draft), "--set", "model.dtype=float32",
+            "--question-file", str(QUESTIONS), "--answer-file", str(path), "--warmup", "0", "--total-token", "8",
+            "--depth", "3", "--top-k", "3", "--max-new-tokens", "4", "--no-progress"]
+    assert answers.main([*argv, "--question-end", "1"]) == 0
+    (weights,) = draft.glob("*.safetensors")
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert answers.main(argv) == 2
+    assert "holds results made with other settings (draft: " in capsys.readouterr().err
+
+
 def test_sampling_is_reproducible(tiny_dirs, tmp_path):
     runs = [generate(tiny_dirs, tmp_path / f"t1-{i}.jsonl", "--temperature", "1", "--question-end", "1",
                      "--warmup", "0") for i in range(2)]
@@ -314,6 +354,11 @@ def test_benchmark_interleaves_arms_resumes_and_reports(tiny_dirs, tmp_path, mon
     order.clear()
     assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "1")) == 0
     assert order == []
+    # an arm whose settings changed is refused before any model loads
+    monkeypatch.setattr(benchmark, "load_arms", lambda arms: pytest.fail("models loaded for a refused run"))
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "--set", "tree.depth=2")) == 2
+    assert "spec.jsonl holds results made with other settings (depth: 3 in the file, 2 now)" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("arms, message", [
@@ -360,6 +405,8 @@ def test_greedy_check_finds_every_turn_identical_and_resumes(method, tiny_dirs, 
     assert "questions identical (all turns): 2/2 (100.0%)" in capsys.readouterr().out
     monkeypatch.setattr(greedy_check, "check_question", lambda *a: pytest.fail("a finished question was redone"))
     assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra)) == 0
+    assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra, "--tie", "0.5")) == 2  # other settings
+    assert "(tie: 0.0001 in the file, 0.5 now)" in capsys.readouterr().err
 
 
 def test_greedy_check_reports_a_divergence_with_the_targets_logits(tiny_dirs, tmp_path, monkeypatch, capsys):

@@ -11,8 +11,9 @@ Shared by ``python -m jakiro.evaluation.gen_ea_answer`` (method from the config,
 Each direct flag sets one config key (its help names it) and wins over ``--set``. Per question and choice i
 (seed ``generation.seed + i``), each turn's prompt holds the earlier questions and the model's own answers; the
 timed region is the generate call alone (prefill included), between device synchronisations. ``eval.warmup``
-untimed runs over the first selected question come first. Questions already in the answer file are skipped, and
-a truncated last line left by a killed run is dropped with a warning.
+untimed runs over the first selected question come first. Questions already in the answer file are skipped (an
+answer file made with other settings is refused, see :mod:`jakiro.evaluation.run_settings`), and a truncated last
+line left by a killed run is dropped with a warning.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, confi
 from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import METHODS, load_method, synchronize
 from jakiro.evaluation.records import FORWARDS_COUNTING, append_record, read_records
+from jakiro.evaluation.run_settings import check_resumable, run_settings
 
 # direct flag -> (section, key, type)
 FLAGS = {
@@ -146,11 +148,14 @@ def answer_choice(method, prompter: ChatPrompter, question: dict, index: int, se
     return choice
 
 
-def done_questions(path: Path) -> set:
-    """Question ids already answered in ``path`` (a truncated last line is cut off the file)."""
+def done_questions(path: Path, settings: dict) -> set:
+    """Question ids already answered in ``path`` (a truncated last line is cut off the file); ValueError if its
+    records were made with other ``settings`` (:func:`jakiro.evaluation.run_settings.run_settings`)."""
     if not path.exists():
         return set()
-    return {record["question_id"] for _, record in read_records(path, repair_tail=True)}
+    records = [record for _, record in read_records(path, repair_tail=True)]
+    check_resumable(path, ((record.get("meta") or {}).get("settings") for record in records), settings)
+    return {record["question_id"] for record in records}
 
 
 def run(cfg: JakiroConfig, progress: bool = True) -> Path:
@@ -161,7 +166,7 @@ def run(cfg: JakiroConfig, progress: bool = True) -> Path:
     if not questions:
         raise ValueError(f"no questions selected (question_begin={e.question_begin}, question_end={e.question_end})")
     path = answer_path(cfg)
-    done = done_questions(path)
+    done = done_questions(path, run_settings(cfg))
     todo = [q for q in questions if q["question_id"] not in done]
     print(f"{e.bench_name}: {len(questions) - len(todo)} of {len(questions)} questions already in {path}, "
           f"{len(todo)} to answer with {e.method} (temperature {temperature}, max_new_tokens {max_new_tokens})")
@@ -184,7 +189,7 @@ def answer_meta(cfg: JakiroConfig, about: dict) -> dict:
     return {"idxs": FORWARDS_COUNTING, "bench": cfg.eval.bench_name, **about, "temperature": temperature,
             "top_p": cfg.generation.top_p, "top_k": cfg.generation.top_k, "max_new_tokens": max_new_tokens,
             "max_length": cfg.generation.max_length, "chat_template": cfg.model.chat_template,
-            "seed": cfg.generation.seed}
+            "seed": cfg.generation.seed, "settings": run_settings(cfg)}
 
 
 def answer_record(cfg: JakiroConfig, method, prompter: ChatPrompter, question: dict, meta: dict) -> dict:

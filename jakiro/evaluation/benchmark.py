@@ -10,7 +10,8 @@ An arm is a name and config overrides on top of ``--config`` / ``--set`` (any ``
 question, every arm answers all turns before the next question starts, and the arms' order rotates from question to
 question, so that slow drift of the machine (thermal state, background load) hits all arms alike; all models stay
 loaded. Each arm writes ``OUT_DIR/<bench>/temperature-<T>/<arm>.jsonl`` (the records of ``gen_ea_answer``), and a
-question already answered by an arm is not answered again (a killed run resumes). At the end, per temperature:
+question already answered by an arm is not answered again (a killed run resumes; an answer file made with
+other settings is refused). At the end, per temperature:
 ``speed.json`` beside the answers and a markdown table (``python -m jakiro.evaluation.speed``), then
 ``OUT_DIR/report.md`` with all tables, and with ``--plot`` ``OUT_DIR/speed.png`` (speedup and tau).
 """
@@ -33,6 +34,7 @@ from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record
 from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record
+from jakiro.evaluation.run_settings import run_settings
 from jakiro.evaluation.speed import build_report, format_report, load_answers
 from jakiro.io import atomic_write_text
 
@@ -116,21 +118,24 @@ def run(args: argparse.Namespace) -> list[dict]:
     if not questions:
         raise ValueError("no questions selected")
     out_dir = Path(args.out_dir)
+    runs = {(arm.name, t): run_settings(with_temperature(arm.cfg, t)) for arm in arms for t in args.temperatures}
+    # read (and checked against the settings) before any model loads, so that a mixed-up file fails fast
+    done = {(arm.name, t): done_questions(arm.answer_file(out_dir, t), runs[arm.name, t])
+            for arm in arms for t in args.temperatures}
     load_arms(arms)
     reports = []
     for temperature in args.temperatures:
         files = {arm.name: arm.answer_file(out_dir, temperature) for arm in arms}
-        done = {arm.name: done_questions(files[arm.name]) for arm in arms}
-        todo = [q for q in questions if any(q["question_id"] not in done[a.name] for a in arms)]
+        todo = [q for q in questions if any(q["question_id"] not in done[a.name, temperature] for a in arms)]
         print(f"temperature {temperature}: {len(questions) - len(todo)} of {len(questions)} questions done by every "
               f"arm, {len(todo)} to go", file=sys.stderr)
         for number, question in enumerate(tqdm(todo, desc=f"T={temperature}", unit="q", disable=args.no_progress)):
             shift = number % len(arms)
             for arm in arms[shift:] + arms[:shift]:
-                if question["question_id"] in done[arm.name]:
+                if question["question_id"] in done[arm.name, temperature]:
                     continue
                 cfg = with_temperature(arm.cfg, temperature)
-                meta = {**arm.meta, "temperature": temperature}
+                meta = {**arm.meta, "temperature": temperature, "settings": runs[arm.name, temperature]}
                 files[arm.name].parent.mkdir(parents=True, exist_ok=True)
                 append_record(files[arm.name], answer_record(cfg, arm.method, arm.prompter, question, meta))
         reports.append(report(arms, files, out_dir, temperature, first.eval.bench_name))

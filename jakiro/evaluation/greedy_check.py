@@ -14,8 +14,9 @@ batch shapes, so their logits agree only up to rounding (~1e-6 in float32, ~1e-1
 two logits differ by less than ``--tie`` is such a near-tie, anything else is a losslessness bug. Exit status 1
 when any divergence is not a near-tie.
 
-One JSONL record per question in ``--out`` (appended durably, so a killed run resumes where it stopped) and a
-summary JSON beside it (``<out stem>.summary.json``, written atomically).
+One JSONL record per question in ``--out`` (appended durably, so a killed run resumes where it stopped; a file
+made with other settings is refused, see :mod:`jakiro.evaluation.run_settings`) and a summary JSON beside it
+(``<out stem>.summary.json``, written atomically).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from jakiro.evaluation.answers import pick_questions, question_path, settings
 from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record, read_records
+from jakiro.evaluation.run_settings import check_resumable, run_settings
 from jakiro.io import atomic_write_text
 
 SPECULATIVE_METHODS = ("jakiro", "jakiro_star")
@@ -154,7 +156,10 @@ def run(cfg: JakiroConfig, out: Path, num_questions: int | None, tie: float, eve
     questions = pick_questions(questions, num_questions, every)
     if not questions:
         raise ValueError("no questions selected")
-    done = {record["question_id"] for record in read_results(out)}
+    current = {**run_settings(cfg, greedy_check=True), "tie": tie}
+    records = read_results(out)
+    check_resumable(out, (record.get("settings") for record in records), current)
+    done = {record["question_id"] for record in records}
     todo = [q for q in questions if q["question_id"] not in done]
     print(f"{len(questions) - len(todo)} of {len(questions)} questions already in {out}, {len(todo)} to check",
           file=sys.stderr)
@@ -162,7 +167,7 @@ def run(cfg: JakiroConfig, out: Path, num_questions: int | None, tie: float, eve
     prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, cfg.eval.system_prompt)
     out.parent.mkdir(parents=True, exist_ok=True)
     for question in tqdm(todo, desc="greedy check", unit="q", disable=not progress):
-        append_record(out, check_question(method, prompter, question, max_new_tokens, tie))
+        append_record(out, {**check_question(method, prompter, question, max_new_tokens, tie), "settings": current})
     wanted = {q["question_id"] for q in questions}
     records = [r for r in read_results(out) if r["question_id"] in wanted]
     meta = {"method": cfg.eval.method, "dtype": cfg.model.dtype, "base_model": about["base_model"],

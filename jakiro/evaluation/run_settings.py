@@ -1,0 +1,75 @@
+"""The settings that decide a benchmark run's outputs, so that a resumed file never mixes two different runs.
+
+Answer files (``gen_ea_answer``, ``gen_baseline_answer``, the benchmark) and greedy-check files resume by
+skipping the questions they already hold. Each record therefore carries :func:`run_settings` (answers: in
+``meta["settings"]``; greedy checks: in ``settings``), and :func:`check_resumable` refuses to add to a file whose
+records were made with other settings: a changed draft (compared by a digest of its weights, so retraining into
+the same directory counts), tree, dtype, temperature, token budget and so on. Records written before settings were
+recorded carry none and are not compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from jakiro.config import JakiroConfig
+from jakiro.drafts import resolve_draft_path
+
+SPECULATIVE = ("jakiro", "jakiro_star")
+DRAFT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
+
+
+def draft_digest(path: str | Path) -> str:
+    """Short SHA-256 over a draft directory's config and weight files (names and bytes, in name order)."""
+    folder = resolve_draft_path(path)
+    if not folder.is_dir():
+        raise ValueError(f"draft directory {folder} not found (model.draft_path)")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DRAFT_FILE_SUFFIXES):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
+    """Every config value the method of ``cfg.eval.method`` reads when answering, as a JSON-ready dict.
+
+    With ``greedy_check`` the sampling settings (temperature, top-p/k, seed, choices) are left out: the greedy
+    check always decodes at temperature 0.
+    """
+    e, gen, model, tree = cfg.eval, cfg.generation, cfg.model, cfg.tree
+    settings = {"method": e.method, "base_model": model.base_model_path or "embedded default",
+                "dtype": model.dtype, "device": model.device, "chat_template": model.chat_template,
+                "system_prompt": e.system_prompt, "max_new_tokens": e.max_new_tokens or gen.max_new_tokens,
+                "max_length": gen.max_length}
+    if not greedy_check:
+        settings.update(temperature=e.temperature if e.temperature is not None else gen.temperature,
+                        top_p=gen.top_p, top_k=gen.top_k, seed=gen.seed, num_choices=e.num_choices)
+    if e.method in SPECULATIVE:
+        settings["draft"] = (draft_digest(model.draft_path) if model.draft_path
+                             else {"untrained": dataclasses.asdict(cfg.draft)})
+        settings["exact_verification"] = gen.exact_verification
+        settings["sibling_mode"] = tree.sibling_mode
+        if e.method == "jakiro_star":
+            settings["static_tree"] = tree.static_tree
+        else:
+            settings.update(total_token=tree.total_token, depth=tree.depth, top_k_tree=tree.top_k)
+    elif e.method == "pld":
+        settings["prompt_lookup_num_tokens"] = e.prompt_lookup_num_tokens
+    elif e.method == "assisted":
+        settings["assistant_model"] = e.assistant_model_path
+    return json.loads(json.dumps(settings))
+
+
+def check_resumable(path: Path, stored: Iterable[dict | None], settings: dict) -> None:
+    """Raise ValueError if any record's ``stored`` settings (None: not recorded) differ from ``settings``."""
+    for old in stored:
+        if old is None or old == settings:
+            continue
+        changed = [f"{key}: {old.get(key)!r} in the file, {settings.get(key)!r} now"
+                   for key in sorted(set(old) | set(settings)) if old.get(key) != settings.get(key)]
+        raise ValueError(f"{path} holds results made with other settings ({'; '.join(changed)}): give another "
+                         f"output file or directory, or delete it to start over")
