@@ -33,7 +33,7 @@ from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, confi
 from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import METHODS, load_method, synchronize
 from jakiro.evaluation.records import FORWARDS_COUNTING, append_record, read_records
-from jakiro.evaluation.run_settings import check_resumable, run_settings
+from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
 
 # direct flag -> (section, key, type)
 FLAGS = {
@@ -90,13 +90,6 @@ def config_from_cli(args: argparse.Namespace, default_method: str | None = None)
     return cfg
 
 
-def settings(cfg: JakiroConfig) -> tuple[float, int]:
-    """Effective (temperature, max_new_tokens): the eval section's values, else the generation section's."""
-    e, gen = cfg.eval, cfg.generation
-    temperature = e.temperature if e.temperature is not None else gen.temperature
-    return temperature, e.max_new_tokens or gen.max_new_tokens
-
-
 def answer_path(cfg: JakiroConfig) -> Path:
     if cfg.eval.answer_file:
         return Path(cfg.eval.answer_file)
@@ -148,13 +141,13 @@ def answer_choice(method, prompter: ChatPrompter, question: dict, index: int, se
     return choice
 
 
-def done_questions(path: Path, settings: dict) -> set:
+def done_questions(path: Path, current: dict) -> set:
     """Question ids already answered in ``path`` (a truncated last line is cut off the file); ValueError if its
-    records were made with other ``settings`` (:func:`jakiro.evaluation.run_settings.run_settings`)."""
+    records were made with settings other than ``current`` (:func:`jakiro.evaluation.run_settings.run_settings`)."""
     if not path.exists():
         return set()
     records = [record for _, record in read_records(path, repair_tail=True)]
-    check_resumable(path, ((record.get("meta") or {}).get("settings") for record in records), settings)
+    check_resumable(path, ((record.get("meta") or {}).get("settings") for record in records), current)
     return {record["question_id"] for record in records}
 
 

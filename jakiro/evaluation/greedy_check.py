@@ -31,14 +31,13 @@ from tqdm import tqdm
 
 from jakiro.assets import AssetError, load_questions
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
-from jakiro.evaluation.answers import pick_questions, question_path, settings
+from jakiro.evaluation.answers import pick_questions, question_path
 from jakiro.evaluation.chat import ChatPrompter
-from jakiro.evaluation.methods import load_method
+from jakiro.evaluation.methods import SPECULATIVE_METHODS, load_method
 from jakiro.evaluation.records import append_record, read_records
-from jakiro.evaluation.run_settings import check_resumable, run_settings
+from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
 from jakiro.io import atomic_write_text
 
-SPECULATIVE_METHODS = ("jakiro", "jakiro_star")
 
 
 def _check_record(record, path: Path, number: int) -> None:

@@ -28,6 +28,7 @@ from jakiro.model.ea_model import EaModel, default_stop_token_ids
 from jakiro.model.init_draft import resolve_draft
 
 METHODS = ("jakiro", "jakiro_star", "baseline", "pld", "assisted")
+SPECULATIVE_METHODS = ("jakiro", "jakiro_star")  # the methods that draft with a Jakiro draft head
 
 
 @dataclass
@@ -122,7 +123,7 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
     base = cfg.model.base_model_path or str(ensure_smollm2())
     load = dict(dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device)
     about = {"method": name, "base_model": Path(base).name, "dtype": cfg.model.dtype}
-    if name in ("jakiro", "jakiro_star", "baseline"):
+    if name in (*SPECULATIVE_METHODS, "baseline"):
         speculative = name != "baseline"
         draft, trained = resolve_draft(cfg, base)
         if speculative and not trained:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from jakiro.config import JakiroConfig
 from jakiro.drafts import resolve_draft_path
+from jakiro.evaluation.methods import SPECULATIVE_METHODS
 
-SPECULATIVE = ("jakiro", "jakiro_star")
 DRAFT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
 
 
@@ -34,6 +34,13 @@ def draft_digest(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def settings(cfg: JakiroConfig) -> tuple[float, int]:
+    """Effective (temperature, max_new_tokens): the eval section's values, else the generation section's."""
+    e, gen = cfg.eval, cfg.generation
+    temperature = e.temperature if e.temperature is not None else gen.temperature
+    return temperature, e.max_new_tokens or gen.max_new_tokens
+
+
 def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
     """Every config value the method of ``cfg.eval.method`` reads when answering, as a JSON-ready dict.
 
@@ -41,35 +48,35 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
     check always decodes at temperature 0.
     """
     e, gen, model, tree = cfg.eval, cfg.generation, cfg.model, cfg.tree
-    settings = {"method": e.method, "base_model": model.base_model_path or "embedded default",
-                "dtype": model.dtype, "device": model.device, "chat_template": model.chat_template,
-                "system_prompt": e.system_prompt, "max_new_tokens": e.max_new_tokens or gen.max_new_tokens,
-                "max_length": gen.max_length}
+    temperature, max_new_tokens = settings(cfg)
+    out = {"method": e.method, "base_model": model.base_model_path or "embedded default", "dtype": model.dtype,
+           "device": model.device, "chat_template": model.chat_template, "system_prompt": e.system_prompt,
+           "max_new_tokens": max_new_tokens, "max_length": gen.max_length}
     if not greedy_check:
-        settings.update(temperature=e.temperature if e.temperature is not None else gen.temperature,
-                        top_p=gen.top_p, top_k=gen.top_k, seed=gen.seed, num_choices=e.num_choices)
-    if e.method in SPECULATIVE:
-        settings["draft"] = (draft_digest(model.draft_path) if model.draft_path
-                             else {"untrained": dataclasses.asdict(cfg.draft)})
-        settings["exact_verification"] = gen.exact_verification
-        settings["sibling_mode"] = tree.sibling_mode
+        out.update(temperature=temperature, top_p=gen.top_p, top_k=gen.top_k, seed=gen.seed,
+                   num_choices=e.num_choices)
+    if e.method in SPECULATIVE_METHODS:
+        out["draft"] = (draft_digest(model.draft_path) if model.draft_path
+                        else {"untrained": dataclasses.asdict(cfg.draft)})
+        out["exact_verification"] = gen.exact_verification
+        out["sibling_mode"] = tree.sibling_mode
         if e.method == "jakiro_star":
-            settings["static_tree"] = tree.static_tree
+            out["static_tree"] = tree.static_tree
         else:
-            settings.update(total_token=tree.total_token, depth=tree.depth, top_k_tree=tree.top_k)
+            out.update(total_token=tree.total_token, depth=tree.depth, top_k_tree=tree.top_k)
     elif e.method == "pld":
-        settings["prompt_lookup_num_tokens"] = e.prompt_lookup_num_tokens
+        out["prompt_lookup_num_tokens"] = e.prompt_lookup_num_tokens
     elif e.method == "assisted":
-        settings["assistant_model"] = e.assistant_model_path
-    return json.loads(json.dumps(settings))
+        out["assistant_model"] = e.assistant_model_path
+    return json.loads(json.dumps(out))
 
 
-def check_resumable(path: Path, stored: Iterable[dict | None], settings: dict) -> None:
-    """Raise ValueError if any record's ``stored`` settings (None: not recorded) differ from ``settings``."""
+def check_resumable(path: Path, stored: Iterable[dict | None], current: dict) -> None:
+    """Raise ValueError if any record's ``stored`` settings (None: not recorded) differ from ``current``."""
     for old in stored:
-        if old is None or old == settings:
+        if old is None or old == current:
             continue
-        changed = [f"{key}: {old.get(key)!r} in the file, {settings.get(key)!r} now"
-                   for key in sorted(set(old) | set(settings)) if old.get(key) != settings.get(key)]
+        changed = [f"{key}: {old.get(key)!r} in the file, {current.get(key)!r} now"
+                   for key in sorted(set(old) | set(current)) if old.get(key) != current.get(key)]
         raise ValueError(f"{path} holds results made with other settings ({'; '.join(changed)}): give another "
                          f"output file or directory, or delete it to start over")
