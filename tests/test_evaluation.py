@@ -404,7 +404,10 @@ def test_greedy_check_finds_every_turn_identical_and_resumes(method, tiny_dirs, 
     assert summary["tokens"] == 4 * 12 and summary["near_ties"] == summary["mismatches"] == []
     assert "questions identical (all turns): 2/2 (100.0%)" in capsys.readouterr().out
     monkeypatch.setattr(greedy_check, "check_question", lambda *a: pytest.fail("a finished question was redone"))
-    assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra)) == 0
+    monkeypatch.setattr(greedy_check, "load_method", lambda *a: pytest.fail("loaded the model with nothing to do"))
+    assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra, "--questions", "1")) == 0
+    assert json.loads(out.with_name("check.summary.json").read_text()) == {
+        **summary, "questions": 1, "questions_identical": 1, "turns": 2, "turns_identical": 2, "tokens": 2 * 12}
     assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra, "--tie", "0.5")) == 2  # other settings
     assert "(tie: 0.0001 in the file, 0.5 now)" in capsys.readouterr().err
 

@@ -145,6 +145,31 @@ def default_out(cfg: JakiroConfig) -> Path:
     return Path("outputs") / "greedy_check" / f"{cfg.eval.bench_name}-{cfg.eval.method}-{cfg.model.dtype}.jsonl"
 
 
+META_KEYS = ("method", "dtype", "base_model", "draft", "max_new_tokens", "tie", "hardware", "torch", "transformers")
+
+
+def _check_questions(cfg: JakiroConfig, todo: list[dict], max_new_tokens: int, tie: float, out: Path,
+                     current: dict, progress: bool) -> dict:
+    """Loads the method, appends one record per question in ``todo`` to ``out``; returns the summary's meta."""
+    method, about = load_method(cfg, max_new_tokens)
+    prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, cfg.eval.system_prompt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for question in tqdm(todo, desc="greedy check", unit="q", disable=not progress):
+        append_record(out, {**check_question(method, prompter, question, max_new_tokens, tie), "settings": current})
+    about = {**about, "method": cfg.eval.method, "max_new_tokens": max_new_tokens, "tie": tie}
+    return {key: about.get(key) for key in META_KEYS}
+
+
+def _previous_meta(summary_path: Path) -> dict | None:
+    """The meta of the last summary, so that a finished check is summarized without loading the model; None if
+    there is no readable summary."""
+    try:
+        previous = json.loads(summary_path.read_text())
+        return {key: previous[key] for key in META_KEYS}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run(cfg: JakiroConfig, out: Path, num_questions: int | None, tie: float, every: int = 1,
         progress: bool = True) -> dict:
     if cfg.eval.method not in SPECULATIVE_METHODS:
@@ -162,18 +187,13 @@ def run(cfg: JakiroConfig, out: Path, num_questions: int | None, tie: float, eve
     todo = [q for q in questions if q["question_id"] not in done]
     print(f"{len(questions) - len(todo)} of {len(questions)} questions already in {out}, {len(todo)} to check",
           file=sys.stderr)
-    method, about = load_method(cfg, max_new_tokens)
-    prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, cfg.eval.system_prompt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for question in tqdm(todo, desc="greedy check", unit="q", disable=not progress):
-        append_record(out, {**check_question(method, prompter, question, max_new_tokens, tie), "settings": current})
+    summary_path = out.with_name(out.stem + ".summary.json")
+    meta = (None if todo else _previous_meta(summary_path)) or _check_questions(
+        cfg, todo, max_new_tokens, tie, out, current, progress)
     wanted = {q["question_id"] for q in questions}
     records = [r for r in read_results(out) if r["question_id"] in wanted]
-    meta = {"method": cfg.eval.method, "dtype": cfg.model.dtype, "base_model": about["base_model"],
-            "draft": about.get("draft"), "max_new_tokens": max_new_tokens, "tie": tie, "hardware": about["hardware"],
-            "torch": about["torch"], "transformers": about["transformers"]}
     summary = summarize(records, meta)
-    atomic_write_text(out.with_name(out.stem + ".summary.json"), json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(summary_path, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
