@@ -153,6 +153,8 @@ class TreeConfig(_Section):
     top_k: int = 10  # children expanded per node and nodes kept per layer
     sibling_mode: str = "mixture"  # how experts propose children: "mixture" (merged top-k) or "per_expert"
     static_tree: str = "mc_sim_7b_63"  # method jakiro_star: static tree name (total_token/depth/top_k unused)
+    lookup_tokens: int = 0  # method jakiro: also verify up to this many tokens found by prompt lookup (0 = off)
+    lookup_ngram: int = 3  # longest n-gram matched by the prompt lookup
 
     def validate(self) -> None:
         from jakiro_star.tree_choices import STATIC_TREES
@@ -160,6 +162,8 @@ class TreeConfig(_Section):
         self._require("total_token", self.total_token == -1 or self.total_token >= 2, "-1 or an integer >= 2")
         self._require("depth", self.depth >= 1, "an integer >= 1")
         self._require("top_k", self.top_k >= 1, "an integer >= 1")
+        self._require("lookup_tokens", self.lookup_tokens >= 0, "an integer >= 0 (0 = off)")
+        self._require("lookup_ngram", self.lookup_ngram >= 1, "an integer >= 1")
         self._require_choice("sibling_mode", ("mixture", "per_expert"))
         self._require_choice("static_tree", tuple(STATIC_TREES))
 

@@ -37,11 +37,7 @@ def run(cfg: JakiroConfig, num_questions: int) -> list[dict]:
         print("note: no trained draft configured (model.draft_path); using an UNTRAINED draft. Output stays "
               "lossless, but expect a slowdown, not a speedup.")
     torch.manual_seed(cfg.generation.seed)
-    model = EaModel.from_pretrained(
-        base, draft_path, total_token=cfg.tree.total_token, depth=cfg.tree.depth, top_k=cfg.tree.top_k,
-        sibling_mode=cfg.tree.sibling_mode, exact_verification=cfg.generation.exact_verification,
-        dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device,
-    )
+    model = EaModel.from_config(cfg, base, draft_path)
     tokenizer = model.get_tokenizer()
     gen = cfg.generation
     sampling = dict(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
@@ -70,7 +66,8 @@ def run(cfg: JakiroConfig, num_questions: int) -> list[dict]:
               f"{mean('spec_tps') / mean('plain_tps'):>6.2f}x {mean('tau'):>5.2f} "
               f"{sum(r['same'] for r in rows)}/{len(rows)}")
         print(f"target {Path(base).name}, {cfg.model.dtype}, draft {'trained' if trained else 'UNTRAINED'}, tree "
-              f"total_token={model.drafter.total_token} depth={cfg.tree.depth} top_k={cfg.tree.top_k}, "
+              f"total_token={model.drafter.total_token} depth={cfg.tree.depth} top_k={cfg.tree.top_k} "
+              f"lookup_tokens={cfg.tree.lookup_tokens}, "
               f"temperature={gen.temperature}, {torch.get_num_threads()} CPU threads, "
               f"{'exact' if gen.exact_verification else 'batched'} verification")
         if gen.temperature == 0 and not all(r["same"] for r in rows):

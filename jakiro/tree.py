@@ -107,6 +107,38 @@ def build_tree(
     return DraftTree(tokens, parents, depths, mask, retrieve_indices(mask, depths))
 
 
+def graft_chain(tree: DraftTree, chain: torch.Tensor) -> DraftTree:
+    """The tree with one more root-to-leaf branch spelling ``chain`` below the root.
+
+    The chain is merged like a word into a trie: it follows existing nodes while their tokens match and appends the
+    rest as a new path, so siblings stay distinct (which sampling verification requires) and a chain the drafter
+    already proposed adds no node. New nodes come after the old ones, so ``parents[i] < i`` still holds.
+
+    Args:
+        tree: a draft tree with n nodes.
+        chain: [m] token ids proposed after the root, in order.
+    Returns:
+        A tree with n + (unmatched part of the chain) nodes; the old nodes keep their indices.
+    """
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    child_of = {(parents[i], tokens[i]): i for i in range(1, len(tokens))}
+    node = 0
+    for token in chain.tolist():
+        if (node, token) not in child_of:
+            child_of[(node, token)] = len(tokens)
+            tokens.append(token)
+            parents.append(node)
+        node = child_of[(node, token)]
+    if len(tokens) == len(tree):
+        return tree
+    device = tree.tokens.device
+    new_parents = torch.tensor(parents, dtype=torch.long, device=device)
+    mask = ancestor_mask(new_parents)
+    depths = mask.sum(dim=1) - 1
+    return DraftTree(torch.tensor(tokens, dtype=tree.tokens.dtype, device=device), new_parents, depths, mask,
+                     retrieve_indices(mask, depths))
+
+
 def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
     """[n, n] bool matrix: ``mask[i, j]`` is True when node j is node i or one of its ancestors.
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU speed comparison on MT-bench with the shipped SmolLM2 drafts: vanilla decoding, Hugging Face prompt lookup,
-# the EAGLE-2 draft, Jakiro (both sibling modes, and with exact verification) and Jakiro*, interleaved question by
-# question in one process (python -m jakiro.evaluation.benchmark), bf16, batch 1, max_new_tokens 256, T = 0 and 1.
+# the EAGLE-2 draft, Jakiro (both sibling modes, and with exact verification), Jakiro with the prompt-lookup branch
+# (batched and exact verification) and Jakiro*, interleaved question by question in one process
+# (python -m jakiro.evaluation.benchmark), bf16, batch 1, max_new_tokens 256, T = 0 and 1.
 # Outputs in OUT_DIR (default outputs/benchmark/cpu): answer JSONL per arm and temperature, speed.json per
 # temperature, report.md (the tables) and speed.png (needs matplotlib: bash scripts/setup.sh assets,plot).
 # Resumable: rerun the same command after a kill.
@@ -21,9 +22,12 @@ python -m jakiro.evaluation.benchmark --config smollm2 --out-dir "$OUT_DIR" --pl
   "${questions[@]}" \
   --arm vanilla eval.method=baseline \
   --arm pld eval.method=pld \
-  --arm eagle2 model.draft_path=shipped:smollm2-eagle2 \
-  --arm jakiro model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=mixture \
-  --arm jakiro-exact model.draft_path=shipped:smollm2-jakiro generation.exact_verification=true \
-  --arm jakiro-per-expert model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=per_expert \
+  --arm eagle2 model.draft_path=shipped:smollm2-eagle2 tree.lookup_tokens=0 \
+  --arm jakiro model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=mixture tree.lookup_tokens=0 \
+  --arm jakiro-exact model.draft_path=shipped:smollm2-jakiro generation.exact_verification=true tree.lookup_tokens=0 \
+  --arm jakiro-per-expert model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=per_expert tree.lookup_tokens=0 \
+  --arm jakiro-lookup model.draft_path=shipped:smollm2-jakiro tree.lookup_tokens=10 \
+  --arm jakiro-lookup-exact model.draft_path=shipped:smollm2-jakiro tree.lookup_tokens=10 \
+    generation.exact_verification=true \
   --arm jakiro_star eval.method=jakiro_star model.draft_path=shipped:smollm2-jakiro_star tree.static_tree=cpu8 \
   "$@"

@@ -40,11 +40,14 @@ def test_records_are_well_formed_with_exact_counts(tiny_dirs, tmp_path):
     spec = generate(tiny_dirs, tmp_path / "jakiro.jsonl", "--model-id", "tiny-jakiro")
     plain = generate(tiny_dirs, tmp_path / "plain.jsonl", "--method", "baseline")
     pld = generate(tiny_dirs, tmp_path / "pld.jsonl", "--method", "pld", "--prompt-lookup-num-tokens", "2")
+    lookup = generate(tiny_dirs, tmp_path / "lookup.jsonl", "--set", "tree.lookup_tokens=4")
+    assert lookup[0]["meta"]["settings"]["lookup_tokens"] == 4 and "lookup_tokens" not in spec[0]["meta"]["settings"]
     assert [r["question_id"] for r in spec] == [81, 82]
     for record in spec:
         assert set(record) == {"question_id", "answer_id", "model_id", "choices", "tstamp", "meta"}
         assert record["model_id"] == "tiny-jakiro" and record["meta"]["method"] == "jakiro"
-        assert record["meta"]["tree"] == {"total_token": 8, "depth": 3, "top_k": 3, "sibling_mode": "mixture"}
+        assert record["meta"]["tree"] == {"total_token": 8, "depth": 3, "top_k": 3, "sibling_mode": "mixture",
+                                          "lookup_tokens": 0}
         (choice,) = record["choices"]
         assert choice["index"] == 0 and len(choice["turns"]) == 2  # both MT-bench turns
         assert all(t > 0 for t in choice["wall_time"])
@@ -60,8 +63,15 @@ def test_records_are_well_formed_with_exact_counts(tiny_dirs, tmp_path):
     for record in pld:
         assert all(f <= n for f, n in zip(record["choices"][0]["idxs"], record["choices"][0]["new_tokens"]))
     # greedy decoding is lossless, turn 2 included (its prompt holds each method's own turn-1 answer)
-    texts = [[r["choices"][0]["turns"] for r in run] for run in (spec, plain, pld)]
-    assert texts[0] == texts[1] == texts[2]
+    texts = [[r["choices"][0]["turns"] for r in run] for run in (spec, plain, pld, lookup)]
+    assert texts[0] == texts[1] == texts[2] == texts[3]
+
+
+def test_jakiro_star_says_it_ignores_the_prompt_lookup_branch(tiny_dirs, tmp_path, capsys):
+    star = generate(tiny_dirs, tmp_path / "star.jsonl", "--method", "jakiro_star", "--set", "tree.static_tree=cpu8",
+                    "--set", "tree.lookup_tokens=4", "--question-end", "1")
+    assert "method jakiro_star ignores tree.lookup_tokens=4" in capsys.readouterr().err
+    assert "lookup_tokens" not in star[0]["meta"]["settings"]
 
 
 def test_resume_skips_done_questions_and_drops_a_truncated_line(tiny_dirs, tmp_path, capsys):

@@ -4,9 +4,11 @@ import torch
 
 from jakiro.target import TargetModel
 from jakiro.tree import (
+    DraftTree,
     additive_tree_mask,
     ancestor_mask,
     build_tree,
+    graft_chain,
     retrieve_indices,
     select_candidates,
 )
@@ -68,6 +70,33 @@ def test_build_tree_maps_candidate_parents_to_nodes():
     assert tree.parents.tolist() == [-1, 0, 0, 1, 3]
     assert tree.depths.tolist() == [0, 1, 1, 2, 3]
     assert tree.retrieve_indices.tolist() == [[0, 2, -1, -1], [0, 1, 3, 4]]  # leaves in node order
+
+
+def worked_example_tree(tokens=(50, 10, 20, 11, 12, 21)) -> DraftTree:
+    return DraftTree(torch.tensor(tokens), PARENTS, MASK.sum(1) - 1, MASK, retrieve_indices(MASK, MASK.sum(1) - 1))
+
+
+def test_graft_chain_follows_matching_nodes_and_appends_the_rest():
+    tree = graft_chain(worked_example_tree(), torch.tensor([10, 12, 7, 8]))  # 10 -> 12 exist (nodes 1, 4)
+    assert tree.tokens.tolist() == [50, 10, 20, 11, 12, 21, 7, 8]
+    assert tree.parents.tolist() == [-1, 0, 0, 1, 1, 2, 4, 6]
+    assert tree.depths.tolist() == [0, 1, 1, 2, 2, 2, 3, 4]
+    assert torch.equal(tree.mask, ancestor_mask(tree.parents))
+    assert tree.retrieve_indices.tolist() == [[0, 1, 3, -1, -1], [0, 2, 5, -1, -1], [0, 1, 4, 6, 7]]
+
+
+def test_graft_chain_keeps_siblings_distinct():
+    tree = graft_chain(worked_example_tree(), torch.tensor([30, 10, 30]))  # a new branch under the root
+    assert tree.parents.tolist()[6:] == [0, 6, 7]
+    for node in range(len(tree)):
+        children = tree.tokens[tree.parents == node].tolist()
+        assert len(children) == len(set(children))
+
+
+def test_graft_chain_already_in_the_tree_or_empty_changes_nothing():
+    tree = worked_example_tree()
+    assert graft_chain(tree, torch.tensor([20, 21])) is tree
+    assert graft_chain(tree, torch.tensor([], dtype=torch.long)) is tree
 
 
 def test_additive_mask_values():

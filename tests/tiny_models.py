@@ -56,8 +56,8 @@ def tiny_draft(target, num_experts=2, experts_per_token=2, parallel_head=True, s
 
 def tiny_ea_model(family="llama", vocab_size=128, total_token=12, depth=3, top_k=3, sibling_mode="mixture",
                   num_experts=2, experts_per_token=2, parallel_head=True, seed=0, draft_vocab_size=None,
-                  exact_verification=False) -> EaModel:
+                  exact_verification=False, lookup_tokens=0) -> EaModel:
     target = tiny_target(family, vocab_size, seed)
     draft = tiny_draft(target, num_experts, experts_per_token, parallel_head, seed + 1, draft_vocab_size)
     return EaModel(target, draft, None, total_token, depth, top_k, sibling_mode, stop_token_ids=[],
-                   exact_verification=exact_verification)
+                   exact_verification=exact_verification, lookup_tokens=lookup_tokens)

@@ -25,8 +25,6 @@ import socket
 import sys
 from pathlib import Path
 
-import torch
-
 from jakiro.application.chat import ChatEngine, Settings, Turn
 from jakiro.application.view import escape, render_answer, render_footer, render_text, stats_fields
 from jakiro.assets import AssetError, ensure_smollm2
@@ -123,11 +121,7 @@ def load_engine(cfg: JakiroConfig) -> tuple[ChatEngine, str]:
     if not trained:
         print("note: no trained draft configured (--ea_model_path / model.draft_path); using an UNTRAINED draft. "
               "Answers are still exactly the target's, but expect no speedup.")
-    model = EaModel.from_pretrained(
-        base, draft_path, total_token=cfg.tree.total_token, depth=cfg.tree.depth, top_k=cfg.tree.top_k,
-        sibling_mode=cfg.tree.sibling_mode, exact_verification=cfg.generation.exact_verification,
-        dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device,
-    )
+    model = EaModel.from_config(cfg, base, draft_path)
     gen = cfg.generation
     engine = ChatEngine(model, cfg.model.chat_template, gen.max_new_tokens, gen.max_length, gen.top_k)
     warmup = engine.prompter.input_ids(["Hello"], [])

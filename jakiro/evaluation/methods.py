@@ -15,6 +15,7 @@ length per step.
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,16 +135,18 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
         if name == "jakiro_star":
             from jakiro_star.model import StarEaModel
 
+            if tree.lookup_tokens:
+                print(f"note: method jakiro_star ignores tree.lookup_tokens={tree.lookup_tokens} (Jakiro* verifies "
+                      "sampled children, which a copied prompt-lookup branch is not)", file=sys.stderr)
+
             model = StarEaModel.from_pretrained(base, draft, static_tree=tree.static_tree,
                                                 sibling_mode=tree.sibling_mode, exact_verification=exact, **load)
             tree_about = {"static_tree": tree.static_tree, "total_token": model.drafter.total_token,
                           "depth": model.drafter.tree.depth, "sibling_mode": tree.sibling_mode}
         else:
-            model = EaModel.from_pretrained(base, draft, total_token=tree.total_token, depth=tree.depth,
-                                            top_k=tree.top_k, sibling_mode=tree.sibling_mode,
-                                            exact_verification=exact, **load)
+            model = EaModel.from_config(cfg, base, draft)
             tree_about = {"total_token": model.drafter.total_token, "depth": tree.depth, "top_k": tree.top_k,
-                          "sibling_mode": tree.sibling_mode}
+                          "sibling_mode": tree.sibling_mode, "lookup_tokens": tree.lookup_tokens}
         method = EaMethod(model, speculative, _sampling(cfg, max_new_tokens))
         if speculative:
             about.update(draft=Path(draft).name, draft_trained=trained, tree=tree_about, exact_verification=exact)

@@ -24,10 +24,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from jakiro.config import JakiroConfig
 from jakiro.drafter import TreeDrafter
 from jakiro.model.draft import DraftHead
 from jakiro.target import TargetModel
-from jakiro.tree import full_tree
+from jakiro.lookup import lookup_continuation
+from jakiro.tree import full_tree, graft_chain
 from jakiro.verify import Verdict, verify_greedy, verify_sampling, warp_logits
 
 # tokens that end an assistant turn in common chat formats, added to the EOS ids when the tokenizer knows them
@@ -59,8 +61,13 @@ class EaModel(nn.Module):
         sibling_mode: str = "mixture",
         stop_token_ids: list[int] | None = None,
         exact_verification: bool = False,
+        lookup_tokens: int = 0,
+        lookup_ngram: int = 3,
     ):
         super().__init__()
+        if lookup_tokens < 0 or lookup_ngram < 1:
+            raise ValueError(f"lookup_tokens must be >= 0 (0 = off) and lookup_ngram >= 1, got {lookup_tokens} and "
+                             f"{lookup_ngram}")
         target_config = base_model.config.get_text_config()
         if draft.config.hidden_size != target_config.hidden_size:
             raise ValueError(
@@ -79,6 +86,8 @@ class EaModel(nn.Module):
         self.ea_layer.bind_target_modules(base_model.get_input_embeddings(), base_model.get_output_embeddings())
         self.sibling_mode = sibling_mode
         self.set_tree(total_token, depth, top_k)
+        self.lookup_tokens = lookup_tokens
+        self.lookup_ngram = lookup_ngram
         if stop_token_ids is None:
             stop_token_ids = default_stop_token_ids(base_model, tokenizer)
         self.stop_token_ids = sorted(set(stop_token_ids))
@@ -95,20 +104,35 @@ class EaModel(nn.Module):
         top_k: int = 10,
         sibling_mode: str = "mixture",
         exact_verification: bool = False,
+        lookup_tokens: int = 0,
+        lookup_ngram: int = 3,
         **hf_kwargs,
     ) -> "EaModel":
         """Load a target with ``AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs)`` and a draft
         directory. ``total_token=-1`` measures the target on its device and picks the tree size.
         ``exact_verification``: compute each tree node's attention as one-token decoding does, so that the output
         equals plain decoding bit for bit where the target's matmul kernels are row-consistent (bf16 on oneDNN
-        CPUs); costs one attention call per node (:mod:`jakiro.exact_attention`)."""
+        CPUs); costs one attention call per node (:mod:`jakiro.exact_attention`). ``lookup_tokens`` > 0: every
+        step also verifies up to that many tokens copied from an earlier occurrence of the text's last
+        ``lookup_ngram``-gram (:mod:`jakiro.lookup`), one extra branch of the tree."""
         if "torch_dtype" in hf_kwargs:  # the name reference users write; transformers 5 calls it dtype
             hf_kwargs["dtype"] = hf_kwargs.pop("torch_dtype")
         draft = DraftHead.from_pretrained(ea_model_path)
         base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         return cls(base_model, draft, tokenizer, total_token, depth, top_k, sibling_mode,
-                   exact_verification=exact_verification)
+                   exact_verification=exact_verification, lookup_tokens=lookup_tokens, lookup_ngram=lookup_ngram)
+
+    @classmethod
+    def from_config(cls, cfg: JakiroConfig, base_model_path: str, ea_model_path: str) -> "EaModel":
+        """:meth:`from_pretrained` with the tree (``tree.*``), verification (``generation.exact_verification``),
+        dtype and device (``model.*``) of a Jakiro config."""
+        tree = cfg.tree
+        return cls.from_pretrained(
+            base_model_path, ea_model_path, total_token=tree.total_token, depth=tree.depth, top_k=tree.top_k,
+            sibling_mode=tree.sibling_mode, exact_verification=cfg.generation.exact_verification,
+            lookup_tokens=tree.lookup_tokens, lookup_ngram=tree.lookup_ngram, dtype=getattr(torch, cfg.model.dtype),
+            device_map=cfg.model.device)
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -220,8 +244,11 @@ class EaModel(nn.Module):
         # the draft pairs feature f_t with token x_{t+1}: prompt features with the prompt shifted by one + root
         new_features = features
         new_tokens = torch.cat([prompt[0, 1:], torch.tensor([root], device=prompt.device)])
+        history = torch.cat([prompt[0], new_tokens[-1:]])  # every committed token, for prompt lookup
         while True:
             tree = self._draft(new_features, new_tokens, sampling, generator)
+            if self.lookup_tokens:
+                tree = graft_chain(tree, lookup_continuation(history, self.lookup_ngram, self.lookup_tokens))
             prefix_len = len(self.target)
             tree_logits, tree_features = self.target.verify(tree)
             stats.target_forwards += 1
@@ -233,6 +260,7 @@ class EaModel(nn.Module):
             yield accepted_tokens + [verdict.next_token]
             new_features = tree_features[path]
             new_tokens = torch.tensor(accepted_tokens + [verdict.next_token], device=prompt.device)
+            history = torch.cat([history, new_tokens])
 
     def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict, generator: torch.Generator):
         """One draft tree below ``tokens[-1]`` (features [S, H] and tokens [S] of the newly committed positions).
@@ -268,9 +296,10 @@ class EaModel(nn.Module):
             )
         budget = min(int(max_new_tokens), room)
         window = self.target.sliding_window
-        if window and input_ids.shape[1] + budget + self.drafter.total_token > window:
+        tree_size = self.drafter.total_token + self.lookup_tokens
+        if window and input_ids.shape[1] + budget + tree_size > window:
             raise ValueError(
-                f"prompt + new tokens + tree ({input_ids.shape[1]} + {budget} + {self.drafter.total_token}) exceed the "
+                f"prompt + new tokens + tree ({input_ids.shape[1]} + {budget} + {tree_size}) exceed the "
                 f"target's sliding window {window}; tree verification does not implement sliding windows"
             )
         return budget
