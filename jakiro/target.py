@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from jakiro.exact_attention import exact_tree_attention_for
+from jakiro.hf_compat import cache_keyword
 from jakiro.tree import DraftTree, additive_tree_mask, root_paths
 
 
@@ -55,7 +56,7 @@ class TargetModel:
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=attention_mask,
-            past_key_values=self.cache,
+            **{cache_keyword(type(self.decoder).forward): self.cache},
             use_cache=True,
             **attention_kwargs,
         )

@@ -35,6 +35,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from jakiro.drafts import resolve_draft_path
+from jakiro.hf_compat import cache_keyword
 from jakiro.io import atomic_write
 from jakiro.model.moe import MixtureOfExperts, MoEOutput
 
@@ -318,7 +319,8 @@ class DraftHead(nn.Module):
             attention_mask = causal_additive_mask(z.shape[1], past, z.dtype, z.device)
         layer = self.layers[0]
         x = z + layer.self_attn(
-            z, position_embeddings=position_embeddings, attention_mask=attention_mask, past_key_values=cache
+            z, position_embeddings=position_embeddings, attention_mask=attention_mask,
+            **{cache_keyword(LlamaAttention.forward): cache},
         )[0]
         if last_position_only:
             x = x[:, -1:]
