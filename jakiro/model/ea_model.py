@@ -7,10 +7,11 @@ The import paths reference users write keep working::
                                     dtype=torch.bfloat16)
     ids = model.eagenerate(input_ids, temperature=0.0, max_new_tokens=256)
 
-One speculative step: the drafter grows a tree below the last committed token, the target verifies it in one
-forward, the verifier keeps the longest acceptable path plus one bonus token, and the target cache is compacted to
-that path. Output is the target's own greedy output at temperature 0, and the target's exact sampling distribution
-(temperature / top-k / top-p) otherwise; see :mod:`jakiro.verify`.
+One speculative step: the drafter grows a tree below the last committed token (with ``lookup_tokens``, a branch
+copied by prompt lookup joins it: :mod:`jakiro.lookup`), the target verifies it in one forward, the verifier keeps
+the longest acceptable path plus one bonus token, and the target cache is compacted to that path. Output is the
+target's own greedy output at temperature 0, and the target's exact sampling distribution (temperature / top-k /
+top-p) otherwise; see :mod:`jakiro.verify`.
 """
 
 from __future__ import annotations
