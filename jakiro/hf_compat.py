@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 
-@functools.lru_cache(maxsize=None)
 def cache_keyword(forward) -> str:
     """The keyword a transformers ``forward`` (a class's function, e.g. ``type(module).forward``) takes its KV cache
     by: ``cache`` since transformers 5.24, ``past_key_values`` before (deprecated there, removed in 5.40)."""

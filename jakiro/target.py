@@ -31,6 +31,7 @@ class TargetModel:
         self.exact_verification = exact_verification
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
+        self._cache_keyword = cache_keyword(type(self.decoder).forward)
         self.cache: DynamicCache | None = None
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         window = getattr(config, "sliding_window", None)
@@ -56,7 +57,7 @@ class TargetModel:
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=attention_mask,
-            **{cache_keyword(type(self.decoder).forward): self.cache},
+            **{self._cache_keyword: self.cache},
             use_cache=True,
             **attention_kwargs,
         )

@@ -57,6 +57,14 @@ class DraftTree:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    @classmethod
+    def from_parents(cls, tokens: torch.Tensor, parents: torch.Tensor) -> "DraftTree":
+        """The tree with these nodes: tokens [n] and parents [n] (-1 for the root, ``parents[i] < i``); mask, depths
+        and root-to-leaf paths follow from the parents."""
+        mask = ancestor_mask(parents)
+        depths = mask.sum(dim=1) - 1
+        return cls(tokens, parents, depths, mask, retrieve_indices(mask, depths))
+
 
 def select_candidates(scores: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """Indices of the ``num_nodes`` best candidates, returned in ascending (= layer) order.
@@ -102,9 +110,7 @@ def build_tree(
         if not bool(found[parent_cands >= 0].all()):
             raise ValueError("selected candidates are not ancestor-closed")
     parents = torch.cat([torch.full((1,), -1, device=device, dtype=torch.long), parents_rest.long()])
-    mask = ancestor_mask(parents)
-    depths = mask.sum(dim=1) - 1
-    return DraftTree(tokens, parents, depths, mask, retrieve_indices(mask, depths))
+    return DraftTree.from_parents(tokens, parents)
 
 
 def graft_chain(tree: DraftTree, chain: torch.Tensor) -> DraftTree:
@@ -132,11 +138,8 @@ def graft_chain(tree: DraftTree, chain: torch.Tensor) -> DraftTree:
     if len(tokens) == len(tree):
         return tree
     device = tree.tokens.device
-    new_parents = torch.tensor(parents, dtype=torch.long, device=device)
-    mask = ancestor_mask(new_parents)
-    depths = mask.sum(dim=1) - 1
-    return DraftTree(torch.tensor(tokens, dtype=tree.tokens.dtype, device=device), new_parents, depths, mask,
-                     retrieve_indices(mask, depths))
+    return DraftTree.from_parents(torch.tensor(tokens, dtype=tree.tokens.dtype, device=device),
+                                  torch.tensor(parents, dtype=torch.long, device=device))
 
 
 def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
@@ -183,10 +186,7 @@ def full_tree(tokens: torch.Tensor, arity: int = 4) -> DraftTree:
     """A stand-in draft tree over ``tokens`` [n]: the full ``arity``-ary tree (node i's parent is (i - 1) // arity),
     for timing verification of n nodes."""
     n = tokens.shape[0]
-    parents = torch.tensor([-1] + [(i - 1) // arity for i in range(1, n)])
-    mask = ancestor_mask(parents)
-    depths = mask.sum(dim=1) - 1
-    return DraftTree(tokens, parents, depths, mask, retrieve_indices(mask, depths))
+    return DraftTree.from_parents(tokens, torch.tensor([-1] + [(i - 1) // arity for i in range(1, n)]))
 
 
 def root_paths(tree_mask: torch.Tensor) -> list[torch.Tensor]:

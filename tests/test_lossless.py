@@ -69,15 +69,12 @@ def test_exact_verification_computes_the_batched_function(family, attention):
     """Per-node attention and the masked batched forward are the same function (equal up to float rounding), so
     the sampling-verification guarantees carry over to exact verification unchanged."""
     from jakiro.target import TargetModel
-    from jakiro.tree import DraftTree, ancestor_mask, retrieve_indices
+    from jakiro.tree import DraftTree
 
     model = tiny_ea_model(family, vocab_size=64)
     model.base_model.config._attn_implementation = attention
     parents = torch.tensor([-1, 0, 0, 1, 1, 2, 3, 3, 6])
-    mask = ancestor_mask(parents)
-    depths = mask.sum(dim=1) - 1
-    tree = DraftTree(torch.randint(0, 64, (9,), generator=torch.Generator().manual_seed(0)), parents, depths, mask,
-                     retrieve_indices(mask, depths))
+    tree = DraftTree.from_parents(torch.randint(0, 64, (9,), generator=torch.Generator().manual_seed(0)), parents)
     prompt = prompts_for(64, 1)[0]
     results = []
     for exact in (False, True):

@@ -75,7 +75,7 @@ def test_exact_verification_is_bit_identical_to_plain_decoding_in_bf16():
     """bf16 SmolLM2 with the shipped draft: every verified node's logits are plain decoding's, bit for bit, and so
     is the whole greedy output (batched verification rounds differently and flips near-ties in bf16)."""
     from jakiro.target import TargetModel
-    from jakiro.tree import DraftTree, ancestor_mask, retrieve_indices
+    from jakiro.tree import DraftTree
 
     if not bf16_matmul_is_row_consistent():
         pytest.skip("this CPU's bf16 matmul kernels round a row differently inside a batch: exact verification "
@@ -85,17 +85,14 @@ def test_exact_verification_is_bit_identical_to_plain_decoding_in_bf16():
                                     dtype=torch.bfloat16, exact_verification=True)
     tokenizer = model.get_tokenizer()
     prompt = chat_ids(tokenizer, PROMPTS[0])
-    parents = torch.tensor([-1, 0, 0, 1, 1, 2, 3])
-    mask = ancestor_mask(parents)
-    depths = mask.sum(dim=1) - 1
-    tree = DraftTree(torch.tensor([504, 1000, 2000, 3000, 4000, 5000, 6000]), parents, depths, mask,
-                     retrieve_indices(mask, depths))
+    tree = DraftTree.from_parents(torch.tensor([504, 1000, 2000, 3000, 4000, 5000, 6000]),
+                                  torch.tensor([-1, 0, 0, 1, 1, 2, 3]))
     model.target.prefill(prompt)
     logits, _ = model.target.verify(tree)
     for node in range(len(tree)):
         plain = TargetModel(model.base_model)
         plain.prefill(prompt)
-        for step in mask[node].nonzero().flatten().tolist():
+        for step in tree.mask[node].nonzero().flatten().tolist():
             node_logits, _ = plain.step(int(tree.tokens[step]))
         assert torch.equal(node_logits, logits[node]), f"node {node}"
     accepted = 0

@@ -73,7 +73,7 @@ def test_build_tree_maps_candidate_parents_to_nodes():
 
 
 def worked_example_tree(tokens=(50, 10, 20, 11, 12, 21)) -> DraftTree:
-    return DraftTree(torch.tensor(tokens), PARENTS, MASK.sum(1) - 1, MASK, retrieve_indices(MASK, MASK.sum(1) - 1))
+    return DraftTree.from_parents(torch.tensor(tokens), PARENTS)
 
 
 def test_graft_chain_follows_matching_nodes_and_appends_the_rest():

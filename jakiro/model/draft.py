@@ -40,6 +40,7 @@ from jakiro.io import atomic_write
 from jakiro.model.moe import MixtureOfExperts, MoEOutput
 
 WEIGHTS_NAME = "model.safetensors"
+CACHE_KEYWORD = cache_keyword(LlamaAttention.forward)  # how the installed transformers names the attention's cache
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
 # keys of the reference checkpoints that belong to the target, not the draft
@@ -320,7 +321,7 @@ class DraftHead(nn.Module):
         layer = self.layers[0]
         x = z + layer.self_attn(
             z, position_embeddings=position_embeddings, attention_mask=attention_mask,
-            **{cache_keyword(LlamaAttention.forward): cache},
+            **{CACHE_KEYWORD: cache},
         )[0]
         if last_position_only:
             x = x[:, -1:]

@@ -245,10 +245,11 @@ class EaModel(nn.Module):
         # the draft pairs feature f_t with token x_{t+1}: prompt features with the prompt shifted by one + root
         new_features = features
         new_tokens = torch.cat([prompt[0, 1:], torch.tensor([root], device=prompt.device)])
-        history = torch.cat([prompt[0], new_tokens[-1:]])  # every committed token, for prompt lookup
+        # every committed token, kept only for prompt lookup
+        history = torch.cat([prompt[0], new_tokens[-1:]]) if self.lookup_tokens else None
         while True:
             tree = self._draft(new_features, new_tokens, sampling, generator)
-            if self.lookup_tokens:
+            if history is not None:
                 tree = graft_chain(tree, lookup_continuation(history, self.lookup_ngram, self.lookup_tokens))
             prefix_len = len(self.target)
             tree_logits, tree_features = self.target.verify(tree)
@@ -261,7 +262,8 @@ class EaModel(nn.Module):
             yield accepted_tokens + [verdict.next_token]
             new_features = tree_features[path]
             new_tokens = torch.tensor(accepted_tokens + [verdict.next_token], device=prompt.device)
-            history = torch.cat([history, new_tokens])
+            if history is not None:
+                history = torch.cat([history, new_tokens])
 
     def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict, generator: torch.Generator):
         """One draft tree below ``tokens[-1]`` (features [S, H] and tokens [S] of the newly committed positions).
