@@ -291,7 +291,9 @@ class EvalConfig(_Section):
     question_file: str | None = None  # FastChat question jsonl; None = the embedded MT-bench questions
     answer_file: str | None = None  # output jsonl; None = outputs/<bench>/<model_id>-<method>-temperature-<T>.jsonl
     model_id: str = "jakiro"  # name recorded in each answer record
-    method: str = "jakiro"  # "jakiro", "jakiro_star" (static sampled tree), "baseline" (plain), "pld", "assisted"
+    # "jakiro", "jakiro_star" (static sampled tree), "baseline" (plain), "pld", "assisted", "oracle" (the target
+    # drafts for itself: the tau any draft could reach with tree.total_token nodes)
+    method: str = "jakiro"
     assistant_model_path: str | None = None  # assistant model for method "assisted" (Hugging Face assisted generation)
     prompt_lookup_num_tokens: int = 10  # tokens proposed per step by method "pld"
     system_prompt: str | None = None  # None = the chat template's default (Llama-2 safety prompt for llama-2/llama-3)
@@ -303,7 +305,7 @@ class EvalConfig(_Section):
     question_end: int | None = None  # one past the last question; None = to the end
 
     def validate(self) -> None:
-        self._require_choice("method", ("jakiro", "jakiro_star", "baseline", "pld", "assisted"))
+        self._require_choice("method", ("jakiro", "jakiro_star", "baseline", "pld", "assisted", "oracle"))
         self._require("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens >= 1, "an integer >= 1")
         self._require("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1,
                       "null or an integer >= 1")

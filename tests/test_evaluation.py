@@ -67,6 +67,17 @@ def test_records_are_well_formed_with_exact_counts(tiny_dirs, tmp_path):
     assert texts[0] == texts[1] == texts[2] == texts[3]
 
 
+def test_oracle_method_answers_losslessly_in_one_step_per_turn(tiny_dirs, tmp_path):
+    plain = generate(tiny_dirs, tmp_path / "plain.jsonl", "--method", "baseline")
+    oracle = generate(tiny_dirs, tmp_path / "oracle.jsonl", "--method", "oracle")
+    assert [r["choices"][0]["turns"] for r in oracle] == [r["choices"][0]["turns"] for r in plain]
+    for record in oracle:
+        assert record["meta"]["tree"] == {"total_token": 8}
+        assert record["meta"]["settings"]["method"] == "oracle" and record["meta"]["settings"]["total_token"] == 8
+        # greedy: the oracle's 8-node tree is the target's own 7-token chain, so 6 new tokens take one step
+        assert record["choices"][0]["idxs"] == [2, 2]
+
+
 def test_jakiro_star_says_it_ignores_the_prompt_lookup_branch(tiny_dirs, tmp_path, capsys):
     star = generate(tiny_dirs, tmp_path / "star.jsonl", "--method", "jakiro_star", "--set", "tree.static_tree=cpu8",
                     "--set", "tree.lookup_tokens=4", "--question-end", "1")
@@ -371,7 +382,20 @@ def test_benchmark_interleaves_arms_resumes_and_reports(tiny_dirs, tmp_path, mon
         capsys.readouterr().err
 
 
+def test_benchmark_greedy_only_arms_skip_sampling(tiny_dirs, tmp_path):
+    from jakiro.evaluation import benchmark
+
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "1", "--questions", "1",
+                                     "--greedy-only", "spec-pe")) == 0
+    assert (tmp_path / "mt_bench" / "temperature-0.0" / "spec-pe.jsonl").is_file()
+    assert not (tmp_path / "mt_bench" / "temperature-1.0" / "spec-pe.jsonl").exists()
+    sampled = json.loads((tmp_path / "mt_bench" / "temperature-1.0" / "speed.json").read_text())
+    assert [m["label"] for m in sampled["methods"]] == ["spec"]
+
+
 @pytest.mark.parametrize("arms, message", [
+    (["--arm", "x", "--arm", "y", "--greedy-only", "z"], "--greedy-only: give names of arms other than the baseline"),
+    (["--arm", "x", "--arm", "y", "--greedy-only", "x"], "--greedy-only: give names of arms other than the baseline"),
     (["--arm", "a=b"], "arm's name"),
     (["--arm", "one", "eval.method=baseline"], "at least two arms"),
     (["--arm", "x", "--arm", "x"], "two arms are named 'x'"),

@@ -9,9 +9,10 @@ An arm is a name and config overrides on top of ``--config`` / ``--set`` (any ``
 :mod:`jakiro.evaluation.methods`). The first arm is the baseline of the reports. For each temperature and each
 question, every arm answers all turns before the next question starts, and the arms' order rotates from question to
 question, so that slow drift of the machine (thermal state, background load) hits all arms alike; all models stay
-loaded. Each arm writes ``OUT_DIR/<bench>/temperature-<T>/<arm>.jsonl`` (the records of ``gen_ea_answer``), and a
-question already answered by an arm is not answered again (a killed run resumes; an answer file made with
-other settings is refused). At the end, per temperature:
+loaded; ``--greedy-only NAME ...`` arms skip the temperatures above 0. Each arm writes
+``OUT_DIR/<bench>/temperature-<T>/<arm>.jsonl`` (the records of ``gen_ea_answer``), and a question already answered
+by an arm is not answered again (a killed run resumes; an answer file made with other settings is refused). At the
+end, per temperature:
 ``speed.json`` beside the answers and a markdown table (``python -m jakiro.evaluation.speed``), then
 ``OUT_DIR/report.md`` with all tables, and with ``--plot`` ``OUT_DIR/speed.png`` (speedup and tau).
 """
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=1,
                         help="only every K-th question, before --questions (K=4: 20 MT-bench questions, all categories)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default: the config's)")
+    parser.add_argument("--greedy-only", nargs="+", default=[], metavar="NAME",
+                        help="arms that answer at temperature 0 only (e.g. exact verification, which matters only "
+                             "for greedy equality)")
     parser.add_argument("--plot", action="store_true", help="also write speed.png (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -89,7 +93,16 @@ def build_arms(args: argparse.Namespace) -> list[Arm]:
         arms.append(Arm(name, cfg))
     if len(arms) < 2:
         raise ConfigError("--arm: give at least two arms (the first is the baseline)")
+    unknown = [name for name in args.greedy_only if name not in seen]
+    if unknown or arms[0].name in args.greedy_only:
+        raise ConfigError(f"--greedy-only: give names of arms other than the baseline ({arms[0].name}), got "
+                          f"{', '.join(args.greedy_only)}")
     return arms
+
+
+def arms_at(arms: list[Arm], temperature: float, greedy_only: list[str]) -> list[Arm]:
+    """The arms that answer at this temperature."""
+    return [arm for arm in arms if temperature == 0 or arm.name not in greedy_only]
 
 
 def with_temperature(cfg: JakiroConfig, temperature: float) -> JakiroConfig:
@@ -118,27 +131,29 @@ def run(args: argparse.Namespace) -> list[dict]:
     if not questions:
         raise ValueError("no questions selected")
     out_dir = Path(args.out_dir)
-    runs = {(arm.name, t): run_settings(with_temperature(arm.cfg, t)) for arm in arms for t in args.temperatures}
+    runs = {(arm.name, t): run_settings(with_temperature(arm.cfg, t))
+            for t in args.temperatures for arm in arms_at(arms, t, args.greedy_only)}
     # read (and checked against the settings) before any model loads, so that a mixed-up file fails fast
     done = {(arm.name, t): done_questions(arm.answer_file(out_dir, t), runs[arm.name, t])
-            for arm in arms for t in args.temperatures}
+            for t in args.temperatures for arm in arms_at(arms, t, args.greedy_only)}
     load_arms(arms)
     reports = []
     for temperature in args.temperatures:
-        files = {arm.name: arm.answer_file(out_dir, temperature) for arm in arms}
-        todo = [q for q in questions if any(q["question_id"] not in done[a.name, temperature] for a in arms)]
+        present = arms_at(arms, temperature, args.greedy_only)
+        files = {arm.name: arm.answer_file(out_dir, temperature) for arm in present}
+        todo = [q for q in questions if any(q["question_id"] not in done[a.name, temperature] for a in present)]
         print(f"temperature {temperature}: {len(questions) - len(todo)} of {len(questions)} questions done by every "
               f"arm, {len(todo)} to go", file=sys.stderr)
         for number, question in enumerate(tqdm(todo, desc=f"T={temperature}", unit="q", disable=args.no_progress)):
-            shift = number % len(arms)
-            for arm in arms[shift:] + arms[:shift]:
+            shift = number % len(present)
+            for arm in present[shift:] + present[:shift]:
                 if question["question_id"] in done[arm.name, temperature]:
                     continue
                 cfg = with_temperature(arm.cfg, temperature)
                 meta = {**arm.meta, "temperature": temperature, "settings": runs[arm.name, temperature]}
                 files[arm.name].parent.mkdir(parents=True, exist_ok=True)
                 append_record(files[arm.name], answer_record(cfg, arm.method, arm.prompter, question, meta))
-        reports.append(report(arms, files, out_dir, temperature, first.eval.bench_name))
+        reports.append(report(present, files, out_dir, temperature, first.eval.bench_name))
     write_summary(reports, out_dir, args.plot)
     return reports
 

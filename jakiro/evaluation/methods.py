@@ -4,12 +4,14 @@
 * ``jakiro_star``: :meth:`jakiro_star.model.StarEaModel.eagenerate` (Jakiro*: static tree ``tree.static_tree``
   whose children are drawn from the experts' distributions, ``tree.sibling_mode``);
 * ``baseline``: :meth:`EaModel.naivegenerate` (one target forward per token);
+* ``oracle``: :class:`jakiro.oracle.OracleEaModel`, drafting the best ``tree.total_token``-node tree under the
+  target itself: its tau bounds what any draft can reach at that tree size (its wall time is meaningless);
 * ``pld``: Hugging Face assisted generation with prompt lookup (``prompt_lookup_num_tokens``);
 * ``assisted``: Hugging Face assisted generation with a user-given assistant model.
 
 Every method returns the generated ids, the exact number of target forwards (prefill included; for the Hugging
-Face methods counted by a forward hook on the target) and, for ``jakiro`` / ``jakiro_star``, the accepted draft
-length per step.
+Face methods counted by a forward hook on the target) and, for ``jakiro`` / ``jakiro_star`` / ``oracle``, the
+accepted draft length per step.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from jakiro.config import JakiroConfig
 from jakiro.model.ea_model import EaModel, default_stop_token_ids
 from jakiro.model.init_draft import resolve_draft
 
-METHODS = ("jakiro", "jakiro_star", "baseline", "pld", "assisted")
+METHODS = ("jakiro", "jakiro_star", "baseline", "pld", "assisted", "oracle")
 SPECULATIVE_METHODS = ("jakiro", "jakiro_star")  # the methods that draft with a Jakiro draft head
 
 
@@ -124,7 +126,14 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
     base = cfg.model.base_model_path or str(ensure_smollm2())
     load = dict(dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device)
     about = {"method": name, "base_model": Path(base).name, "dtype": cfg.model.dtype}
-    if name in (*SPECULATIVE_METHODS, "baseline"):
+    if name == "oracle":
+        from jakiro.oracle import OracleEaModel
+
+        draft, _ = resolve_draft(cfg, base)  # unused by the oracle, but an EaModel is built around a draft head
+        model = OracleEaModel.from_pretrained(base, draft, total_token=cfg.tree.total_token, **load)
+        method = EaMethod(model, True, _sampling(cfg, max_new_tokens))
+        about.update(tree={"total_token": model.drafter.total_token})
+    elif name in (*SPECULATIVE_METHODS, "baseline"):
         speculative = name != "baseline"
         draft, trained = resolve_draft(cfg, base)
         if speculative and not trained:

@@ -1,0 +1,124 @@
+"""Oracle drafting: the tree a perfect draft (the target itself) would propose, to measure a target's headroom.
+
+With lossless verification of deterministic candidates (:mod:`jakiro.verify`) the accepted path is distributed
+exactly as a path sampled from the target, so a tree's expected number of accepted draft tokens is
+
+    E[accepted] = sum over its non-root nodes v of P(v),   P(v) = product of the target's (warped) probabilities
+                                                                   of the tokens on the path root -> v
+
+and the best tree of n nodes holds the n - 1 most probable paths (a path is never more probable than its prefix,
+so they form a tree). No draft can beat it at that size: its tau bounds what training can achieve, and tau over
+the verification cost of n nodes (``python -m jakiro.evaluation.tree_costs``) bounds the speedup on a device.
+At temperature 0 the target's distribution is one-hot and the oracle tree is the greedy chain.
+
+The search is best-first in rounds: one target forward over the current tree (cache cropped back afterwards)
+gives the distribution at every node; the n - 1 most probable children of evaluated nodes become the next tree;
+it stops when the tree no longer changes (at most one round per depth). These search forwards are not counted
+as target forwards and cost far more than any draft, so only tau is meaningful, not the wall time.
+"""
+
+from __future__ import annotations
+
+import torch
+from jakiro.model.ea_model import EaModel, choose_tree_size
+from jakiro.target import TargetModel
+from jakiro.tree import DraftTree
+from jakiro.verify import warp_logits
+
+
+def target_probs(logits: torch.Tensor, sampling: dict) -> torch.Tensor:
+    """[n, V] logits -> [n, V] float32 probabilities of the sampling distribution (one-hot argmax at T=0)."""
+    if sampling["temperature"] == 0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+    return warp_logits(logits, sampling["temperature"], sampling["top_p"], sampling["top_k"]).softmax(dim=-1)
+
+
+def tree_of_paths(root: int, paths: list[tuple[int, ...]]) -> DraftTree:
+    """The tree below ``root`` whose non-root nodes are the given token paths (prefix-closed), shallowest first."""
+    ordered = sorted(paths, key=len)
+    index = {(): 0, **{path: i + 1 for i, path in enumerate(ordered)}}
+    tokens = torch.tensor([root] + [path[-1] for path in ordered])
+    parents = torch.tensor([-1] + [index[path[:-1]] for path in ordered])
+    return DraftTree.from_parents(tokens, parents)
+
+
+def path_probabilities(tree: DraftTree, probs: torch.Tensor) -> list[float]:
+    """P(v) for every node of ``tree`` (1 for the root) given the [n, V] target probabilities at its nodes."""
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    out = [1.0]
+    for node in range(1, len(tokens)):
+        out.append(out[parents[node]] * float(probs[parents[node], tokens[node]]))
+    return out
+
+
+class OracleDrafter:
+    """Drafts, below each committed token, the n-node tree with the highest expected acceptance under the target."""
+
+    def __init__(self, target: TargetModel, total_token: int, max_rounds: int | None = None):
+        if total_token < 2:
+            raise ValueError(f"total_token must be >= 2 (root + at least one draft token), got {total_token}")
+        self.target = target
+        self.total_token = total_token
+        # each round fixes at least one more tree layer, so total_token rounds always suffice; the cap only matters
+        # if numerical noise between forwards over differently shaped trees keeps swapping two near-equal paths
+        self.max_rounds = max_rounds or total_token
+
+    def reset(self) -> None:
+        """Nothing is kept between generations."""
+
+    @torch.inference_mode()
+    def draft_tree(self, root: int, sampling: dict) -> DraftTree:
+        """The best ``total_token``-node tree below ``root`` (the last committed token, not yet in the cache)."""
+        paths: list[tuple[int, ...]] = []
+        for _ in range(self.max_rounds):
+            tree = tree_of_paths(root, paths)
+            probs = self._probs_at_nodes(tree, sampling)
+            chosen = self._best_paths(tree, probs)
+            if set(chosen) == set(paths):
+                break
+            paths = chosen
+        return tree
+
+    def _probs_at_nodes(self, tree: DraftTree, sampling: dict) -> torch.Tensor:
+        """[n, V] target probabilities at the tree's nodes; the target cache is left as it was."""
+        prefix_len = len(self.target)
+        logits, _ = self.target.verify(tree)
+        self.target.commit(prefix_len, torch.zeros(0, dtype=torch.long, device=self.target.device))
+        return target_probs(logits, sampling)
+
+    def _best_paths(self, tree: DraftTree, probs: torch.Tensor) -> list[tuple[int, ...]]:
+        """The ``total_token - 1`` most probable paths among the tree's nodes and their children."""
+        wanted = self.total_token - 1
+        node_paths = [()]
+        tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+        for node in range(1, len(tokens)):
+            node_paths.append(node_paths[parents[node]] + (tokens[node],))
+        node_probs = path_probabilities(tree, probs)
+        candidates = dict(zip(node_paths[1:], node_probs[1:]))
+        values, ids = probs.topk(min(wanted, probs.shape[-1]), dim=-1)
+        for node, path in enumerate(node_paths):
+            for value, token in zip(values[node].tolist(), ids[node].tolist()):
+                if value > 0:
+                    candidates.setdefault(path + (token,), node_probs[node] * value)
+        # most probable first; on a tie the shorter path first, so every chosen path's prefix is chosen too
+        ranked = sorted(candidates, key=lambda path: (-candidates[path], len(path)))
+        return [path for path in ranked[:wanted] if candidates[path] > 0]
+
+
+class OracleEaModel(EaModel):
+    """:class:`EaModel` whose draft tree comes from :class:`OracleDrafter`; the draft head, ``depth`` and ``top_k``
+    are not used (construct it like an EaModel, e.g. ``OracleEaModel.from_pretrained(base, any_draft,
+    total_token=8)``).
+
+    Its output is as lossless as any speculative run (the oracle tree is just another deterministic candidate
+    set); its tau is the most a ``total_token``-node tree can reach on this target with this sampling setting.
+    """
+
+    def set_tree(self, total_token: int, depth: int = 0, top_k: int = 0) -> None:
+        """Only ``total_token`` shapes the oracle tree (-1 = measure the target and pick, as for EaModel)."""
+        if total_token == -1:
+            total_token = choose_tree_size(self.target)
+        self.drafter = OracleDrafter(self.target, total_token)
+
+    def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict, generator: torch.Generator):
+        return self.drafter.draft_tree(int(tokens[-1]), sampling)
