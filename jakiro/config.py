@@ -292,7 +292,7 @@ class EvalConfig(_Section):
     answer_file: str | None = None  # output jsonl; None = outputs/<bench>/<model_id>-<method>-temperature-<T>.jsonl
     model_id: str = "jakiro"  # name recorded in each answer record
     # "jakiro", "jakiro_star" (static sampled tree), "baseline" (plain), "pld", "assisted", "oracle" (the target
-    # drafts for itself: the tau any draft could reach with tree.total_token nodes)
+    # drafts for itself: the tau bound of a deterministic tree of tree.total_token nodes)
     method: str = "jakiro"
     assistant_model_path: str | None = None  # assistant model for method "assisted" (Hugging Face assisted generation)
     prompt_lookup_num_tokens: int = 10  # tokens proposed per step by method "pld"

@@ -7,9 +7,12 @@ exactly as a path sampled from the target, so a tree's expected number of accept
                                                                    of the tokens on the path root -> v
 
 and the best tree of n nodes holds the n - 1 most probable paths (a path is never more probable than its prefix,
-so they form a tree). No draft can beat it at that size: its tau bounds what training can achieve, and tau over
-the verification cost of n nodes (``python -m jakiro.evaluation.tree_costs``) bounds the speedup on a device.
-At temperature 0 the target's distribution is one-hot and the oracle tree is the greedy chain.
+so they form a tree). No deterministic draft (the ``jakiro`` method's dynamic tree, EAGLE-2's) can beat it at that
+size: its tau bounds what training such a draft can achieve, and tau over the verification cost of n nodes
+(``python -m jakiro.evaluation.tree_costs``) bounds its speedup on a device. Drafts that *sample* their children
+and are verified by rejection sampling (Jakiro*) are not bound by it: one drawing from exactly the target's
+distribution would have every token accepted. At temperature 0 the target's distribution is one-hot and the oracle
+tree is the greedy chain.
 
 The search is best-first in rounds: one target forward over the current tree (cache cropped back afterwards)
 gives the distribution at every node; the n - 1 most probable children of evaluated nodes become the next tree;
@@ -111,7 +114,8 @@ class OracleEaModel(EaModel):
     total_token=8)``).
 
     Its output is as lossless as any speculative run (the oracle tree is just another deterministic candidate
-    set); its tau is the most a ``total_token``-node tree can reach on this target with this sampling setting.
+    set); its tau is the most a deterministic ``total_token``-node tree can reach on this target with this sampling
+    setting.
     """
 
     def set_tree(self, total_token: int, depth: int = 0, top_k: int = 0) -> None:

@@ -5,7 +5,8 @@
   whose children are drawn from the experts' distributions, ``tree.sibling_mode``);
 * ``baseline``: :meth:`EaModel.naivegenerate` (one target forward per token);
 * ``oracle``: :class:`jakiro.oracle.OracleEaModel`, drafting the best ``tree.total_token``-node tree under the
-  target itself: its tau bounds what any draft can reach at that tree size (its wall time is meaningless);
+  target itself: its tau bounds what a deterministic draft can reach at that tree size (its wall time is
+  meaningless);
 * ``pld``: Hugging Face assisted generation with prompt lookup (``prompt_lookup_num_tokens``);
 * ``assisted``: Hugging Face assisted generation with a user-given assistant model.
 
