@@ -4,18 +4,18 @@ A batched tree forward gives the same logits as one-token decoding only up to ro
 ``prefix + n`` keys with a mask instead of ``prefix + depth + 1`` keys without one, so they block and accumulate
 differently (in bfloat16 the features differ by ~0.1 after 30 layers, enough to flip near-tied greedy choices). The
 other operations of a decoder layer (linear layers, norms, rotary embeddings, activations) treat the rows of a batch
-independently; they give a row the same bits whatever the batch shape where their kernels do (bf16 linear layers
-on oneDNN x86 CPUs do; fp32 ones on MKL do not: one row takes a matrix-vector kernel).
+independently; they give a row the same bits whatever the batch shape where their kernels do, and the linear
+layers whose kernels do not are run one row at a time during exact verification (:mod:`jakiro.exact_linear`).
 
 So, inside :func:`exact_tree_attention`, the model's own attention function (``sdpa``, ``eager``, ...) is called
 once per tree node with that node's query alone and the keys / values of exactly the positions it would see when
 decoded one token at a time: the cached prefix followed by its root-to-node path, in order, without a mask. The
 node's output then equals that of a one-token decoding step at its position, so the verified logits, the kept KV
-entries and hence the whole speculative generation equal plain decoding bit for bit, wherever the linear layers are
-row-consistent (``tests/test_smollm2.py`` checks it on the embedded target in bf16). Elsewhere the attention is still
-shape-independent and the remaining differences are those of the linear kernels.
+entries and hence the whole speculative generation equal plain decoding bit for bit (``tests/test_smollm2.py``
+checks it on the embedded target in bf16, ``tests/test_exact_linear.py`` on tiny targets in fp32).
 
-The price is one attention call per node and layer instead of one per layer (the other work is still batched);
+The price is one attention call per node and layer instead of one per layer, plus one matrix-vector product per
+node for the row-inconsistent linear layers (the other work is still batched);
 ``python -m jakiro.evaluation.tree_costs --set generation.exact_verification=true`` measures it.
 """
 

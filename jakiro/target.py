@@ -6,7 +6,8 @@ It runs transformers' own model code (Llama, Qwen2, Mistral, Mixtral, ...) with 
 * ``verify``: a whole draft tree in one forward, with an additive float 4D mask (prefix + ancestors) and explicit
   position ids ``prefix_len + depth``.
   With ``exact_verification``, each node's attention is instead computed as one-token decoding computes it
-  (:mod:`jakiro.exact_attention`), so verification reproduces plain decoding bit for bit.
+  (:mod:`jakiro.exact_attention`), and the linear layers whose kernels round a row differently inside a batch
+  compute one row at a time (:mod:`jakiro.exact_linear`), so verification reproduces plain decoding bit for bit.
 * ``commit``: KV-cache compaction — keep the prefix plus the accepted root-to-node path, drop the rejected nodes,
   with no re-prefill.
 
@@ -19,6 +20,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from jakiro.exact_attention import exact_tree_attention_for
+from jakiro.exact_linear import one_row_at_a_time, row_inconsistent_linears
 from jakiro.hf_compat import cache_keyword
 from jakiro.tree import DraftTree, additive_tree_mask, root_paths
 
@@ -40,6 +42,8 @@ class TargetModel:
         if exact_verification and self.sliding_window:
             raise ValueError(f"exact verification does not support sliding-window attention (sliding_window="
                              f"{self.sliding_window}); use the default batched verification")
+        # probed once: the layers exact verification runs one row at a time on this device
+        self.row_by_row = row_inconsistent_linears(model) if exact_verification else []
 
     @property
     def device(self) -> torch.device:
@@ -87,8 +91,8 @@ class TargetModel:
         """Plain one-token decoding step. Returns (logits [V], feature [H])."""
         ids = torch.tensor([[token]], device=self.device)
         positions = torch.tensor([[len(self)]], device=self.device)
-        feature = self._features(ids, positions, None)[0, -1]
-        return self.logits(feature), feature
+        features = self._features(ids, positions, None)  # [1, 1, H]: the shape exact verification reproduces
+        return self.logits(features)[0, -1], features[0, -1]
 
     @torch.inference_mode()
     def verify(self, tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,12 +106,15 @@ class TargetModel:
         ids = tree.tokens.to(self.device)[None]
         if self.exact_verification:
             key_positions = [prefix + path for path in root_paths(tree.mask.to(self.device))]
-            with exact_tree_attention_for(self.model, key_positions) as attention_kwargs:
-                features = self._features(ids, positions, None, **attention_kwargs)[0]
+            with exact_tree_attention_for(self.model, key_positions) as attention_kwargs, \
+                    one_row_at_a_time(self.row_by_row):
+                features = self._features(ids, positions, None, **attention_kwargs)
+                logits = self.logits(features)
         else:
             mask = additive_tree_mask(tree.mask.to(self.device), prefix, self.dtype)
-            features = self._features(ids, positions, mask)[0]
-        return self.logits(features), features
+            features = self._features(ids, positions, mask)
+            logits = self.logits(features)
+        return logits[0], features[0]
 
     def commit(self, prefix_len: int, keep_nodes: torch.Tensor) -> None:
         """Compact the cache to the prefix plus the given tree nodes (in path order).
