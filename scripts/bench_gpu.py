@@ -18,7 +18,6 @@ Prints markdown tables with the hardware, dtype and batch size (1).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from jakiro.hardware import describe as describe_hardware
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel, measure_verification_costs
 from jakiro.verify import verify_greedy
@@ -90,12 +90,6 @@ def cycle_costs(model: EaModel, context: int, steps: int) -> tuple[dict[str, flo
     return {name: statistics.median(values) for name, values in parts.items()}, statistics.mean(accepted)
 
 
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="tiny random model on the CPU (smoke run)")
@@ -122,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = measure_verification_costs(model.target, SIZES, context, repeats)
     parts, mean_accepted = cycle_costs(model, context, steps)
     one = curve[1]
-    print(f"hardware: {hardware(device)}; dtype {str(dtype).removeprefix('torch.')}; batch size 1; torch "
+    print(f"hardware: {describe_hardware(device)}; dtype {str(dtype).removeprefix('torch.')}; batch size 1; torch "
           f"{torch.__version__}; transformers {transformers.__version__}")
     print(f"target: Llama, {shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, "
           f"{shape['num_attention_heads']} heads, vocabulary {shape['vocab_size']}, random weights; cached context "

@@ -116,6 +116,26 @@ def test_resume_refuses_a_file_made_with_other_settings(tiny_dirs, tmp_path, cap
     assert [r["question_id"] for _, r in read_records(path)] == [81, 82]
 
 
+def test_resume_refuses_a_file_from_other_hardware(tiny_dirs, tmp_path, capsys):
+    from jakiro.hardware import describe
+
+    path = tmp_path / "answers.jsonl"
+    (first,) = generate(tiny_dirs, path, "--method", "baseline", "--question-end", "1")
+    assert first["meta"]["settings"]["hardware"] == first["meta"]["hardware"] == describe("cpu")
+    first["meta"]["settings"]["hardware"] = "Other CPU, 64 threads"
+    path.write_text(json.dumps(first) + "\n")
+    target, _ = tiny_dirs
+    argv = ["--base-model-path", str(target), "--set", "model.dtype=float32", "--question-file", str(QUESTIONS),
+            "--answer-file", str(path), "--method", "baseline", "--max-new-tokens", "6", "--no-progress"]
+    assert answers.main(argv) == 2
+    assert "(hardware: 'Other CPU, 64 threads' in the file, " in capsys.readouterr().err
+    # records written before the hardware was recorded are not compared on it
+    del first["meta"]["settings"]["hardware"]
+    path.write_text(json.dumps(first) + "\n")
+    assert answers.main(argv) == 0
+    assert [r["question_id"] for _, r in read_records(path)] == [81, 82]
+
+
 def test_resume_refuses_a_retrained_draft_in_the_same_directory(tiny_dirs, tmp_path, capsys):
     import shutil
 

@@ -17,7 +17,6 @@ accepted draft length per step.
 
 from __future__ import annotations
 
-import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from jakiro.assets import ensure_smollm2
 from jakiro.config import JakiroConfig
+from jakiro.hardware import describe as describe_hardware
 from jakiro.model.ea_model import EaModel, default_stop_token_ids
 from jakiro.model.init_draft import resolve_draft
 
@@ -46,12 +46,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work so that wall-clock timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 class EaMethod:
@@ -173,6 +167,6 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
             method = HFAssistedMethod(model, tokenizer, _sampling(cfg, max_new_tokens), assistant=assistant,
                                       assistant_tokenizer=AutoTokenizer.from_pretrained(path))
             about.update(assistant_model=Path(path).name)
-    about.update(device=str(method.device), hardware=hardware(method.device), torch=torch.__version__,
+    about.update(device=str(method.device), hardware=describe_hardware(method.device), torch=torch.__version__,
                  transformers=transformers.__version__)
     return method, about

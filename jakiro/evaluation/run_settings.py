@@ -4,8 +4,8 @@ Answer files (``gen_ea_answer``, ``gen_baseline_answer``, the benchmark) and gre
 skipping the questions they already hold. Each record therefore carries :func:`run_settings` (answers: in
 ``meta["settings"]``; greedy checks: in ``settings``), and :func:`check_resumable` refuses to add to a file whose
 records were made with other settings: a changed draft (compared by a digest of its weights, so retraining into
-the same directory counts), tree, dtype, temperature, token budget and so on. Records written before settings were
-recorded carry none and are not compared.
+the same directory counts), tree, dtype, hardware (speeds measured on two machines are not comparable), temperature,
+token budget and so on. Records written before settings were recorded carry none and are not compared.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from pathlib import Path
 from jakiro.config import JakiroConfig
 from jakiro.drafts import resolve_draft_path
 from jakiro.evaluation.methods import SPECULATIVE_METHODS
+from jakiro.hardware import describe as describe_hardware
 
 DRAFT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
+RECORDED_LATER = ("hardware",)  # settings that files written before they were recorded lack
 
 
 def draft_digest(path: str | Path) -> str:
@@ -50,8 +52,8 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
     e, gen, model, tree = cfg.eval, cfg.generation, cfg.model, cfg.tree
     temperature, max_new_tokens = settings(cfg)
     out = {"method": e.method, "base_model": model.base_model_path or "embedded default", "dtype": model.dtype,
-           "device": model.device, "chat_template": model.chat_template, "system_prompt": e.system_prompt,
-           "max_new_tokens": max_new_tokens, "max_length": gen.max_length}
+           "device": model.device, "hardware": describe_hardware(model.device), "chat_template": model.chat_template,
+           "system_prompt": e.system_prompt, "max_new_tokens": max_new_tokens, "max_length": gen.max_length}
     if not greedy_check:
         out.update(temperature=temperature, top_p=gen.top_p, top_k=gen.top_k, seed=gen.seed,
                    num_choices=e.num_choices)
@@ -76,11 +78,15 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
 
 
 def check_resumable(path: Path, stored: Iterable[dict | None], current: dict) -> None:
-    """Raise ValueError if any record's ``stored`` settings (None: not recorded) differ from ``current``."""
+    """Raise ValueError if any record's ``stored`` settings (None: not recorded) differ from ``current``; keys of
+    :data:`RECORDED_LATER` are compared only where the record has them."""
     for old in stored:
-        if old is None or old == current:
+        if old is None:
             continue
-        changed = [f"{key}: {old.get(key)!r} in the file, {current.get(key)!r} now"
-                   for key in sorted(set(old) | set(current)) if old.get(key) != current.get(key)]
+        now = {key: value for key, value in current.items() if key in old or key not in RECORDED_LATER}
+        if old == now:
+            continue
+        changed = [f"{key}: {old.get(key)!r} in the file, {now.get(key)!r} now"
+                   for key in sorted(set(old) | set(now)) if old.get(key) != now.get(key)]
         raise ValueError(f"{path} holds results made with other settings ({'; '.join(changed)}): give another "
                          f"output file or directory, or delete it to start over")

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from jakiro.assets import AssetError, ensure_smollm2
 from jakiro.config import ConfigError, add_config_arguments, config_from_args
-from jakiro.evaluation.methods import hardware
+from jakiro.hardware import describe as describe_hardware
 from jakiro.model.ea_model import measure_decoding_step_cost, measure_verification_costs, pick_tree_size
 from jakiro.target import TargetModel
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     costs = measure_verification_costs(target, sorted(set(args.sizes)), args.context, args.repeats)
     step = measure_decoding_step_cost(target, args.context, args.repeats)
     print(f"{base.rstrip('/').split('/')[-1]}, {cfg.model.dtype}, batch 1, context {args.context}, "
-          f"{hardware(target.device)}, {platform.python_implementation()} "
+          f"{describe_hardware(target.device)}, {platform.python_implementation()} "
           f"{platform.python_version()}, torch {torch.__version__}, "
           f"{'exact' if target.exact_verification else 'batched'} verification")
     print(format_costs(costs, step))
