@@ -457,6 +457,8 @@ def test_greedy_check_finds_every_turn_identical_and_resumes(method, tiny_dirs, 
         (2, 2, 4, 4)
     assert summary["tokens"] == 4 * 12 and summary["near_ties"] == summary["mismatches"] == []
     assert "questions identical (all turns): 2/2 (100.0%)" in capsys.readouterr().out
+    records = greedy_check.read_results(out)
+    assert all(r["hardware"] == summary["hardware"] and "hardware" not in r["settings"] for r in records)
     monkeypatch.setattr(greedy_check, "check_question", lambda *a: pytest.fail("a finished question was redone"))
     monkeypatch.setattr(greedy_check, "load_method", lambda *a: pytest.fail("loaded the model with nothing to do"))
     assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra, "--questions", "1")) == 0

@@ -14,8 +14,9 @@ batch shapes, so their logits agree only up to rounding (~1e-6 in float32, ~1e-1
 two logits differ by less than ``--tie`` is such a near-tie, anything else is a losslessness bug. Exit status 1
 when any divergence is not a near-tie.
 
-One JSONL record per question in ``--out`` (appended durably, so a killed run resumes where it stopped; a file
-made with other settings is refused, see :mod:`jakiro.evaluation.run_settings`) and a summary JSON beside it
+One JSONL record per question in ``--out``, naming the hardware it ran on (appended durably, so a killed run resumes
+where it stopped, on any machine; a file made with other settings is refused, see
+:mod:`jakiro.evaluation.run_settings`) and a summary JSON beside it
 (``<out stem>.summary.json``, written atomically).
 """
 
@@ -155,7 +156,8 @@ def _check_questions(cfg: JakiroConfig, todo: list[dict], max_new_tokens: int, t
     prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, cfg.eval.system_prompt)
     out.parent.mkdir(parents=True, exist_ok=True)
     for question in tqdm(todo, desc="greedy check", unit="q", disable=not progress):
-        append_record(out, {**check_question(method, prompter, question, max_new_tokens, tie), "settings": current})
+        record = check_question(method, prompter, question, max_new_tokens, tie)
+        append_record(out, {**record, "hardware": about["hardware"], "settings": current})
     about = {**about, "method": cfg.eval.method, "max_new_tokens": max_new_tokens, "tie": tie}
     return {key: about.get(key) for key in META_KEYS}
 

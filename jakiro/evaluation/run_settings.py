@@ -47,16 +47,17 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
     """Every config value the method of ``cfg.eval.method`` reads when answering, as a JSON-ready dict.
 
     With ``greedy_check`` the sampling settings (temperature, top-p/k, seed, choices) are left out: the greedy
-    check always decodes at temperature 0.
+    check always decodes at temperature 0. So is the hardware: each of its records compares two decodings made on
+    one machine (and names that machine), so records from several machines add up.
     """
     e, gen, model, tree = cfg.eval, cfg.generation, cfg.model, cfg.tree
     temperature, max_new_tokens = settings(cfg)
     out = {"method": e.method, "base_model": model.base_model_path or "embedded default", "dtype": model.dtype,
-           "device": model.device, "hardware": describe_hardware(model.device), "chat_template": model.chat_template,
-           "system_prompt": e.system_prompt, "max_new_tokens": max_new_tokens, "max_length": gen.max_length}
+           "device": model.device, "chat_template": model.chat_template, "system_prompt": e.system_prompt,
+           "max_new_tokens": max_new_tokens, "max_length": gen.max_length}
     if not greedy_check:
-        out.update(temperature=temperature, top_p=gen.top_p, top_k=gen.top_k, seed=gen.seed,
-                   num_choices=e.num_choices)
+        out.update(hardware=describe_hardware(model.device), temperature=temperature, top_p=gen.top_p,
+                   top_k=gen.top_k, seed=gen.seed, num_choices=e.num_choices)
     if e.method in SPECULATIVE_METHODS:
         out["draft"] = (draft_digest(model.draft_path) if model.draft_path
                         else {"untrained": dataclasses.asdict(cfg.draft)})
