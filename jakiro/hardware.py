@@ -1,7 +1,8 @@
 """What a measurement ran on, in words: the GPU's name, or the CPU's model name and torch's thread count.
 
 Speed results are only comparable on the same hardware, so answer files record it (``meta.hardware`` and, for
-resuming, ``meta.settings.hardware``) and a run refuses to resume a file made on other hardware.
+resuming, ``meta.settings.hardware``) and a run refuses to resume a file made on other hardware; greedy-check
+records name it too.
 """
 
 from __future__ import annotations
