@@ -57,14 +57,11 @@ def path_probabilities(tree: DraftTree, probs: torch.Tensor) -> list[float]:
 class OracleDrafter:
     """Drafts, below each committed token, the n-node tree with the highest expected acceptance under the target."""
 
-    def __init__(self, target: TargetModel, total_token: int, max_rounds: int | None = None):
+    def __init__(self, target: TargetModel, total_token: int):
         if total_token < 2:
             raise ValueError(f"total_token must be >= 2 (root + at least one draft token), got {total_token}")
         self.target = target
         self.total_token = total_token
-        # each round fixes at least one more tree layer, so total_token rounds always suffice; the cap only matters
-        # if numerical noise between forwards over differently shaped trees keeps swapping two near-equal paths
-        self.max_rounds = max_rounds or total_token
 
     def reset(self) -> None:
         """Nothing is kept between generations."""
@@ -73,7 +70,9 @@ class OracleDrafter:
     def draft_tree(self, root: int, sampling: dict) -> DraftTree:
         """The best ``total_token``-node tree below ``root`` (the last committed token, not yet in the cache)."""
         paths: list[tuple[int, ...]] = []
-        for _ in range(self.max_rounds):
+        # each round fixes at least one more tree layer, so total_token rounds suffice; the cap only matters if
+        # numerical noise between forwards over differently shaped trees keeps swapping two near-equal paths
+        for _ in range(self.total_token):
             tree = tree_of_paths(root, paths)
             probs = self._probs_at_nodes(tree, sampling)
             chosen = self._best_paths(tree, probs)
@@ -86,7 +85,7 @@ class OracleDrafter:
         """[n, V] target probabilities at the tree's nodes; the target cache is left as it was."""
         prefix_len = len(self.target)
         logits, _ = self.target.verify(tree)
-        self.target.commit(prefix_len, torch.zeros(0, dtype=torch.long, device=self.target.device))
+        self.target.crop(prefix_len)
         return target_probs(logits, sampling)
 
     def _best_paths(self, tree: DraftTree, probs: torch.Tensor) -> list[tuple[int, ...]]:

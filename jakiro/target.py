@@ -116,6 +116,10 @@ class TargetModel:
             logits = self.logits(features)
         return logits[0], features[0]
 
+    def crop(self, length: int) -> None:
+        """Drop every cached position from ``length`` on (a tree or token that was only measured or scored)."""
+        self.commit(length, torch.empty(0, dtype=torch.long, device=self.device))
+
     def commit(self, prefix_len: int, keep_nodes: torch.Tensor) -> None:
         """Compact the cache to the prefix plus the given tree nodes (in path order).
 

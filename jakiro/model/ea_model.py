@@ -363,11 +363,11 @@ def measure_verification_costs(target: TargetModel, sizes, context_len: int = 12
     vocab = target.lm_head.weight.shape[0]
     generator = torch.Generator().manual_seed(0)
     target.prefill(torch.randint(0, vocab, (1, context_len), generator=generator))
-    drop_tree = lambda: target.commit(context_len, torch.empty(0, dtype=torch.long, device=target.device))  # noqa: E731
     costs = {}
     for n in sizes:
         tree = full_tree(torch.randint(0, vocab, (n,), generator=generator))
-        costs[n] = _median_seconds(target.device, lambda: target.verify(tree), repeats, drop_tree)
+        costs[n] = _median_seconds(target.device, lambda: target.verify(tree), repeats,
+                                   lambda: target.crop(context_len))
     target.cache = None
     return costs
 
@@ -377,7 +377,6 @@ def measure_decoding_step_cost(target: TargetModel, context_len: int = 128, repe
     """Median seconds of one plain decoding step (``target.step``) after ``context_len`` cached random tokens."""
     vocab = target.lm_head.weight.shape[0]
     target.prefill(torch.randint(0, vocab, (1, context_len), generator=torch.Generator().manual_seed(1)))
-    drop_token = lambda: target.commit(context_len, torch.empty(0, dtype=torch.long, device=target.device))  # noqa: E731
-    cost = _median_seconds(target.device, lambda: target.step(0), repeats, drop_token)
+    cost = _median_seconds(target.device, lambda: target.step(0), repeats, lambda: target.crop(context_len))
     target.cache = None
     return cost
