@@ -378,8 +378,8 @@ def test_benchmark_interleaves_arms_resumes_and_reports(tiny_dirs, tmp_path, mon
     assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "1")) == 0
     q1, q2 = [json.loads(line)["question_id"] for line in QUESTIONS.read_text().splitlines()]
     assert order == [(q1, "vanilla", 0.0), (q1, "spec", 0.0), (q1, "spec-pe", 0.0),  # the order rotates
+                     (q1, "vanilla", 1.0), (q1, "spec", 1.0), (q1, "spec-pe", 1.0),  # question by question
                      (q2, "spec", 0.0), (q2, "spec-pe", 0.0), (q2, "vanilla", 0.0),
-                     (q1, "vanilla", 1.0), (q1, "spec", 1.0), (q1, "spec-pe", 1.0),
                      (q2, "spec", 1.0), (q2, "spec-pe", 1.0), (q2, "vanilla", 1.0)]
     for temperature in ("0.0", "1.0"):
         report = json.loads((tmp_path / "mt_bench" / f"temperature-{temperature}" / "speed.json").read_text())
@@ -400,6 +400,16 @@ def test_benchmark_interleaves_arms_resumes_and_reports(tiny_dirs, tmp_path, mon
     assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "--set", "tree.depth=2")) == 2
     assert "spec.jsonl holds results made with other settings (depth: 3 in the file, 2 now)" in \
         capsys.readouterr().err
+
+
+def test_spread_order_samples_every_prefix_evenly():
+    from jakiro.evaluation.benchmark import spread_order
+
+    order = [q["question_id"] for q in spread_order([{"question_id": 81 + i} for i in range(80)])]
+    assert sorted(order) == list(range(81, 161))
+    assert order[:10] == list(range(81, 161, 8))  # every 8th first: all 8 categories (blocks of 10)
+    assert order[10:20] == list(range(85, 161, 8))  # then the rest of every 4th
+    assert {(q - 81) // 10 for q in order[:10]} == set(range(8))
 
 
 def test_benchmark_greedy_only_arms_skip_sampling(tiny_dirs, tmp_path):
@@ -458,12 +468,16 @@ def test_greedy_check_finds_every_turn_identical_and_resumes(method, tiny_dirs, 
     assert summary["tokens"] == 4 * 12 and summary["near_ties"] == summary["mismatches"] == []
     assert "questions identical (all turns): 2/2 (100.0%)" in capsys.readouterr().out
     records = greedy_check.read_results(out)
-    assert all(r["hardware"] == summary["hardware"] and "hardware" not in r["settings"] for r in records)
+    from jakiro.hardware import describe
+
+    assert summary["hardware"] == {describe("cpu"): 2}  # questions per machine, counted from the records
+    assert all(r["hardware"] == describe("cpu") and "hardware" not in r["settings"] for r in records)
     monkeypatch.setattr(greedy_check, "check_question", lambda *a: pytest.fail("a finished question was redone"))
     monkeypatch.setattr(greedy_check, "load_method", lambda *a: pytest.fail("loaded the model with nothing to do"))
     assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra, "--questions", "1")) == 0
     assert json.loads(out.with_name("check.summary.json").read_text()) == {
-        **summary, "questions": 1, "questions_identical": 1, "turns": 2, "turns_identical": 2, "tokens": 2 * 12}
+        **summary, "hardware": {describe("cpu"): 1}, "questions": 1, "questions_identical": 1, "turns": 2,
+        "turns_identical": 2, "tokens": 2 * 12}
     assert greedy_check.main(greedy_check_args(tiny_dirs, out, *extra, "--tie", "0.5")) == 2  # other settings
     assert "(tie: 0.0001 in the file, 0.5 now)" in capsys.readouterr().err
 

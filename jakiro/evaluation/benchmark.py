@@ -6,10 +6,12 @@
         tree.sibling_mode=per_expert  [--temperatures 0.0 1.0] [--questions N] [--every K] [--max-new-tokens 256]
 
 An arm is a name and config overrides on top of ``--config`` / ``--set`` (any ``eval.method`` of
-:mod:`jakiro.evaluation.methods`). The first arm is the baseline of the reports. For each temperature and each
-question, every arm answers all turns before the next question starts, and the arms' order rotates from question to
-question, so that slow drift of the machine (thermal state, background load) hits all arms alike; all models stay
-loaded; ``--greedy-only NAME ...`` arms skip the temperatures above 0. Each arm writes
+:mod:`jakiro.evaluation.methods`). The first arm is the baseline of the reports. For each question and each
+temperature, every arm answers all turns before the next temperature or question starts, and the arms' order rotates
+from question to question, so that slow drift of the machine (thermal state, background load) hits all arms alike;
+all models stay loaded; ``--greedy-only NAME ...`` arms skip the temperatures above 0. Questions go in a spread order
+(every 8th first, see :func:`spread_order`), so a run stopped part way holds a fair sample of every category at every
+temperature. Each arm writes
 ``OUT_DIR/<bench>/temperature-<T>/<arm>.jsonl`` (the records of ``gen_ea_answer``), and a question already answered
 by an arm is not answered again (a killed run resumes; an answer file made with other settings is refused). At the
 end, per temperature:
@@ -136,26 +138,39 @@ def run(args: argparse.Namespace) -> list[dict]:
     # read (and checked against the settings) before any model loads, so that a mixed-up file fails fast
     done = {(arm.name, t): done_questions(arm.answer_file(out_dir, t), runs[arm.name, t])
             for t in args.temperatures for arm in arms_at(arms, t, args.greedy_only)}
+    todo = [q for q in spread_order(questions) if any(q["question_id"] not in answered for answered in done.values())]
+    print(f"{len(questions) - len(todo)} of {len(questions)} questions done by every arm at every temperature, "
+          f"{len(todo)} to go", file=sys.stderr)
     load_arms(arms)
-    reports = []
-    for temperature in args.temperatures:
-        present = arms_at(arms, temperature, args.greedy_only)
-        files = {arm.name: arm.answer_file(out_dir, temperature) for arm in present}
-        todo = [q for q in questions if any(q["question_id"] not in done[a.name, temperature] for a in present)]
-        print(f"temperature {temperature}: {len(questions) - len(todo)} of {len(questions)} questions done by every "
-              f"arm, {len(todo)} to go", file=sys.stderr)
-        for number, question in enumerate(tqdm(todo, desc=f"T={temperature}", unit="q", disable=args.no_progress)):
+    for number, question in enumerate(tqdm(todo, desc="benchmark", unit="q", disable=args.no_progress)):
+        for temperature in args.temperatures:
+            present = arms_at(arms, temperature, args.greedy_only)
             shift = number % len(present)
             for arm in present[shift:] + present[:shift]:
                 if question["question_id"] in done[arm.name, temperature]:
                     continue
                 cfg = with_temperature(arm.cfg, temperature)
                 meta = {**arm.meta, "temperature": temperature, "settings": runs[arm.name, temperature]}
-                files[arm.name].parent.mkdir(parents=True, exist_ok=True)
-                append_record(files[arm.name], answer_record(cfg, arm.method, arm.prompter, question, meta))
+                file = arm.answer_file(out_dir, temperature)
+                file.parent.mkdir(parents=True, exist_ok=True)
+                append_record(file, answer_record(cfg, arm.method, arm.prompter, question, meta))
+    reports = []
+    for temperature in args.temperatures:
+        present = arms_at(arms, temperature, args.greedy_only)
+        files = {arm.name: arm.answer_file(out_dir, temperature) for arm in present}
         reports.append(report(present, files, out_dir, temperature, first.eval.bench_name))
     write_summary(reports, out_dir, args.plot)
     return reports
+
+
+def spread_order(questions: list[dict]) -> list[dict]:
+    """The questions reordered so that every prefix samples the list evenly: every 8th first, then the rest of every
+    4th, of every 2nd, then the others. MT-bench's 80 questions come in blocks of 10 per category, so a run stopped
+    after 10 questions has answered every category, and its partial results are a fair sample."""
+    def stride(index: int) -> int:
+        return next(k for k in (8, 4, 2, 1) if index % k == 0)
+
+    return [q for _, q in sorted(enumerate(questions), key=lambda pair: (-stride(pair[0]), pair[0]))]
 
 
 def report(arms: list[Arm], files: dict, out_dir: Path, temperature: float, bench: str) -> dict:

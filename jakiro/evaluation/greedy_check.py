@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -38,7 +39,6 @@ from jakiro.evaluation.methods import SPECULATIVE_METHODS, load_method
 from jakiro.evaluation.records import append_record, read_records
 from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
 from jakiro.io import atomic_write_text
-
 
 
 def _check_record(record, path: Path, number: int) -> None:
@@ -107,12 +107,15 @@ def check_question(method, prompter: ChatPrompter, question: dict, max_new_token
 
 
 def summarize(records: list[dict], meta: dict) -> dict:
-    """Counts over questions and turns, and every divergence (near-ties and bugs) with where it happened."""
+    """Counts over questions and turns, every divergence (near-ties and bugs) with where it happened, and how many
+    questions ran on each machine (records may come from several: see :func:`run_settings`)."""
     turns = [t for r in records for t in r["turns"]]
+    machines = Counter(r.get("hardware", "not recorded") for r in records)
     where = lambda r, i, t: {"question_id": r["question_id"], "turn": i + 1, **t["divergence"]}  # noqa: E731
     diverged = [(r, i, t) for r in records for i, t in enumerate(r["turns"]) if not t["same"]]
     return {
         **meta,
+        "hardware": dict(machines.most_common()),
         "questions": len(records),
         "questions_identical": sum(all(t["same"] for t in r["turns"]) for r in records),
         "turns": len(turns),
@@ -146,7 +149,7 @@ def default_out(cfg: JakiroConfig) -> Path:
     return Path("outputs") / "greedy_check" / f"{cfg.eval.bench_name}-{cfg.eval.method}-{cfg.model.dtype}.jsonl"
 
 
-META_KEYS = ("method", "dtype", "base_model", "draft", "max_new_tokens", "tie", "hardware", "torch", "transformers")
+META_KEYS = ("method", "dtype", "base_model", "draft", "max_new_tokens", "tie", "torch", "transformers")
 
 
 def _check_questions(cfg: JakiroConfig, todo: list[dict], max_new_tokens: int, tie: float, out: Path,
