@@ -9,8 +9,8 @@ Same API as ``EaModel`` (``from_pretrained``, ``eagenerate``, ``naivegenerate``,
     ids = model.eagenerate(input_ids, temperature=1.0, max_new_tokens=256)
 
 Per step: :class:`jakiro_star.drafter.StaticTreeDrafter` draws the static tree's nodes from the experts'
-distributions, the target verifies it in one forward (the ``jakiro`` target adapter and KV compaction), and the
-verdict comes from :func:`jakiro.verify.verify_greedy` at temperature 0 or
+distributions (with ``lookup_tokens``, a prompt-lookup branch joins them as fixed candidates), the target verifies
+the tree in one forward (the ``jakiro`` target adapter and KV compaction), and the verdict comes from :func:`jakiro.verify.verify_greedy` at temperature 0 or
 :func:`jakiro_star.verify.verify_recursive` (lossless recursive rejection sampling) otherwise.
 """
 
@@ -27,7 +27,7 @@ from jakiro.verify import Verdict, verify_greedy
 from jakiro_star.drafter import StaticTreeDrafter
 from jakiro_star.proposals import check_mode
 from jakiro_star.trees import StaticTree, get_static_tree
-from jakiro_star.verify import SampledDraftTree, verify_recursive
+from jakiro_star.verify import SampledDraftTree, graft_fixed_chain, verify_recursive
 
 DEFAULT_TREE = "mc_sim_7b_63"
 _DYNAMIC_TREE_ARGS = ("total_token", "depth", "top_k")
@@ -45,13 +45,16 @@ class StarEaModel(EaModel):
         sibling_mode: str = "mixture",
         stop_token_ids: list[int] | None = None,
         exact_verification: bool = False,
+        lookup_tokens: int = 0,
+        lookup_ngram: int = 3,
     ):
         check_mode(sibling_mode)
         tree = get_static_tree(static_tree)
         # the parent builds a dynamic drafter of the same size, which the static one replaces
         super().__init__(base_model, draft, tokenizer, total_token=len(tree), depth=tree.depth,
                          top_k=min(tree.max_children, draft.config.vocab_size), stop_token_ids=stop_token_ids,
-                         exact_verification=exact_verification)
+                         exact_verification=exact_verification, lookup_tokens=lookup_tokens,
+                         lookup_ngram=lookup_ngram)
         self.drafter = StaticTreeDrafter(self.ea_layer, tree, sibling_mode)
 
     @classmethod
@@ -62,12 +65,15 @@ class StarEaModel(EaModel):
         static_tree: str | Sequence[Sequence[int]] = DEFAULT_TREE,
         sibling_mode: str = "mixture",
         exact_verification: bool = False,
+        lookup_tokens: int = 0,
+        lookup_ngram: int = 3,
         **hf_kwargs,
     ) -> "StarEaModel":
         """Load a target with ``AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs)`` and a draft
         directory. ``static_tree``: a registered name (:data:`jakiro_star.tree_choices.STATIC_TREES`) or a choices list;
-        ``sibling_mode``: ``mixture`` or ``per_expert`` (see :mod:`jakiro_star.proposals`); ``exact_verification``: as
-        for :meth:`EaModel.from_pretrained`."""
+        ``sibling_mode``: ``mixture`` or ``per_expert`` (see :mod:`jakiro_star.proposals`); ``exact_verification``,
+        ``lookup_tokens``, ``lookup_ngram``: as for :meth:`EaModel.from_pretrained` (the looked-up branch's nodes
+        are verified as fixed candidates, see :func:`jakiro_star.verify.graft_fixed_chain`)."""
         given = [name for name in _DYNAMIC_TREE_ARGS if name in hf_kwargs]
         if given:
             raise ValueError(f"Jakiro* drafts a static tree: pass static_tree=... instead of {', '.join(given)}")
@@ -78,11 +84,15 @@ class StarEaModel(EaModel):
         draft = DraftHead.from_pretrained(ea_model_path)
         base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
-        return cls(base_model, draft, tokenizer, tree, sibling_mode, exact_verification=exact_verification)
+        return cls(base_model, draft, tokenizer, tree, sibling_mode, exact_verification=exact_verification,
+                   lookup_tokens=lookup_tokens, lookup_ngram=lookup_ngram)
 
     def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict,
                generator: torch.Generator) -> SampledDraftTree:
         return self.drafter.draft_tree(features, tokens, sampling, generator)
+
+    def _graft(self, tree: SampledDraftTree, chain: torch.Tensor) -> SampledDraftTree:
+        return graft_fixed_chain(tree, chain)
 
     def _verify(self, tree: SampledDraftTree, logits: torch.Tensor, sampling: dict,
                 generator: torch.Generator) -> Verdict:

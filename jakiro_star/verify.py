@@ -37,6 +37,12 @@ along that child's path with randomness independent of this level's draws and co
 emitted token the next level starts afresh with the target's distribution at the child: every committed token
 follows the target's processed conditional distribution, the bonus token included.
 
+Deterministic candidates (the prompt-lookup branch, :mod:`jakiro.lookup`) fit the same rule: a child whose token
+c was fixed before the step, from the committed text alone, is a draw from q_i = delta_c. It is accepted with
+probability r_i(c), and on rejection r_{i+1} is r_i with c removed, renormalised. :func:`graft_fixed_chain` adds
+such children after a node's sampled ones, so they are tried last, only where the token is not already a sibling
+(whether it is depends on x_{<i} only, which the argument allows).
+
 Two remarks. (1) A token rejected at stage i has r_{i+1}(x_i) = 0 (rejection needs r_i(x_i) < q_i(x_i)), so a
 duplicate sibling could never be accepted; drawing without replacement avoids wasting tree nodes on them.
 (2) Using the *unconditional* slot distribution as q_i for siblings drawn without replacement, a q(x) taken from
@@ -51,7 +57,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jakiro.tree import DraftTree
+from jakiro.tree import DraftTree, graft_chain
 from jakiro.verify import Verdict, warp_logits
 
 
@@ -65,6 +71,30 @@ class SampledDraftTree(DraftTree):
     """
 
     proposals: torch.Tensor | None = None
+
+
+def graft_fixed_chain(tree: SampledDraftTree, chain: torch.Tensor) -> SampledDraftTree:
+    """:func:`jakiro.tree.graft_chain` for a sampled tree: the chain's new nodes get one-hot proposals (a token fixed in
+    advance is a draw from delta_token), so :func:`verify_recursive` stays lossless; they come after the old nodes
+    and hence after their sampled siblings. A greedy tree (no proposals) is grafted as is.
+
+    Args:
+        tree: n nodes, ``proposals`` [n, V] or None.
+        chain: [m] token ids proposed after the root, in order.
+    Returns:
+        The tree with n + (unmatched part of the chain) nodes, proposals [n + new, V].
+    """
+    grafted = graft_chain(tree, chain)
+    if grafted is tree:
+        return tree
+    proposals = tree.proposals
+    if proposals is not None:
+        new_tokens = grafted.tokens[len(tree):].to(proposals.device)
+        fixed = torch.zeros(new_tokens.shape[0], proposals.shape[1], dtype=proposals.dtype, device=proposals.device)
+        fixed[torch.arange(new_tokens.shape[0]), new_tokens] = 1.0
+        proposals = torch.cat([proposals, fixed])
+    return SampledDraftTree(grafted.tokens, grafted.parents, grafted.depths, grafted.mask, grafted.retrieve_indices,
+                            proposals)
 
 
 def acceptance_probability(residual: torch.Tensor, proposal: torch.Tensor, token: int) -> float:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The CPU speed comparison on MT-bench with the shipped SmolLM2 drafts: vanilla decoding, Hugging Face prompt lookup,
 # the EAGLE-2 draft, Jakiro (both sibling modes, and with exact verification), Jakiro with the prompt-lookup branch
-# (batched and exact verification) and Jakiro*, interleaved question by question in one process
-# (python -m jakiro.evaluation.benchmark), bf16, batch 1, max_new_tokens 256, T = 0 and 1 (the two exact-verification
-# arms at T = 0 only: exact verification matters only for greedy equality).
+# (batched and exact verification) and Jakiro* (alone and with the prompt-lookup branch), interleaved question by
+# question in one process (python -m jakiro.evaluation.benchmark), bf16, batch 1, max_new_tokens 256, T = 0 and 1
+# (the two exact-verification arms at T = 0 only: exact verification matters only for greedy equality).
 # Outputs in OUT_DIR (default outputs/benchmark/cpu): answer JSONL per arm and temperature, speed.json per
 # temperature, report.md (the tables) and speed.png (needs matplotlib: bash scripts/setup.sh assets,plot).
 # Resumable: rerun the same command after a kill.
@@ -31,5 +31,8 @@ python -m jakiro.evaluation.benchmark --config smollm2 --out-dir "$OUT_DIR" --pl
   --arm jakiro-lookup-exact model.draft_path=shipped:smollm2-jakiro tree.lookup_tokens=10 \
     generation.exact_verification=true \
   --arm jakiro_star eval.method=jakiro_star model.draft_path=shipped:smollm2-jakiro_star tree.static_tree=cpu8 \
+    tree.lookup_tokens=0 \
+  --arm jakiro_star-lookup eval.method=jakiro_star model.draft_path=shipped:smollm2-jakiro_star \
+    tree.static_tree=cpu8 tree.lookup_tokens=10 \
   --greedy-only jakiro-exact jakiro-lookup-exact \
   "$@"

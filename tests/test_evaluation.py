@@ -78,11 +78,14 @@ def test_oracle_method_answers_losslessly_in_one_step_per_turn(tiny_dirs, tmp_pa
         assert record["choices"][0]["idxs"] == [2, 2]
 
 
-def test_jakiro_star_says_it_ignores_the_prompt_lookup_branch(tiny_dirs, tmp_path, capsys):
-    star = generate(tiny_dirs, tmp_path / "star.jsonl", "--method", "jakiro_star", "--set", "tree.static_tree=cpu8",
-                    "--set", "tree.lookup_tokens=4", "--question-end", "1")
-    assert "method jakiro_star ignores tree.lookup_tokens=4" in capsys.readouterr().err
+def test_jakiro_star_answers_with_the_prompt_lookup_branch(tiny_dirs, tmp_path):
+    star_args = ("--method", "jakiro_star", "--set", "tree.static_tree=cpu8", "--question-end", "1")
+    star = generate(tiny_dirs, tmp_path / "star.jsonl", *star_args)
+    lookup = generate(tiny_dirs, tmp_path / "star-lookup.jsonl", *star_args, "--set", "tree.lookup_tokens=4")
+    plain = generate(tiny_dirs, tmp_path / "plain.jsonl", "--method", "baseline", "--question-end", "1")
     assert "lookup_tokens" not in star[0]["meta"]["settings"]
+    assert lookup[0]["meta"]["settings"]["lookup_tokens"] == 4 and lookup[0]["meta"]["tree"]["lookup_tokens"] == 4
+    assert [r["choices"][0]["turns"] for r in lookup] == [r["choices"][0]["turns"] for r in plain]
 
 
 def test_resume_skips_done_questions_and_drops_a_truncated_line(tiny_dirs, tmp_path, capsys):

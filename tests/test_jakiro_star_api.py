@@ -190,7 +190,7 @@ def test_gen_ea_answer_runs_jakiro_star(tiny_dirs, tmp_path):
     for record in star:
         assert record["meta"]["method"] == "jakiro_star"
         assert record["meta"]["tree"] == {"static_tree": "cpu8", "total_token": 9, "depth": 4,
-                                          "sibling_mode": "per_expert"}
+                                          "sibling_mode": "per_expert", "lookup_tokens": 0}
         choice = record["choices"][0]
         assert all(forwards == 1 + len(acc) for forwards, acc in zip(choice["idxs"], choice["accept_lengths"]))
     # greedy decoding is lossless, turn 2 included

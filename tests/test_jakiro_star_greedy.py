@@ -81,3 +81,24 @@ def test_greedy_custom_trees_and_stop_tokens(choices):
     model = StarEaModel(target, imitating_draft(target), None, choices, stop_token_ids=[stop])
     ids = model.eagenerate(torch.tensor([[1, 2, 3]]), max_new_tokens=30)
     assert torch.equal(ids, plain[:, : first_stop + 1])
+
+
+def greedy_longest_accept_with_lookup(tree):
+    """Asserts greedy equality with the target with a 6-token lookup branch; returns the longest accepted run."""
+    target = weak_context_target("llama", vocab_size=16)
+    model = StarEaModel(target, tiny_draft(target, seed=1), None, tree, lookup_tokens=6, stop_token_ids=[])
+    longest = 0
+    for prompt in [torch.tensor([[3, 1, 4, 1, 5, 3, 1, 4]]), *prompts_for(16, 3)]:
+        expected = target.generate(prompt, do_sample=False, max_new_tokens=40, min_new_tokens=40)
+        assert torch.equal(model.eagenerate(prompt, max_new_tokens=40), expected)
+        longest = max(longest, *model.last_stats.accept_lengths)
+    return longest
+
+
+def test_greedy_with_lookup_equals_target_and_uses_the_branch():
+    # one drawn child per step: accepting two or more tokens takes the looked-up branch
+    assert greedy_longest_accept_with_lookup([[0]]) > 1, "no step accepted past the drawn child: the branch never won"
+
+
+def test_greedy_with_lookup_equals_target_on_a_bushy_tree():
+    assert greedy_longest_accept_with_lookup("cpu8") >= 1

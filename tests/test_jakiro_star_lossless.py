@@ -1,7 +1,8 @@
 """Jakiro* sampling is lossless end to end: the joint distribution of the first three generated tokens over many
 seeded ``StarEaModel.eagenerate`` runs matches the target's exact distribution (chi-square, alpha = 1e-3; see
 tests/stats.py), at T = 1 and at T = 0.7 / top-p 0.9, for both sibling modes, and with a reduced draft vocabulary
-(children drawn over the draft's token subset, proposals scattered back to the target's). The same test rejects the
+(children drawn over the draft's token subset, proposals scattered back to the target's), and with a prompt-lookup
+branch verified as fixed candidates beside the drawn ones. The same test rejects the
 reference Jakiro*'s verifier input: children drawn from the joint softmax over both experts' logits and checked
 against the lower-gated expert's share of it.
 """
@@ -71,6 +72,38 @@ def test_reduced_draft_vocabulary_stays_lossless(target, sibling_mode):
     counts, accepted = sample_counts(model, sampling)
     assert accepted > RUNS // 3, f"only {accepted} accepted drafts: tree verification is barely exercised"
     statistic, critical, dof = chi_square(counts, exact_three_token_distribution(model, PROMPT, sampling))
+    assert statistic < critical, f"chi2={statistic:.1f} >= {critical:.1f} (dof {dof})"
+
+
+def test_sampling_with_the_lookup_branch_matches_target_distribution():
+    """One drawn child per step (static tree [[0]], untrained draft), so the looked-up branch competes as fixed
+    candidates after the drawn child, against the residual its rejection leaves; the prompt makes the lookup propose
+    the target's likely continuation. Counts the steps that accepted a grafted node."""
+    sampling = dict(temperature=1.0)
+    target = weak_context_target("llama", vocab_size=8, seed=1)  # sharper than the fixture's: the branch wins often
+    model = StarEaModel(target, tiny_draft(target, seed=1), None, [[0]], stop_token_ids=[], lookup_tokens=3)
+    likely = model.naivegenerate(PROMPT, max_new_tokens=3)[0, PROMPT.shape[1]:].tolist()
+    prompt = torch.tensor([[*PROMPT[0].tolist(), *likely, *PROMPT[0].tolist()]])
+    drafted_sizes, grafted_wins = [], 0
+    graft, verify = model._graft, model._verify
+
+    def recording_graft(tree, chain):
+        drafted_sizes.append(len(tree))
+        return graft(tree, chain)
+
+    def counting_verify(tree, logits, sampling, generator):
+        nonlocal grafted_wins
+        verdict = verify(tree, logits, sampling, generator)
+        grafted_wins += bool((verdict.accepted_nodes >= drafted_sizes[-1]).any())  # grafted nodes come last
+        return verdict
+
+    model._graft, model._verify = recording_graft, counting_verify
+    counts = Counter()
+    for seed in range(RUNS):
+        ids = model.eagenerate(prompt, max_new_tokens=3, seed=seed, **sampling)
+        counts[tuple(ids[0, prompt.shape[1]:].tolist())] += 1
+    assert grafted_wins > RUNS // 6, f"only {grafted_wins} steps accepted a looked-up token"
+    statistic, critical, dof = chi_square(counts, exact_three_token_distribution(model, prompt, sampling))
     assert statistic < critical, f"chi2={statistic:.1f} >= {critical:.1f} (dof {dof})"
 
 

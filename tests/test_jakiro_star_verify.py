@@ -16,7 +16,8 @@ import torch
 from jakiro.verify import warp_logits
 from jakiro_star.proposals import check_mode, draw_children, expert_probabilities, slot_distributions, top_children
 from jakiro_star.trees import get_static_tree
-from jakiro_star.verify import SampledDraftTree, acceptance_probability, rejection_residual, verify_recursive
+from jakiro_star.verify import (SampledDraftTree, acceptance_probability, graft_fixed_chain, rejection_residual,
+                                verify_recursive)
 from stats import chi_square
 from tiny_models import tiny_draft, tiny_target
 
@@ -88,6 +89,36 @@ def test_exact_emission_equals_the_target(mode, sampling, seed):
     total = sum(prob for *_, prob in enumerate_draws(slot_dists))
     assert total == pytest.approx(1.0, abs=1e-12)
     torch.testing.assert_close(exact_emission(target, slot_dists), target, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("fixed", range(V))
+def test_exact_emission_with_a_fixed_candidate_after_the_sampled_ones(sampling, fixed):
+    """A prompt-lookup token tried after the drawn siblings (only where it is not one of them) is a draw from
+    delta_fixed: the emission still equals the target, whichever token the lookup fixed."""
+    target, probs, weights = node_setup(1, sampling)
+    slot_dists = slot_distributions(probs, weights, C, "mixture")[0]
+    one_hot = torch.zeros(V, dtype=torch.float64)
+    one_hot[fixed] = 1.0
+    out = torch.zeros(V, dtype=torch.float64)
+    for tokens, proposals, prob in enumerate_draws(slot_dists):
+        if fixed not in tokens:
+            tokens, proposals = tokens + [fixed], proposals + [one_hot]
+        out += prob * emission_given_draws(target, tokens, proposals, proposals)
+    torch.testing.assert_close(out, target, atol=1e-9, rtol=0)
+
+
+def test_grafted_chain_gets_one_hot_proposals_and_keeps_the_drawn_ones():
+    proposals = torch.rand(3, V).softmax(-1)  # root (unused), two drawn children 2 and 4
+    tree = SampledDraftTree.from_parents(torch.tensor([0, 2, 4]), torch.tensor([-1, 0, 0]))
+    tree.proposals = proposals
+    grafted = graft_fixed_chain(tree, torch.tensor([4, 1, 3]))  # merges into node 2, then appends 1 and 3
+    assert grafted.tokens.tolist() == [0, 2, 4, 1, 3] and grafted.parents.tolist() == [-1, 0, 0, 2, 3]
+    torch.testing.assert_close(grafted.proposals[:3], proposals)
+    assert grafted.proposals[3:].tolist() == torch.eye(V)[[1, 3]].tolist()
+    assert graft_fixed_chain(tree, torch.tensor([2])) is tree  # nothing new
+    tree.proposals = None  # a greedy tree
+    assert graft_fixed_chain(tree, torch.tensor([1])).proposals is None
 
 
 def test_enumeration_covers_exhausted_slots():

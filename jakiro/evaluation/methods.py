@@ -17,7 +17,6 @@ accepted draft length per step.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,14 +138,13 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
         if name == "jakiro_star":
             from jakiro_star.model import StarEaModel
 
-            if tree.lookup_tokens:
-                print(f"note: method jakiro_star ignores tree.lookup_tokens={tree.lookup_tokens} (Jakiro* verifies "
-                      "sampled children, which a copied prompt-lookup branch is not)", file=sys.stderr)
-
             model = StarEaModel.from_pretrained(base, draft, static_tree=tree.static_tree,
-                                                sibling_mode=tree.sibling_mode, exact_verification=exact, **load)
+                                                sibling_mode=tree.sibling_mode, exact_verification=exact,
+                                                lookup_tokens=tree.lookup_tokens, lookup_ngram=tree.lookup_ngram,
+                                                **load)
             tree_about = {"static_tree": tree.static_tree, "total_token": model.drafter.total_token,
-                          "depth": model.drafter.tree.depth, "sibling_mode": tree.sibling_mode}
+                          "depth": model.drafter.tree.depth, "sibling_mode": tree.sibling_mode,
+                          "lookup_tokens": tree.lookup_tokens}
         else:
             model = EaModel.from_config(cfg, base, draft)
             tree_about = {"total_token": model.drafter.total_token, "depth": tree.depth, "top_k": tree.top_k,

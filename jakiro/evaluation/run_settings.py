@@ -67,8 +67,8 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
             out["static_tree"] = tree.static_tree
         else:
             out.update(total_token=tree.total_token, depth=tree.depth, top_k_tree=tree.top_k)
-            if tree.lookup_tokens:  # absent when off, so files made before the option existed still resume
-                out.update(lookup_tokens=tree.lookup_tokens, lookup_ngram=tree.lookup_ngram)
+        if tree.lookup_tokens:  # absent when off, so files made before the option existed still resume
+            out.update(lookup_tokens=tree.lookup_tokens, lookup_ngram=tree.lookup_ngram)
     elif e.method == "oracle":
         out["total_token"] = tree.total_token
     elif e.method == "pld":

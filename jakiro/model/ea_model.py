@@ -250,7 +250,7 @@ class EaModel(nn.Module):
         while True:
             tree = self._draft(new_features, new_tokens, sampling, generator)
             if history is not None:
-                tree = graft_chain(tree, lookup_continuation(history, self.lookup_ngram, self.lookup_tokens))
+                tree = self._graft(tree, lookup_continuation(history, self.lookup_ngram, self.lookup_tokens))
             prefix_len = len(self.target)
             tree_logits, tree_features = self.target.verify(tree)
             stats.target_forwards += 1
@@ -269,6 +269,10 @@ class EaModel(nn.Module):
         """One draft tree below ``tokens[-1]`` (features [S, H] and tokens [S] of the newly committed positions).
         Drafting here is deterministic; subclasses with a sampling drafter (Jakiro*) use ``sampling``/``generator``."""
         return self.drafter.draft_tree(features, tokens)
+
+    def _graft(self, tree, chain: torch.Tensor):
+        """The drafted tree with the prompt-lookup ``chain`` [m] merged in as a branch below the root."""
+        return graft_chain(tree, chain)
 
     def _verify(self, tree, logits: torch.Tensor, sampling: dict, generator: torch.Generator) -> Verdict:
         """Verdict on a drafted tree given the target's logits [n, V] at its nodes (greedy at temperature 0)."""
