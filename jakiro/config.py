@@ -112,13 +112,17 @@ class ModelConfig(_Section):
     SECTION: ClassVar[str] = "model"
     base_model_path: str | None = None  # target model dir or hub id; None = the embedded default target
     draft_path: str | None = None  # trained draft dir (config.json + weights); None = no draft / train a new one
-    dtype: str = "bfloat16"  # weights and compute dtype: float32, bfloat16 or float16
+    dtype: str = "bfloat16"  # weights and compute dtype: float32, bfloat16, float16; auto: hardware.auto_dtype
     device: str = "cpu"  # torch device string, e.g. "cpu", "cuda", "cuda:1"
     chat_template: str = "auto"  # "auto" = the tokenizer's own; or a FastChat name: "vicuna", "llama-2", "llama-3"
 
     def validate(self) -> None:
-        self._require_choice("dtype", DTYPES)
         self._require("device", bool(self.device), "a non-empty device string")
+        if self.dtype == "auto":  # resolved here, so every user of the config (and every record) sees the real dtype
+            from jakiro.hardware import auto_dtype
+
+            self.dtype = auto_dtype(self.device)
+        self._require_choice("dtype", (*DTYPES, "auto"))
         self._require("chat_template", bool(self.chat_template), "'auto' or a template name")
 
 

@@ -5,7 +5,7 @@ from jakiro.demo import different_output_note
 
 
 def test_note_explains_bf16_rounding_and_points_to_exact_verification():
-    note = different_output_note(load_config("smollm2"))
+    note = different_output_note(load_config("smollm2", ["model.dtype=bfloat16"]))
     assert "bfloat16" in note and "generation.exact_verification=true" in note
 
 

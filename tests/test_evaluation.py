@@ -119,6 +119,18 @@ def test_resume_refuses_a_file_made_with_other_settings(tiny_dirs, tmp_path, cap
     assert [r["question_id"] for _, r in read_records(path)] == [81, 82]
 
 
+def test_hardware_names_the_cpus_matrix_extension(monkeypatch, tmp_path):
+    from jakiro import hardware
+
+    assert hardware.matrix_extension("fpu avx2 avx512f avx512_bf16") == "AVX512-BF16"
+    assert hardware.matrix_extension("fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16") == "AMX-BF16"
+    assert hardware.matrix_extension("fpu sse4_2") is None
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n")
+    monkeypatch.setattr(hardware, "CPUINFO", cpuinfo)
+    assert hardware.describe("cpu").startswith("AMD EPYC CPU (AVX2), ")  # Zen 3: told apart from an AVX-512 Zen 4
+
+
 def test_resume_refuses_a_file_from_other_hardware(tiny_dirs, tmp_path, capsys):
     from jakiro.hardware import describe
 
@@ -403,6 +415,26 @@ def test_benchmark_interleaves_arms_resumes_and_reports(tiny_dirs, tmp_path, mon
     assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "--set", "tree.depth=2")) == 2
     assert "spec.jsonl holds results made with other settings (depth: 3 in the file, 2 now)" in \
         capsys.readouterr().err
+
+
+def test_benchmark_report_only_compares_what_every_arm_answered(tiny_dirs, tmp_path, monkeypatch, capsys):
+    from jakiro.evaluation import benchmark
+
+    monkeypatch.setattr(benchmark, "load_arms", lambda arms: pytest.fail("models loaded for a report"))
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "--report-only")) == 2
+    assert "nothing to report for vanilla at T=0, spec at T=0, spec-pe at T=0" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0")) == 0
+    answers = tmp_path / "mt_bench" / "temperature-0.0"
+    lines = (answers / "spec.jsonl").read_text().splitlines(keepends=True)
+    (answers / "spec.jsonl").write_text(lines[0])  # as if stopped after the first question's spec answer
+    before = {path.name: path.read_text() for path in answers.glob("*.jsonl")}
+    monkeypatch.setattr(benchmark, "load_arms", lambda arms: pytest.fail("models loaded for a report"))
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "--report-only")) == 0
+    assert {path.name: path.read_text() for path in answers.glob("*.jsonl")} == before  # nothing answered
+    report = json.loads((answers / "speed.json").read_text())
+    assert report["baseline"]["samples"] == 1 and [m["samples"] for m in report["methods"]] == [1, 1]
+    assert "2 answers left out: only the 1 samples that every arm answered are compared" in report["notes"]
 
 
 def test_spread_order_samples_every_prefix_evenly():

@@ -11,7 +11,7 @@ temperature, every arm answers all turns before the next temperature or question
 from question to question, so that slow drift of the machine (thermal state, background load) hits all arms alike;
 all models stay loaded; ``--greedy-only NAME ...`` arms skip the temperatures above 0. Questions go in a spread order
 (every 8th first, see :func:`spread_order`), so a run stopped part way holds a fair sample of every category at every
-temperature. Each arm writes
+temperature (``--report-only`` reports it without answering more). Each arm writes
 ``OUT_DIR/<bench>/temperature-<T>/<arm>.jsonl`` (the records of ``gen_ea_answer``), and a question already answered
 by an arm is not answered again (a killed run resumes; an answer file made with other settings is refused). At the
 end, per temperature:
@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--greedy-only", nargs="+", default=[], metavar="NAME",
                         help="arms that answer at temperature 0 only (e.g. exact verification, which matters only "
                              "for greedy equality)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="answer nothing: write the reports from the answer files as they are (a stopped run: "
+                             "the questions every arm of a temperature answered)")
     parser.add_argument("--plot", action="store_true", help="also write speed.png (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -141,7 +144,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     todo = [q for q in spread_order(questions) if any(q["question_id"] not in answered for answered in done.values())]
     print(f"{len(questions) - len(todo)} of {len(questions)} questions done by every arm at every temperature, "
           f"{len(todo)} to go", file=sys.stderr)
-    load_arms(arms)
+    if args.report_only:
+        empty = [f"{name} at T={t:g}" for (name, t), answered in done.items() if not answered]
+        if empty:
+            raise ValueError(f"nothing to report for {', '.join(empty)}: no answers in {out_dir}")
+        todo = []
+    else:
+        load_arms(arms)
     for number, question in enumerate(tqdm(todo, desc="benchmark", unit="q", disable=args.no_progress)):
         for temperature in args.temperatures:
             present = arms_at(arms, temperature, args.greedy_only)
@@ -174,8 +183,19 @@ def spread_order(questions: list[dict]) -> list[dict]:
 
 
 def report(arms: list[Arm], files: dict, out_dir: Path, temperature: float, bench: str) -> dict:
-    baseline, *methods = [load_answers(files[arm.name]) for arm in arms]  # labelled by file name = arm name
+    """The speed report of one temperature over the samples that every arm answered (all of them after a complete
+    run; a stopped run leaves out the question it was in), written to ``speed.json``."""
+    answers = [load_answers(files[arm.name]) for arm in arms]  # labelled by file name = arm name
+    shared = set.intersection(*(set(a.samples) for a in answers))
+    if not shared:
+        raise ValueError(f"no question answered by every arm at T={temperature:g} in {out_dir}: nothing to compare")
+    left_out = sum(len(a.samples) - len(shared) for a in answers)
+    answers = [dataclasses.replace(a, samples={k: v for k, v in a.samples.items() if k in shared}) for a in answers]
+    baseline, *methods = answers
     result = build_report(baseline, methods, bench=f"{bench} T={temperature:g}")
+    if left_out:
+        result["notes"].append(f"{left_out} answers left out: only the {len(shared)} samples that every arm "
+                               f"answered are compared")
     path = out_dir / bench / f"temperature-{temperature}" / "speed.json"
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     return result
