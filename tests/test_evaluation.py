@@ -437,6 +437,37 @@ def test_benchmark_report_only_compares_what_every_arm_answered(tiny_dirs, tmp_p
     assert "2 answers left out: only the 1 samples that every arm answered are compared" in report["notes"]
 
 
+def benchmark_cpu_args(tmp_path, **env):
+    """The arguments scripts/benchmark_cpu.sh gives ``python -m jakiro.evaluation.benchmark`` (a stand-in python
+    on PATH records them instead of running anything)."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$RECORD.$2"\n')
+    fake.chmod(0o755)
+    run_env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set",
+               "RECORD": str(tmp_path / "args"), **env}
+    subprocess.run(["bash", str(ROOT / "scripts" / "benchmark_cpu.sh"), "--report-only"], env=run_env, check=True)
+    return (tmp_path / "args.jakiro.evaluation.benchmark").read_text().splitlines()[2:]  # after -m MODULE
+
+
+@pytest.mark.parametrize("exact", ["1", "0"])
+def test_benchmark_cpu_script_arms_are_valid_configs(tmp_path, exact):
+    from jakiro.evaluation import benchmark
+
+    args = benchmark.parse_args(benchmark_cpu_args(tmp_path, EXACT=exact))
+    arms = {arm.name: arm.cfg for arm in benchmark.build_arms(args)}  # every override is a known, valid key
+    assert args.report_only
+    star, star_lookup = arms["jakiro_star"], arms["jakiro_star-lookup"]
+    assert star.eval.method == star_lookup.eval.method == "jakiro_star"
+    assert (star.tree.lookup_tokens, star_lookup.tree.lookup_tokens) == (0, 10)
+    exact_arms = {"jakiro-exact", "jakiro-lookup-exact"}
+    if exact == "1":
+        assert exact_arms <= set(arms) and set(args.greedy_only) == exact_arms
+        assert all(arms[name].generation.exact_verification for name in exact_arms)
+    else:
+        assert not exact_arms & set(arms) and args.greedy_only == []
+
+
 def test_spread_order_samples_every_prefix_evenly():
     from jakiro.evaluation.benchmark import spread_order
 
