@@ -171,7 +171,7 @@ def test_from_pretrained_loads_saved_directories(tmp_path):
 
 def test_config_keys():
     cfg = load_config("jakiro_star_smollm2")
-    assert cfg.eval.method == "jakiro_star" and cfg.tree.static_tree == "cpu8"
+    assert cfg.eval.method == "jakiro_star" and cfg.tree.static_tree == "cpu8" and cfg.tree.lookup_tokens == 10
     assert (cfg.draft.num_experts, cfg.draft.experts_per_token, cfg.draft.parallel_head) == (2, 2, False)
     assert load_config(None, ["tree.static_tree=cpu16"]).tree.static_tree == "cpu16"
     with pytest.raises(ConfigError, match=r"tree\.static_tree: expected one of 'mc_sim_7b_63'.*got 'mc_sim'"):
