@@ -54,15 +54,15 @@ def _torch_device(device: torch.device | str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def auto_dtype(device: torch.device | str, extension: str | None = None) -> str:
+def auto_dtype(device: torch.device | str) -> str:
     """The dtype ``model.dtype: auto`` stands for: "bfloat16" on a GPU or on a CPU whose matrix extension
-    (default: :func:`matrix_extension`) multiplies bf16 natively (AMX, AVX512-BF16), else "float32". Without them a
+    (:func:`matrix_extension`) multiplies bf16 natively (AMX, AVX512-BF16), else "float32". Without them a
     bf16 product of several rows (tree verification) is emulated: on an AVX2-only AMD EPYC (Zen 3) verifying 8
     SmolLM2 nodes took 137 ms in bf16 (3.8 decoding steps) and 106 ms in fp32 (2.0), and speculation only paid in
-    fp32 (README, "On another CPU")."""
+    fp32 (README, "On a CPU without native bf16")."""
     if _torch_device(device).type != "cpu":
         return "bfloat16"
-    return "bfloat16" if (extension or matrix_extension()) in NATIVE_BF16 else "float32"
+    return "bfloat16" if matrix_extension() in NATIVE_BF16 else "float32"
 
 
 def describe(device: torch.device | str) -> str:

@@ -10,7 +10,8 @@ Same API as ``EaModel`` (``from_pretrained``, ``eagenerate``, ``naivegenerate``,
 
 Per step: :class:`jakiro_star.drafter.StaticTreeDrafter` draws the static tree's nodes from the experts'
 distributions (with ``lookup_tokens``, a prompt-lookup branch joins them as fixed candidates), the target verifies
-the tree in one forward (the ``jakiro`` target adapter and KV compaction), and the verdict comes from :func:`jakiro.verify.verify_greedy` at temperature 0 or
+the tree in one forward (the ``jakiro`` target adapter and KV compaction), and the verdict comes from
+:func:`jakiro.verify.verify_greedy` at temperature 0 or
 :func:`jakiro_star.verify.verify_recursive` (lossless recursive rejection sampling) otherwise.
 """
 
