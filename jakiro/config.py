@@ -251,7 +251,9 @@ class TrainConfig(_Section):
     noise_mean: float = 0.0  # mean of the gaussian noise
     noise_std: float = 0.2  # noise scale
     max_len: int = 2048  # truncate stored sequences to this many tokens
-    mixed_precision: str = "bf16"  # accelerate mixed precision: "no", "bf16" or "fp16"
+    # accelerate mixed precision: "no", "bf16" or "fp16"; auto: "bf16" where hardware.auto_dtype picks bf16 for the
+    # training device (a GPU, a CPU with AMX / AVX512-BF16), else "no" (an AVX2 CPU emulates bf16 products)
+    mixed_precision: str = "bf16"
     deepspeed_config: str | None = None  # DeepSpeed JSON for accelerate's plugin; None = plain DDP / single process
     num_workers: int = 0  # DataLoader workers
     test_fraction: float = 0.05  # share of sequences held out for evaluation (split shuffled with the seed)
@@ -281,7 +283,11 @@ class TrainConfig(_Section):
             self._require(name, getattr(self, name) >= 0, "a number >= 0")
         self._require_choice("grad_clip_mode", ("value", "norm"))
         self._require_choice("noise", ("uniform", "gaussian", "none"))
-        self._require_choice("mixed_precision", ("no", "bf16", "fp16"))
+        if self.mixed_precision == "auto":  # resolved here, like model.dtype, so records carry what ran
+            from jakiro.hardware import auto_dtype
+
+            self.mixed_precision = "bf16" if auto_dtype("auto") == "bfloat16" else "no"  # "auto": GPU if any, else CPU
+        self._require_choice("mixed_precision", ("no", "bf16", "fp16", "auto"))
         self._require("test_fraction", 0 <= self.test_fraction < 1, "a number in [0, 1)")
         trackers = self.report_to.split(",")
         self._require("report_to", self.report_to == "none" or all(t in ("tensorboard", "wandb") for t in trackers),

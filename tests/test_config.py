@@ -4,6 +4,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from jakiro.config import (
     CONFIG_DIR,
@@ -160,3 +161,18 @@ def test_auto_dtype_follows_the_hardware(monkeypatch, extension, device, dtype):
     monkeypatch.setattr(hardware, "matrix_extension", lambda: extension)
     cfg = load_config("smollm2", [f"model.device={device}"])
     assert cfg.model.dtype == dtype  # resolved when the config is built: records and answer files name the real one
+
+
+@pytest.mark.parametrize("extension, cuda, mixed_precision", [
+    ("AVX2", False, "no"),  # fp32 training: bf16 autocast is emulated there (~8x slower in tests/test_train_smollm2.py)
+    ("AMX-BF16", False, "bf16"), ("AVX512-BF16", False, "bf16"), ("AVX2", True, "bf16"),
+])
+def test_auto_mixed_precision_follows_the_hardware(monkeypatch, extension, cuda, mixed_precision):
+    from jakiro import hardware
+
+    monkeypatch.setattr(hardware, "matrix_extension", lambda: extension)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = load_config("train_smollm2")  # model.dtype and train.mixed_precision: auto
+    assert cfg.train.mixed_precision == mixed_precision
+    if not cuda:  # model.dtype follows model.device (cpu here)
+        assert cfg.model.dtype == ("bfloat16" if mixed_precision == "bf16" else "float32")
