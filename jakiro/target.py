@@ -4,7 +4,8 @@ It runs transformers' own model code (Llama, Qwen2, Mistral, Mixtral, ...) with 
 
 * ``prefill``: the prompt, causally; returns the last position's logits and every position's feature.
 * ``verify``: a whole draft tree in one forward, with an additive float 4D mask (prefix + ancestors) and explicit
-  position ids ``prefix_len + depth``.
+  position ids ``prefix_len + depth`` (on a CPU, grouped KV heads go to the attention kernel uncopied:
+  :mod:`jakiro.gqa_attention`).
   With ``exact_verification``, each node's attention is instead computed as one-token decoding computes it
   (:mod:`jakiro.exact_attention`), and the linear layers whose kernels round a row differently inside a batch
   compute one row at a time (:mod:`jakiro.exact_linear`), so verification reproduces plain decoding bit for bit.
@@ -16,11 +17,15 @@ It runs transformers' own model code (Llama, Qwen2, Mistral, Mixtral, ...) with 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from jakiro.cpu_linear import few_row_linear
 from jakiro.exact_attention import exact_tree_attention_for
 from jakiro.exact_linear import one_row_at_a_time, row_inconsistent_linears
+from jakiro.gqa_attention import gqa_tree_attention_for
 from jakiro.hf_compat import cache_keyword
 from jakiro.tree import DraftTree, additive_tree_mask, root_paths
 
@@ -44,6 +49,8 @@ class TargetModel:
                              f"{self.sliding_window}); use the default batched verification")
         # probed once: the layers exact verification runs one row at a time on this device
         self.row_by_row = row_inconsistent_linears(model) if exact_verification else []
+        # batched verification's CPU kernels (jakiro.cpu_linear, jakiro.gqa_attention); off only to measure them
+        self.cpu_kernels = True
 
     @property
     def device(self) -> torch.device:
@@ -68,8 +75,12 @@ class TargetModel:
         return out.last_hidden_state
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """[..., H] features -> [..., V] float32 logits."""
-        return self.lm_head(features.to(self.lm_head.weight.device)).float()
+        """[..., H] features -> [..., V] float32 logits (a tree's rows on a CPU: :mod:`jakiro.cpu_linear`; exact
+        verification keeps the head's own kernel, row by row where it must)."""
+        features = features.to(self.lm_head.weight.device)
+        if type(self.lm_head) is torch.nn.Linear and self.cpu_kernels and not self.exact_verification:
+            return few_row_linear(features, self.lm_head.weight, self.lm_head.bias).float()
+        return self.lm_head(features).float()
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +123,8 @@ class TargetModel:
                 logits = self.logits(features)
         else:
             mask = additive_tree_mask(tree.mask.to(self.device), prefix, self.dtype)
-            features = self._features(ids, positions, mask)
+            with gqa_tree_attention_for(self.model) if self.cpu_kernels else contextlib.nullcontext():
+                features = self._features(ids, positions, mask)
             logits = self.logits(features)
         return logits[0], features[0]
 

@@ -1,20 +1,25 @@
 """Verification cost curve of the configured target on this device: what one forward over n tree nodes costs.
 
     python -m jakiro.evaluation.tree_costs --config smollm2 [--context 300] [--sizes 1 2 4 8 16 32 64]
-        [--repeats 5] [--set model.dtype=float32 ...] [--set generation.exact_verification=true]
+        [--repeats 5] [--set model.dtype=float32 ...] [--set generation.exact_verification=true] [--compare-kernels]
 
 For each n: the median time of verifying a 4-ary tree of n nodes (``TargetModel.verify``: tree mask, LM head) after
 ``--context`` cached tokens, and its ratio to one plain decoding step (a cached forward of one token). A speculative step pays the verification of its tree plus
 the drafting, and gains tau tokens, so the curve bounds the tree size worth trying: past the knee, extra nodes cost
 more than the few extra accepted tokens they can bring. The last line names the size ``tree.total_token: -1`` picks.
 Choose depth and top_k with the interleaved benchmark (``python -m jakiro.evaluation.benchmark``, one arm per tree).
+
+``--compare-kernels`` instead times every size with and without batched verification's CPU kernels
+(:mod:`jakiro.cpu_linear`, :mod:`jakiro.gqa_attention`), alternating run by run so that drift hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
+import time
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -24,6 +29,7 @@ from jakiro.config import ConfigError, add_config_arguments, config_from_args
 from jakiro.hardware import describe as describe_hardware
 from jakiro.model.ea_model import measure_decoding_step_cost, measure_verification_costs, pick_tree_size
 from jakiro.target import TargetModel
+from jakiro.tree import full_tree
 
 DEFAULT_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
@@ -36,6 +42,42 @@ def format_costs(costs: dict[int, float], step: float) -> str:
     return "\n".join(rows)
 
 
+@torch.inference_mode()
+def compare_kernels(target: TargetModel, sizes, context_len: int, repeats: int) -> dict[int, tuple[float, float]]:
+    """{n: (median seconds without, with the CPU kernels)} of verifying a 4-ary tree of n nodes after
+    ``context_len`` cached random tokens; the two alternate run by run (one warm-up run each)."""
+    vocab = target.lm_head.weight.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    target.prefill(torch.randint(0, vocab, (1, context_len), generator=generator))
+    medians = {}
+    for n in sizes:
+        tree = full_tree(torch.randint(0, vocab, (n,), generator=generator))
+        timings = {False: [], True: []}
+        for _ in range(repeats + 1):
+            for kernels in (False, True):
+                target.cpu_kernels = kernels
+                if target.device.type == "cuda":
+                    torch.cuda.synchronize(target.device)
+                begin = time.perf_counter()
+                target.verify(tree)
+                if target.device.type == "cuda":
+                    torch.cuda.synchronize(target.device)
+                timings[kernels].append(time.perf_counter() - begin)
+                target.crop(context_len)
+        medians[n] = (statistics.median(timings[False][1:]), statistics.median(timings[True][1:]))
+    target.cpu_kernels = True
+    target.cache = None
+    return medians
+
+
+def format_comparison(medians: dict[int, tuple[float, float]]) -> str:
+    """Markdown table: nodes, milliseconds without and with the CPU kernels, their ratio."""
+    rows = ["| nodes verified | plain kernels, ms | CPU kernels, ms | ratio |", "|---|---|---|---|"]
+    rows += [f"| {n} | {1000 * plain:.1f} | {1000 * cpu:.1f} | {cpu / plain:.2f} |"
+             for n, (plain, cpu) in sorted(medians.items())]
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jakiro.evaluation.tree_costs",
                                      description=__doc__.split("\n\n")[0])
@@ -43,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=300, help="cached tokens before the tree (default 300)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="tree sizes to time")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per size (median; default 5)")
+    parser.add_argument("--compare-kernels", action="store_true",
+                        help="time each size with and without batched verification's CPU kernels, interleaved")
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
@@ -55,12 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     target = TargetModel(model, cfg.generation.exact_verification)
+    header = (f"{base.rstrip('/').split('/')[-1]}, {cfg.model.dtype}, batch 1, context {args.context}, "
+              f"{describe_hardware(target.device)}, {platform.python_implementation()} "
+              f"{platform.python_version()}, torch {torch.__version__}, "
+              f"{'exact' if target.exact_verification else 'batched'} verification")
+    if args.compare_kernels:
+        print(header)
+        print(format_comparison(compare_kernels(target, sorted(set(args.sizes)), args.context, args.repeats)))
+        return 0
     costs = measure_verification_costs(target, sorted(set(args.sizes)), args.context, args.repeats)
     step = measure_decoding_step_cost(target, args.context, args.repeats)
-    print(f"{base.rstrip('/').split('/')[-1]}, {cfg.model.dtype}, batch 1, context {args.context}, "
-          f"{describe_hardware(target.device)}, {platform.python_implementation()} "
-          f"{platform.python_version()}, torch {torch.__version__}, "
-          f"{'exact' if target.exact_verification else 'batched'} verification")
+    print(header)
     print(format_costs(costs, step))
     print(f"tree.total_token: -1 would pick {pick_tree_size(costs)} (largest size within 1.3x the smallest's cost)")
     return 0

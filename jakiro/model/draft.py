@@ -34,6 +34,7 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
+from jakiro.cpu_linear import few_row_linear
 from jakiro.drafts import resolve_draft_path
 from jakiro.hf_compat import cache_keyword
 from jakiro.io import atomic_write
@@ -262,9 +263,9 @@ class DraftHead(nn.Module):
         head = self.lm_head
         x = features.to(head.weight.device, head.weight.dtype)
         if self.d2t is None:
-            return head(x)
+            return few_row_linear(x, head.weight, head.bias) if type(head) is nn.Linear else head(x)
         weight, bias = self._restricted_weights(head)
-        return nn.functional.linear(x, weight, bias)
+        return few_row_linear(x, weight, bias)  # a few rows per drafting layer: :mod:`jakiro.cpu_linear`
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """[..., H] draft features -> [..., V] logits over the target vocabulary (-inf outside the draft vocabulary)."""
