@@ -19,7 +19,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -27,7 +26,8 @@ from transformers import AutoModelForCausalLM
 from jakiro.assets import AssetError, ensure_smollm2
 from jakiro.config import ConfigError, add_config_arguments, config_from_args
 from jakiro.hardware import describe as describe_hardware
-from jakiro.model.ea_model import measure_decoding_step_cost, measure_verification_costs, pick_tree_size
+from jakiro.model.ea_model import (measure_decoding_step_cost, measure_verification_costs, pick_tree_size,
+                                   seconds_of)
 from jakiro.target import TargetModel
 from jakiro.tree import full_tree
 
@@ -56,13 +56,7 @@ def compare_kernels(target: TargetModel, sizes, context_len: int, repeats: int) 
         for _ in range(repeats + 1):
             for kernels in (False, True):
                 target.cpu_kernels = kernels
-                if target.device.type == "cuda":
-                    torch.cuda.synchronize(target.device)
-                begin = time.perf_counter()
-                target.verify(tree)
-                if target.device.type == "cuda":
-                    torch.cuda.synchronize(target.device)
-                timings[kernels].append(time.perf_counter() - begin)
+                timings[kernels].append(seconds_of(target.device, lambda: target.verify(tree)))
                 target.crop(context_len)
         medians[n] = (statistics.median(timings[False][1:]), statistics.median(timings[True][1:]))
     target.cpu_kernels = True

@@ -345,17 +345,22 @@ def pick_tree_size(costs: dict[int, float], slack: float = 1.3) -> int:
     return max(n for n, cost in costs.items() if cost <= slack * costs[smallest])
 
 
+def seconds_of(device: torch.device, run) -> float:
+    """Wall time of one ``run()`` on ``device`` (CUDA work synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - begin
+
+
 def _median_seconds(device: torch.device, run, repeats: int, reset) -> float:
     """Median wall time of ``run()`` over ``repeats`` timed calls after one warm-up, ``reset()`` after each call."""
     timings = []
     for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        begin = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings.append(time.perf_counter() - begin)
+        timings.append(seconds_of(device, run))
         reset()
     return statistics.median(timings[1:])
 
