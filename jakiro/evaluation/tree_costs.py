@@ -27,9 +27,8 @@ from jakiro.assets import AssetError, ensure_smollm2
 from jakiro.config import ConfigError, add_config_arguments, config_from_args
 from jakiro.hardware import describe as describe_hardware
 from jakiro.model.ea_model import (measure_decoding_step_cost, measure_verification_costs, pick_tree_size,
-                                   seconds_of)
+                                   random_verification_trees, seconds_of)
 from jakiro.target import TargetModel
-from jakiro.tree import full_tree
 
 DEFAULT_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
@@ -46,12 +45,8 @@ def format_costs(costs: dict[int, float], step: float) -> str:
 def compare_kernels(target: TargetModel, sizes, context_len: int, repeats: int) -> dict[int, tuple[float, float]]:
     """{n: (median seconds without, with the CPU kernels)} of verifying a 4-ary tree of n nodes after
     ``context_len`` cached random tokens; the two alternate run by run (one warm-up run each)."""
-    vocab = target.lm_head.weight.shape[0]
-    generator = torch.Generator().manual_seed(0)
-    target.prefill(torch.randint(0, vocab, (1, context_len), generator=generator))
     medians = {}
-    for n in sizes:
-        tree = full_tree(torch.randint(0, vocab, (n,), generator=generator))
+    for n, tree in random_verification_trees(target, sizes, context_len):
         timings = {False: [], True: []}
         for _ in range(repeats + 1):
             for kernels in (False, True):
@@ -60,7 +55,6 @@ def compare_kernels(target: TargetModel, sizes, context_len: int, repeats: int) 
                 target.crop(context_len)
         medians[n] = (statistics.median(timings[False][1:]), statistics.median(timings[True][1:]))
     target.cpu_kernels = True
-    target.cache = None
     return medians
 
 

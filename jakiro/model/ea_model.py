@@ -369,16 +369,22 @@ def _median_seconds(device: torch.device, run, repeats: int, reset) -> float:
 def measure_verification_costs(target: TargetModel, sizes, context_len: int = 128, repeats: int = 3) -> dict:
     """Median seconds of ``target.verify`` over a 4-ary tree of n nodes (LM head included) after a cached context of
     ``context_len`` random tokens, per n."""
+    costs = {}
+    for n, tree in random_verification_trees(target, sizes, context_len):
+        costs[n] = _median_seconds(target.device, lambda: target.verify(tree), repeats,
+                                   lambda: target.crop(context_len))
+    return costs
+
+
+def random_verification_trees(target: TargetModel, sizes, context_len: int):
+    """Prefill ``context_len`` random tokens (seeded), then yield (n, a 4-ary tree of n random tokens) per size; the
+    target's cache is dropped once all are consumed."""
     vocab = target.lm_head.weight.shape[0]
     generator = torch.Generator().manual_seed(0)
     target.prefill(torch.randint(0, vocab, (1, context_len), generator=generator))
-    costs = {}
     for n in sizes:
-        tree = full_tree(torch.randint(0, vocab, (n,), generator=generator))
-        costs[n] = _median_seconds(target.device, lambda: target.verify(tree), repeats,
-                                   lambda: target.crop(context_len))
+        yield n, full_tree(torch.randint(0, vocab, (n,), generator=generator))
     target.cache = None
-    return costs
 
 
 @torch.inference_mode()
