@@ -594,30 +594,33 @@ def test_pick_questions_spreads_over_categories():
         answers.pick_questions(questions, every=0)
 
 
+def run_tree_costs(target, capsys, *extra):
+    """tree_costs on the tiny fp32 target after 8 cached tokens: (exit code, table rows as cell lists, output)."""
+    from jakiro.evaluation import tree_costs
+
+    argv = ["--set", f"model.base_model_path={target}", "--set", "model.dtype=float32", "--context", "8", *extra]
+    code = tree_costs.main(argv)
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    return code, rows, out
+
+
 def test_tree_costs_prints_the_curve(tiny_dirs, capsys):
     from jakiro.evaluation import tree_costs
 
     target, _ = tiny_dirs
-    argv = ["--set", f"model.base_model_path={target}", "--set", "model.dtype=float32", "--context", "8",
-            "--sizes", "4", "1", "2", "--repeats", "1"]
-    assert tree_costs.main(argv) == 0
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [row.split("|")[1].strip() for row in rows] == ["1", "2", "4"]
+    code, rows, out = run_tree_costs(target, capsys, "--sizes", "4", "1", "2", "--repeats", "1")
+    assert code == 0
+    assert [row[0].strip() for row in rows] == ["1", "2", "4"]
     assert "| (decoding step) |" in out
     assert "tree.total_token: -1 would pick" in out
-    assert tree_costs.main([*argv, "--sizes", "0"]) == 2
+    assert tree_costs.main(["--set", f"model.base_model_path={target}", "--sizes", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
 
 
 def test_tree_costs_compares_the_cpu_kernels_side_by_side(tiny_dirs, capsys):
-    from jakiro.evaluation import tree_costs
-
     target, _ = tiny_dirs
-    argv = ["--set", f"model.base_model_path={target}", "--set", "model.dtype=float32", "--context", "8",
-            "--sizes", "4", "2", "--repeats", "2", "--compare-kernels"]
-    assert tree_costs.main(argv) == 0
-    out = capsys.readouterr().out
-    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    code, rows, _ = run_tree_costs(target, capsys, "--sizes", "4", "2", "--repeats", "2", "--compare-kernels")
+    assert code == 0
     assert [row[0].strip() for row in rows] == ["2", "4"]
     assert all(float(plain) >= 0 and float(cpu) >= 0 and float(ratio) > 0 for _, plain, cpu, ratio in rows)
