@@ -624,3 +624,51 @@ def test_tree_costs_compares_the_cpu_kernels_side_by_side(tiny_dirs, capsys):
     assert code == 0
     assert [row[0].strip() for row in rows] == ["2", "4"]
     assert all(float(plain) >= 0 and float(cpu) >= 0 and float(ratio) > 0 for _, plain, cpu, ratio in rows)
+
+
+# -- alternating A/B of one lookup setting ------------------------------------------------------------------------
+
+
+def alternate_argv(tiny_dirs, *extra):
+    target, draft = tiny_dirs
+    return ["--set", f"model.base_model_path={target}", "--set", f"model.draft_path={draft}",
+            "--set", "model.dtype=float32", "--set", f"eval.question_file={QUESTIONS}", "--set", "tree.total_token=8",
+            "--every", "1", "--max-new-tokens", "12", *extra]
+
+
+def test_alternate_times_both_values_on_the_same_turns(tiny_dirs, capsys):
+    from jakiro.evaluation import alternate
+
+    assert alternate.main(alternate_argv(tiny_dirs, "--setting", "lookup_tokens", "--values", "0", "4")) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("after question")]
+    assert [line.split(":")[0] for line in lines] == ["after question 81", "after question 82"]
+    assert all("B/A" in line for line in lines)
+
+
+def test_alternate_reports_a_greedy_difference(tiny_dirs, monkeypatch):
+    from jakiro.evaluation import alternate
+    from jakiro.model.ea_model import EaModel
+
+    generate = EaModel.eagenerate
+
+    def differs_when_b(self, input_ids, **kwargs):  # B's answers end with another token
+        ids = generate(self, input_ids, **kwargs)
+        if self.lookup_tokens == 4 and ids.shape[1] > input_ids.shape[1] + 1:
+            ids[0, -1] = (ids[0, -1] + 1) % self.base_model.config.vocab_size
+        return ids
+
+    monkeypatch.setattr(EaModel, "eagenerate", differs_when_b)
+    with pytest.raises(AssertionError, match="turn 1: greedy answers differ between lookup_tokens=0 and "
+                                             "lookup_tokens=4"):
+        alternate.main(alternate_argv(tiny_dirs, "--setting", "lookup_tokens", "--values", "0", "4"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--setting", "lookup_ngram", "--values", "0", "3"], "must be >= 1"),
+    (["--setting", "lookup_tokens", "--values", "0", "4", "--set", "eval.method=baseline"], "jakiro or jakiro_star"),
+])
+def test_alternate_bad_input(tiny_dirs, args, message, capsys):
+    from jakiro.evaluation import alternate
+
+    assert alternate.main(alternate_argv(tiny_dirs, *args)) == 2
+    assert message in capsys.readouterr().err
