@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         if cfg.eval.method not in ("jakiro", "jakiro_star"):
             raise ValueError(f"eval.method must be jakiro or jakiro_star, got {cfg.eval.method!r}")
+        if args.values[0] == args.values[1]:
+            raise ValueError(f"--values must differ, got {args.values[0]} twice")
         if min(args.values) < (1 if args.setting == "lookup_ngram" else 0):
             raise ValueError(f"--values for {args.setting} must be >= {1 if args.setting == 'lookup_ngram' else 0}")
         if args.max_new_tokens < 1 or args.temperature < 0:
