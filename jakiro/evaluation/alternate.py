@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"eval.method must be jakiro or jakiro_star, got {cfg.eval.method!r}")
         if args.values[0] == args.values[1]:
             raise ValueError(f"--values must differ, got {args.values[0]} twice")
-        if min(args.values) < (1 if args.setting == "lookup_ngram" else 0):
-            raise ValueError(f"--values for {args.setting} must be >= {1 if args.setting == 'lookup_ngram' else 0}")
+        lowest = 1 if args.setting == "lookup_ngram" else 0
+        if min(args.values) < lowest:
+            raise ValueError(f"--values for {args.setting} must be >= {lowest}")
         if args.max_new_tokens < 1 or args.temperature < 0:
             raise ValueError("--max-new-tokens must be >= 1 and --temperature >= 0")
         questions = pick_questions(load_questions(question_path(cfg)), args.questions, args.every)
