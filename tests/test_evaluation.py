@@ -665,6 +665,7 @@ def test_alternate_reports_a_greedy_difference(tiny_dirs, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--setting", "lookup_ngram", "--values", "0", "3"], "must be >= 1"),
+    (["--setting", "lookup_ngram", "--values", "2", "3"], "needs the lookup branch on"),
     (["--setting", "lookup_tokens", "--values", "4", "4"], "must differ"),
     (["--setting", "lookup_tokens", "--values", "0", "4", "--set", "eval.method=baseline"], "jakiro or jakiro_star"),
 ])

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         lowest = 1 if args.setting == "lookup_ngram" else 0
         if min(args.values) < lowest:
             raise ValueError(f"--values for {args.setting} must be >= {lowest}")
+        if args.setting == "lookup_ngram" and cfg.tree.lookup_tokens == 0:
+            raise ValueError("comparing lookup_ngram values needs the lookup branch on: add --set tree.lookup_tokens=N")
         if args.max_new_tokens < 1 or args.temperature < 0:
             raise ValueError("--max-new-tokens must be >= 1 and --temperature >= 0")
         questions = pick_questions(load_questions(question_path(cfg)), args.questions, args.every)
