@@ -131,21 +131,29 @@ def test_hardware_names_the_cpus_matrix_extension(monkeypatch, tmp_path):
     assert hardware.describe("cpu").startswith("AMD EPYC CPU (AVX2), ")  # Zen 3: told apart from an AVX-512 Zen 4
 
 
-def test_resume_refuses_a_file_from_other_hardware(tiny_dirs, tmp_path, capsys):
+@pytest.mark.parametrize("key, other", [("hardware", "Other CPU, 64 threads"), ("torch", "2.0.0"),
+                                        ("transformers", "5.0.0")])
+def test_resume_refuses_a_file_from_other_hardware_or_versions(tiny_dirs, tmp_path, capsys, key, other):
+    import torch
+    import transformers
+
     from jakiro.hardware import describe
 
     path = tmp_path / "answers.jsonl"
     (first,) = generate(tiny_dirs, path, "--method", "baseline", "--question-end", "1")
-    assert first["meta"]["settings"]["hardware"] == first["meta"]["hardware"] == describe("cpu")
-    first["meta"]["settings"]["hardware"] = "Other CPU, 64 threads"
+    settings = first["meta"]["settings"]
+    assert settings["hardware"] == first["meta"]["hardware"] == describe("cpu")
+    assert (settings["torch"], settings["transformers"]) == (torch.__version__, transformers.__version__)
+    settings[key] = other
     path.write_text(json.dumps(first) + "\n")
     target, _ = tiny_dirs
     argv = ["--base-model-path", str(target), "--set", "model.dtype=float32", "--question-file", str(QUESTIONS),
             "--answer-file", str(path), "--method", "baseline", "--max-new-tokens", "6", "--no-progress"]
     assert answers.main(argv) == 2
-    assert "(hardware: 'Other CPU, 64 threads' in the file, " in capsys.readouterr().err
-    # records written before the hardware was recorded are not compared on it
-    del first["meta"]["settings"]["hardware"]
+    assert f"({key}: {other!r} in the file, " in capsys.readouterr().err
+    assert path.read_text().count("\n") == 1  # nothing was added
+    # records written before this setting was recorded are not compared on it
+    del settings[key]
     path.write_text(json.dumps(first) + "\n")
     assert answers.main(argv) == 0
     assert [r["question_id"] for _, r in read_records(path)] == [81, 82]

@@ -4,8 +4,9 @@ Answer files (``gen_ea_answer``, ``gen_baseline_answer``, the benchmark) and gre
 skipping the questions they already hold. Each record therefore carries :func:`run_settings` (answers: in
 ``meta["settings"]``; greedy checks: in ``settings``), and :func:`check_resumable` refuses to add to a file whose
 records were made with other settings: a changed draft (compared by a digest of its weights, so retraining into
-the same directory counts), tree, dtype, hardware (speeds measured on two machines are not comparable), temperature,
-token budget and so on. Records written before settings were recorded carry none and are not compared.
+the same directory counts), tree, dtype, hardware (speeds measured on two machines are not comparable), the torch and
+transformers versions (a new release changes kernels and decoding code), temperature, token budget and so on.
+Records written before settings were recorded carry none and are not compared.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+import transformers
+
 from jakiro.config import JakiroConfig
 from jakiro.drafts import resolve_draft_path
 from jakiro.evaluation.methods import SPECULATIVE_METHODS
 from jakiro.hardware import describe as describe_hardware
 
 DRAFT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
-RECORDED_LATER = ("hardware",)  # settings that files written before they were recorded lack
+RECORDED_LATER = ("hardware", "torch", "transformers")  # settings that files written before they were recorded lack
 
 
 def draft_digest(path: str | Path) -> str:
@@ -47,8 +51,9 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
     """Every config value the method of ``cfg.eval.method`` reads when answering, as a JSON-ready dict.
 
     With ``greedy_check`` the sampling settings (temperature, top-p/k, seed, choices) are left out: the greedy
-    check always decodes at temperature 0. So is the hardware: each of its records compares two decodings made on
-    one machine (and names that machine), so records from several machines add up.
+    check always decodes at temperature 0. So are the hardware and the library versions: each of its records
+    compares two decodings made on one machine (and names that machine and the versions), so records from several
+    machines add up.
     """
     e, gen, model, tree = cfg.eval, cfg.generation, cfg.model, cfg.tree
     temperature, max_new_tokens = settings(cfg)
@@ -56,7 +61,8 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
            "device": model.device, "chat_template": model.chat_template, "system_prompt": e.system_prompt,
            "max_new_tokens": max_new_tokens, "max_length": gen.max_length}
     if not greedy_check:
-        out.update(hardware=describe_hardware(model.device), temperature=temperature, top_p=gen.top_p,
+        out.update(hardware=describe_hardware(model.device), torch=torch.__version__,
+                   transformers=transformers.__version__, temperature=temperature, top_p=gen.top_p,
                    top_k=gen.top_k, seed=gen.seed, num_choices=e.num_choices)
     if e.method in SPECULATIVE_METHODS:
         out["draft"] = (draft_digest(model.draft_path) if model.draft_path
