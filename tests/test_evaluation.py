@@ -343,6 +343,18 @@ def test_plot_is_written_or_skipped_with_a_message(tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_leaves_out_a_method_that_a_bench_does_not_report():
+    from jakiro.evaluation.plot import grouped_bars
+
+    reports = [{"bench": "T=0", "methods": [{"label": "spec", "speedup": 2.0}, {"label": "exact", "speedup": 1.5}]},
+               {"bench": "T=1", "methods": [{"label": "spec", "speedup": 0.9}]}]  # exact: a greedy-only arm
+    bars, width = grouped_bars(reports, "speedup")
+    assert width == pytest.approx(0.4)
+    assert bars["spec"] == (pytest.approx([-0.2, 0.8]), [2.0, 0.9])
+    assert bars["exact"] == (pytest.approx([0.2]), [1.5])  # no zero-height bar at T=1
+    assert grouped_bars(reports, "tau")[0] == {"spec": ([], []), "exact": ([], [])}
+
+
 # -- scripts --------------------------------------------------------------------------------------------------------
 
 
@@ -436,13 +448,34 @@ def test_benchmark_report_only_compares_what_every_arm_answered(tiny_dirs, tmp_p
     answers = tmp_path / "mt_bench" / "temperature-0.0"
     lines = (answers / "spec.jsonl").read_text().splitlines(keepends=True)
     (answers / "spec.jsonl").write_text(lines[0])  # as if stopped after the first question's spec answer
+    for path in answers.glob("*.jsonl"):  # as if answered on another machine, where dtype auto chose bf16
+        path.write_text(on_another_machine(path.read_text()))
     before = {path.name: path.read_text() for path in answers.glob("*.jsonl")}
     monkeypatch.setattr(benchmark, "load_arms", lambda arms: pytest.fail("models loaded for a report"))
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0")) == 2  # no resuming here
+    assert "hardware: 'another CPU' in the file" in capsys.readouterr().err
     assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "--report-only")) == 0
     assert {path.name: path.read_text() for path in answers.glob("*.jsonl")} == before  # nothing answered
     report = json.loads((answers / "speed.json").read_text())
     assert report["baseline"]["samples"] == 1 and [m["samples"] for m in report["methods"]] == [1, 1]
     assert "2 answers left out: only the 1 samples that every arm answered are compared" in report["notes"]
+    # the report still refuses a file whose records disagree, on the machine or on anything else
+    first, second = (answers / "vanilla.jsonl").read_text().splitlines(keepends=True)
+    (answers / "vanilla.jsonl").write_text(first + second.replace("another CPU", "a third CPU"))
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "--report-only")) == 2
+    assert "hardware: 'a third CPU' in the file, 'another CPU' now" in capsys.readouterr().err
+    (answers / "vanilla.jsonl").write_text(first + second)
+    assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "--report-only",
+                                     "--set", "generation.max_length=999")) == 2
+    assert "max_length: " in capsys.readouterr().err
+
+
+def on_another_machine(jsonl: str) -> str:
+    """Answer records as if written on another CPU with other library versions and dtype."""
+    records = [json.loads(line) for line in jsonl.splitlines()]
+    for record in records:
+        record["meta"]["settings"].update(hardware="another CPU", torch="0.0", transformers="0.0", dtype="bfloat16")
+    return "".join(json.dumps(record) + "\n" for record in records)
 
 
 def benchmark_cpu_args(tmp_path, **env):

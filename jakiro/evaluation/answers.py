@@ -141,13 +141,14 @@ def answer_choice(method, prompter: ChatPrompter, question: dict, index: int, se
     return choice
 
 
-def done_questions(path: Path, current: dict) -> set:
+def done_questions(path: Path, current: dict, any_machine: bool = False) -> set:
     """Question ids already answered in ``path`` (a truncated last line is cut off the file); ValueError if its
-    records were made with settings other than ``current`` (:func:`jakiro.evaluation.run_settings.run_settings`)."""
+    records were made with settings other than ``current`` (:func:`jakiro.evaluation.run_settings.run_settings`;
+    ``any_machine``: but for the machine's own, see :func:`jakiro.evaluation.run_settings.check_resumable`)."""
     if not path.exists():
         return set()
     records = [record for _, record in read_records(path, repair_tail=True)]
-    check_resumable(path, ((record.get("meta") or {}).get("settings") for record in records), current)
+    check_resumable(path, ((record.get("meta") or {}).get("settings") for record in records), current, any_machine)
     return {record["question_id"] for record in records}
 
 

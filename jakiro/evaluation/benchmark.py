@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "for greedy equality)")
     parser.add_argument("--report-only", action="store_true",
                         help="answer nothing: write the reports from the answer files as they are (a stopped run: "
-                             "the questions every arm of a temperature answered)")
+                             "the questions every arm of a temperature answered), whichever machine answered them")
     parser.add_argument("--plot", action="store_true", help="also write speed.png (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -138,8 +138,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     out_dir = Path(args.out_dir)
     runs = {(arm.name, t): run_settings(with_temperature(arm.cfg, t))
             for t in args.temperatures for arm in arms_at(arms, t, args.greedy_only)}
-    # read (and checked against the settings) before any model loads, so that a mixed-up file fails fast
-    done = {(arm.name, t): done_questions(arm.answer_file(out_dir, t), runs[arm.name, t])
+    # read (and checked against the settings) before any model loads, so that a mixed-up file fails fast; a report
+    # may read files that another machine (CPU, library versions, the dtype ``auto`` chose there) answered
+    done = {(arm.name, t): done_questions(arm.answer_file(out_dir, t), runs[arm.name, t], args.report_only)
             for t in args.temperatures for arm in arms_at(arms, t, args.greedy_only)}
     todo = [q for q in spread_order(questions) if any(q["question_id"] not in answered for answered in done.values())]
     print(f"{len(questions) - len(todo)} of {len(questions)} questions done by every arm at every temperature, "

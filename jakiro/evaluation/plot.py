@@ -19,7 +19,7 @@ class PlotUnavailable(RuntimeError):
 
 
 def plot_reports(reports: list[dict], path: str | Path) -> None:
-    """Two panels of grouped bars (speedup, tau): one group per bench, one bar per method."""
+    """Two panels of grouped bars (speedup, tau): one group per bench, one bar per method that the bench reports."""
     try:
         import matplotlib
 
@@ -28,16 +28,11 @@ def plot_reports(reports: list[dict], path: str | Path) -> None:
     except ImportError:
         raise PlotUnavailable("matplotlib is not installed (pip install matplotlib)") from None
     benches = list(dict.fromkeys(r["bench"] for r in reports))
-    labels = list(dict.fromkeys(m["label"] for r in reports for m in r["methods"]))
-    values = {(r["bench"], m["label"]): m for r in reports for m in r["methods"]}
-    width = 0.8 / max(len(labels), 1)
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 2 + 1.6 * len(benches)), 4.5))
     for ax, key, title in ((axes[0], "speedup", "speedup vs baseline (x)"), (axes[1], "tau", "tau (tokens / forward)")):
-        for i, label in enumerate(labels):
-            xs = [b + (i - (len(labels) - 1) / 2) * width for b in range(len(benches))]
-            ys = [(values.get((bench, label)) or {}).get(key) or 0.0 for bench in benches]
-            bars = ax.bar(xs, ys, width, label=label)
-            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        bars, width = grouped_bars(reports, key)
+        for label, (xs, ys) in bars.items():
+            ax.bar_label(ax.bar(xs, ys, width, label=label), fmt="%.2f", fontsize=7)
         ax.set_xticks(range(len(benches)), benches)
         ax.set_title(title)
         ax.axhline(1.0, color="grey", linewidth=0.8)
@@ -46,6 +41,23 @@ def plot_reports(reports: list[dict], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def grouped_bars(reports: list[dict], key: str) -> tuple[dict[str, tuple[list[float], list[float]]], float]:
+    """Bar positions and heights of ``key`` per method label: group b (the b-th bench) is centred on x = b, each method
+    keeps its slot in every group, and a method that a bench does not report (e.g. a greedy-only arm at T = 1) or
+    reports no value for gets no bar there. Returns ({label: (xs, ys)}, bar width)."""
+    benches = list(dict.fromkeys(r["bench"] for r in reports))
+    labels = list(dict.fromkeys(m["label"] for r in reports for m in r["methods"]))
+    values = {(r["bench"], m["label"]): m.get(key) for r in reports for m in r["methods"]}
+    width = 0.8 / max(len(labels), 1)
+    bars = {}
+    for i, label in enumerate(labels):
+        offset = (i - (len(labels) - 1) / 2) * width
+        present = [(b + offset, values[bench, label]) for b, bench in enumerate(benches)
+                   if values.get((bench, label)) is not None]
+        bars[label] = ([x for x, _ in present], [y for _, y in present])
+    return bars, width
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from jakiro.hardware import describe as describe_hardware
 
 DRAFT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
 RECORDED_LATER = ("hardware", "torch", "transformers")  # settings that files written before they were recorded lack
+# settings that the machine decides (``model.dtype: auto`` resolves by CPU): a report may read files made elsewhere
+MACHINE_SETTINGS = ("hardware", "torch", "transformers", "dtype")
 
 
 def draft_digest(path: str | Path) -> str:
@@ -84,9 +86,15 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
     return json.loads(json.dumps(out))
 
 
-def check_resumable(path: Path, stored: Iterable[dict | None], current: dict) -> None:
+def check_resumable(path: Path, stored: Iterable[dict | None], current: dict, any_machine: bool = False) -> None:
     """Raise ValueError if any record's ``stored`` settings (None: not recorded) differ from ``current``; keys of
-    :data:`RECORDED_LATER` are compared only where the record has them."""
+    :data:`RECORDED_LATER` are compared only where the record has them. With ``any_machine`` (reading files made on
+    another machine, e.g. for a report) the :data:`MACHINE_SETTINGS` are taken from the file's first record instead
+    of ``current``: the records must still agree with each other on them."""
+    stored = list(stored)
+    if any_machine:
+        first = next((old for old in stored if old is not None), {})
+        current = {**current, **{key: first[key] for key in MACHINE_SETTINGS if key in first}}
     for old in stored:
         if old is None:
             continue
