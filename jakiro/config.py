@@ -157,7 +157,7 @@ class TreeConfig(_Section):
     top_k: int = 10  # children expanded per node and nodes kept per layer
     sibling_mode: str = "mixture"  # how experts propose children: "mixture" (merged top-k) or "per_expert"
     static_tree: str = "mc_sim_7b_63"  # method jakiro_star: static tree name (total_token/depth/top_k unused)
-    lookup_tokens: int = 0  # method jakiro: also verify up to this many tokens found by prompt lookup (0 = off)
+    lookup_tokens: int = 0  # methods jakiro, jakiro_star: also verify up to this many prompt-lookup tokens (0 = off)
     lookup_ngram: int = 3  # longest n-gram matched by the prompt lookup
 
     def validate(self) -> None:
@@ -181,8 +181,8 @@ class GenerationConfig(_Section):
     max_new_tokens: int = 512  # stop after this many generated tokens
     max_length: int = 2048  # hard cap on prompt + generated tokens (KV cache size)
     seed: int = 0  # seed of the torch generator used for sampling and acceptance
-    exact_verification: bool = False  # attention per tree node as in one-token decoding: output equal to plain
-    # decoding bit for bit where the matmul kernels are row-consistent (bf16 on this CPU); costs some speed
+    exact_verification: bool = False  # attention per tree node as in one-token decoding, row-inconsistent linear
+    # layers one row at a time: output equal to plain decoding bit for bit; costs speed (docs/cpu.md)
 
     def validate(self) -> None:
         self._require("temperature", self.temperature >= 0, "a number >= 0")

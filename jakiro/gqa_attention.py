@@ -5,10 +5,9 @@ Given a mask (a tree always has one), transformers' ``sdpa`` attention expands a
 every query head (``repeat_kv``: a copy of the whole cached context, per layer and call), because CUDA's fused
 kernels take no mask with grouped heads. PyTorch's CPU kernel does (``enable_gqa``), so on a CPU
 :func:`gqa_tree_attention_for` lets the model's attention layers call it directly. The copy grows with the
-context: on SmolLM2-135M (9 query heads, 3 KV heads), fp32, a 2-core AVX2 EPYC, an 8-node verification took 83.0
-instead of 85.6 ms after 300 tokens, 78.8 instead of 84.5 after 700 and 95.3 instead of 105.2 after 1,200 (medians
-of 38 interleaved runs). Plain decoding never pays it (one query: transformers packs the heads instead). Masked
-attention of grouped heads computes the same products as of repeated ones; the logits agreed bit for bit there.
+context (timings in ``docs/cpu.md``, "CPU verification kernels"). Plain decoding never pays it (one query:
+transformers packs the heads instead). Masked attention of grouped heads computes the same products as of repeated
+ones; the logits agreed bit for bit there.
 """
 
 from __future__ import annotations

@@ -57,9 +57,8 @@ def _torch_device(device: torch.device | str) -> torch.device:
 def auto_dtype(device: torch.device | str) -> str:
     """The dtype ``model.dtype: auto`` stands for: "bfloat16" on a GPU or on a CPU whose matrix extension
     (:func:`matrix_extension`) multiplies bf16 natively (AMX, AVX512-BF16), else "float32". Without them a
-    bf16 product of several rows (tree verification) is emulated: on an AVX2-only AMD EPYC (Zen 3) verifying 8
-    SmolLM2 nodes took 137 ms in bf16 (3.8 decoding steps) and 106 ms in fp32 (2.0), and speculation only paid in
-    fp32 (README, "On a CPU without native bf16")."""
+    bf16 product of several rows (tree verification) is emulated and costs several decoding steps, so
+    speculation only pays in fp32 (the measurements are in ``docs/cpu.md``)."""
     if _torch_device(device).type != "cpu":
         return "bfloat16"
     return "bfloat16" if matrix_extension() in NATIVE_BF16 else "float32"

@@ -1,7 +1,7 @@
 """Draft heads shipped with the package, named ``shipped:<name>`` wherever a draft directory is expected.
 
 Each sub-folder is a draft directory (``config.json`` + ``model.safetensors``) trained by
-``scripts/train_smollm2_drafts.sh``; see the README for the data, steps and wall time of each::
+``scripts/train_smollm2_drafts.sh``; see ``docs/training.md`` ("Shipped drafts") for the data, steps and wall time of each::
 
     EaModel.from_pretrained(base_model_path=smollm2_dir, ea_model_path="shipped:smollm2-jakiro")
     python -m jakiro.demo --set model.draft_path=shipped:smollm2-eagle2

@@ -1,7 +1,7 @@
 """Training-data generation for the draft head: the target's features for chat conversations.
 
-* ``templates``: chat formatting and the assistant loss mask (tokenizer chat templates, FastChat vicuna /
-  llama-2, Llama-3);
+* :mod:`jakiro.chat_templates` (re-exported here): chat formatting and the assistant loss mask (tokenizer chat
+  templates, FastChat vicuna / llama-2, Llama-3);
 * ``generate``: the resumable, distributed pipeline writing safetensors shards + ``manifest.json``
   (``python -m jakiro.ge_data``; ``python -m jakiro.ge_data.allocation --outdir DIR`` is the reference's alias);
 * ``dataset``: the stored shards as a torch Dataset, and an online Dataset computing the same items on the fly.

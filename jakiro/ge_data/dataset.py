@@ -8,7 +8,7 @@ left out)::
 on the CPU. ``FeatureShards`` reads what ``python -m jakiro.ge_data`` wrote (needs its ``manifest.json``), about
 ``2 H`` bytes of disk per token in bf16. ``OnlineFeatures`` needs no disk: it tokenizes every conversation once at
 construction and runs the target for each item (use it with ``num_workers=0``; the target lives in the main
-process). The README's "Training data" section gives the measured disk / compute trade-off.
+process). ``docs/training.md`` ("Training data") gives the measured disk / compute trade-off.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class OnlineFeatures(Dataset):
     Args:
         records: ShareGPT records (``{"conversations": [{"from", "value"}]}``), in item order.
         model, tokenizer: the target (any causal LM with ``get_decoder``) and its fast tokenizer.
-        template: how to format and mask (``templates.get_template``).
+        template: how to format and mask (:func:`jakiro.chat_templates.get_template`).
         max_len: truncate conversations to this many tokens.
         features_dtype: dtype of the returned hidden states (the stored dataset's ``features_dtype``).
     Attributes:

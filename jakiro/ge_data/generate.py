@@ -10,7 +10,7 @@ CPU group. ``accelerate launch --cpu`` always starts a single process.)
 Pipeline: load conversations (``data.input_path``: JSON list, JSONL or a ``datasets.load_from_disk`` directory;
 None = the recovered ShareGPT set of ``jakiro.assets``), shuffle with ``data.shuffle_seed``, select
 ``[start, end)``, cut into shards of ``data.shard_size`` conversations. Process ``r`` of ``N`` takes shards
-``r, r + N, ...``. Each conversation is formatted and masked (``templates.encode``), truncated to
+``r, r + N, ...``. Each conversation is formatted and masked (:func:`jakiro.chat_templates.encode`), truncated to
 ``data.max_len`` tokens and run through the target one at a time; empty or malformed ones are skipped and counted.
 
 Shard ``shard_{i:05d}.safetensors`` (written to a temporary file, then renamed) holds, for its ``n`` kept

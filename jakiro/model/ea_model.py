@@ -111,9 +111,10 @@ class EaModel(nn.Module):
     ) -> "EaModel":
         """Load a target with ``AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs)`` and a draft
         directory. ``total_token=-1`` measures the target on its device and picks the tree size.
-        ``exact_verification``: compute each tree node's attention as one-token decoding does, so that the output
-        equals plain decoding bit for bit where the target's matmul kernels are row-consistent (bf16 on oneDNN
-        CPUs); costs one attention call per node (:mod:`jakiro.exact_attention`). ``lookup_tokens`` > 0: every
+        ``exact_verification``: compute each tree node's attention as one-token decoding does, and the linear
+        layers whose rows round differently inside a batch one row at a time, so that the output equals plain
+        decoding bit for bit; costs one attention call per node (:mod:`jakiro.exact_attention`,
+        :mod:`jakiro.exact_linear`). ``lookup_tokens`` > 0: every
         step also verifies up to that many tokens copied from an earlier occurrence of the text's last
         ``lookup_ngram``-gram (:mod:`jakiro.lookup`), one extra branch of the tree."""
         if "torch_dtype" in hf_kwargs:  # the name reference users write; transformers 5 calls it dtype
