@@ -1,7 +1,7 @@
 """One typed config system for every Jakiro entry point.
 
-A run is described by a `JakiroConfig` with seven sections (model, draft, tree, generation, data, train, eval),
-each a dataclass whose defaults are the reference settings. A YAML or JSON file may set any subset of keys; the
+A run is described by a `JakiroConfig` with eight sections (model, draft, tree, generation, data, regenerate, train,
+eval), each a dataclass whose defaults are the reference settings. A YAML or JSON file may set any subset of keys; the
 command line overrides single keys with `--set section.key=value`. Unknown keys, wrong types and out-of-range
 values raise `ConfigError`, whose message names the dotted key, what was expected and what was given.
 
