@@ -208,3 +208,37 @@ def test_token_budget_batches():
 def test_a_sequence_longer_than_the_budget_gets_its_own_batch():
     sampler = TokenBudgetSampler([50, 3, 4], 10, 1, 0, seed=0, shuffle=False)
     assert [[p for p, _ in b] for b in sampler] == [[0], [1, 2]]
+
+
+# --- python -m jakiro.train.throughput ----------------------------------------------------------------------------------
+def test_throughput_command_prints_both_paths_and_the_ratio(target, tmp_path, capsys):
+    import re
+
+    from jakiro.train.throughput import draft_step_flops, main
+    from test_train import write_feature_dir
+
+    target.save_pretrained(tmp_path / "target")
+    data = [{k: v for k, v in item.items() if k not in ("index", "weight")} for item in items([9, 17, 5, 12, 30, 8])]
+    features = write_feature_dir(tmp_path / "features", data, HIDDEN, VOCAB)
+    argv = ["--config", "default", "--data", str(features), "--set", f"model.base_model_path={tmp_path / 'target'}",
+            "--set", "train.batch_size=2", "--set", "train.batch_tokens=32", "--conversations", "6", "--rounds", "2",
+            "--matmul-size", "64"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    lines = out[next(i for i, x in enumerate(out) if x.startswith("draft training throughput on ")):]
+    assert re.fullmatch(r"ratio new/old: \d+\.\d\d", lines[-1])
+    assert re.fullmatch(r"matmul 64x64 bfloat16: \d+\.\d{3} TFLOP/s", lines[1])
+    assert "6 conversations, 81 tokens an epoch" in lines[0]
+    for name, layout in (("old", "padded, 2 sequences a batch"), ("new", "packed, 32 tokens a batch")):
+        line = next(x for x in lines if x.startswith(f"{name} ("))
+        assert re.fullmatch(rf"{name} \({layout}\): [\d,]+ tokens/s, [\d,.]+ GFLOP/s = \d+\.\d% of the matmul rate",
+                            line), line
+    assert sum(x.startswith("round ") for x in lines) == 2
+    # FLOPs: more tokens and more scored rows cost more; attention grows with the square of a conversation
+    config = DraftHeadConfig.for_target(target.config)
+    assert draft_step_flops(config, [10, 10], 8, 6) < draft_step_flops(config, [20], 8, 6)
+    assert draft_step_flops(config, [20], 8, 6) < draft_step_flops(config, [20], 16, 12)
+    # bad input: one line, exit status 2
+    assert main([*argv[:2], "--data", str(tmp_path / "missing"), *argv[4:]]) == 2
+    assert "error: train.data_dir" in capsys.readouterr().err
+    assert main([*argv, "--rounds", "0"]) == 2
