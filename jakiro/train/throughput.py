@@ -10,7 +10,8 @@ from other processes hits both alike. Old = ``train.batch_size`` sequences padde
 recipe); new = the same conversations packed into rows of ``train.batch_tokens`` real tokens (``--batch-tokens``
 overrides; 0 = the old batches, packed). Printed: tokens/s of each path (real tokens, padding not counted), the
 useful FLOP rate of its draft steps (:func:`draft_step_flops`) as a fraction of a ``matmul_size``-square matmul
-measured on the spot in the run's dtype, and as the last line ``ratio new/old: X.XX``. Exit status 2 with a
+measured on the spot in the run's dtype (before the first round and after each, the best counts: other jobs on the
+cores lower single measurements), and as the last line ``ratio new/old: X.XX``. Exit status 2 with a
 one-line message for a bad config or data directory.
 """
 
@@ -176,14 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     train, config = trainer.train_cfg, trainer.draft_config
     dtype = torch.bfloat16 if train.mixed_precision == "bf16" else torch.float32
-    peak = matmul_flops_per_s(args.matmul_size, dtype)
+    peak = matmul_flops_per_s(args.matmul_size, dtype)  # remeasured after every round: the best one counts
     total = sum(min(len(item["input_ids"]), train.max_len) for item in items)
     print(f"draft training throughput on {cpu_name()}, {torch.get_num_threads()} threads, "
           f"{'bf16 autocast' if dtype == torch.bfloat16 else 'float32'}; draft: {config.num_local_experts} experts "
           f"(top-{config.num_experts_per_tok}){', parallel head' if config.parallel_head else ''}, vocabulary "
           f"{config.draft_vocab_size or config.vocab_size}; {len(items)} conversations, {total} tokens an epoch")
-    print(f"matmul {args.matmul_size}x{args.matmul_size} {str(dtype).removeprefix('torch.')}: "
-          f"{peak / 1e12:.3f} TFLOP/s")
     names = {"old": f"padded, {train.batch_size} sequences a batch",
              "new": f"packed, {f'{budget} tokens' if budget else f'{train.batch_size} sequences'} a batch"}
     sums = {"old": [0, 0.0, 0.0], "new": [0, 0.0, 0.0]}
@@ -196,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                     sums[name][i] += value
             line.append(f"{name} {tokens / seconds:,.0f} tokens/s")
         print(f"round {round_ + 1}{' (warmup)' if round_ == 0 and args.rounds > 1 else ''}: {'  '.join(line)}")
+        peak = max(peak, matmul_flops_per_s(args.matmul_size, dtype))
+    print(f"matmul {args.matmul_size}x{args.matmul_size} {str(dtype).removeprefix('torch.')}: "
+          f"{peak / 1e12:.3f} TFLOP/s (the best of {args.rounds + 1} measurements during the run)")
     rates = {}
     for name, (tokens, flops, seconds) in sums.items():
         rates[name] = tokens / seconds

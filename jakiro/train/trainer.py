@@ -8,6 +8,9 @@ What a run does (``cfg.train`` holds every number):
 * AdamW (betas, weight decay) over the draft's parameters only (the target's embedding and LM head are frozen and
   never in the optimizer or a checkpoint); warmup + cosine / linear / constant schedule whose length is the real
   number of optimizer steps of ``num_epochs`` epochs; gradient clipping by value (reference) or norm.
+* Batches: ``train.batch_size`` sequences per process, or up to ``train.batch_tokens`` real tokens per process;
+  right-padded rows, or (``train.packing``) packed into one row with attention kept within each conversation,
+  which gives the same losses without computing padding (:mod:`jakiro.train.data`). Evaluation uses padded rows.
 * Each micro-batch: noise on the input features, draft forward (both heads), the losses of
   :mod:`jakiro.train.losses` normalised by the loss-weight sum of the *global* batch, so N processes with batch b
   compute the same update as one process with batch N b.
