@@ -269,3 +269,17 @@ def test_packed_token_budget_run_resumes_bit_identically(target, tmp_path):
                 for line in (path / "packed" / "metrics.jsonl").read_text().splitlines()]
 
     assert log(tmp_path / "cut") == log(tmp_path / "whole")
+
+
+def test_sequence_lengths_read_no_features(tmp_path):
+    from torch.utils.data import Subset
+
+    from jakiro.ge_data.dataset import FeatureShards
+    from jakiro.train.data import sequence_lengths
+    from test_train import write_feature_dir
+
+    data = [{k: v for k, v in item.items() if k not in ("index", "weight")} for item in items([9, 17, 5, 12])]
+    shards = FeatureShards(write_feature_dir(tmp_path / "features", data, HIDDEN, VOCAB))
+    assert sequence_lengths(shards, 16) == [9, 16, 5, 12]
+    assert sequence_lengths(Subset(shards, [3, 1]), 16) == [12, 16]
+    assert sequence_lengths(data, 10) == [9, 10, 5, 10]

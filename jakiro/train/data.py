@@ -200,14 +200,14 @@ class TokenBudgetSampler(Sampler):
 
 
 def sequence_lengths(dataset: Dataset, max_len: int) -> list[int]:
-    """min(length, max_len) of every item, read without features where the dataset allows (``tokens(i)``)."""
-    if isinstance(dataset, Subset):
-        inner = sequence_lengths(dataset.dataset, max_len) if hasattr(dataset.dataset, "tokens") else None
-        if inner is not None:
-            return [inner[i] for i in dataset.indices]
-    if hasattr(dataset, "tokens"):
-        return [min(len(dataset.tokens(i)[0]), max_len) for i in range(len(dataset))]
-    return [min(len(dataset[i]["input_ids"]), max_len) for i in range(len(dataset))]
+    """min(length, max_len) of every item, read without features where the dataset allows (``tokens(i)``, also
+    through a ``Subset``)."""
+    inner, indices = dataset, range(len(dataset))
+    if isinstance(dataset, Subset) and hasattr(dataset.dataset, "tokens"):
+        inner, indices = dataset.dataset, dataset.indices
+    if hasattr(inner, "tokens"):
+        return [min(len(inner.tokens(i)[0]), max_len) for i in indices]
+    return [min(len(dataset[i]["input_ids"]), max_len) for i in indices]
 
 
 def mix_seed(*parts: int) -> int:
