@@ -251,6 +251,10 @@ class TrainConfig(_Section):
     noise_mean: float = 0.0  # mean of the gaussian noise
     noise_std: float = 0.2  # noise scale
     max_len: int = 2048  # truncate stored sequences to this many tokens
+    packing: bool = False  # true: a batch's conversations packed into one row (no padding, attention kept within each
+    # conversation); false: right-padded rows (the reference); same losses either way
+    batch_tokens: int = 0  # > 0: batches of at most this many real tokens per process (batch_size unused); 0 = batches
+    # of batch_size sequences
     # accelerate mixed precision: "no", "bf16" or "fp16"; auto: "bf16" where hardware.auto_dtype picks bf16 for the
     # training device (a GPU, a CPU with AMX / AVX512-BF16), else "no" (an AVX2 CPU emulates bf16 products)
     mixed_precision: str = "bf16"
@@ -277,7 +281,7 @@ class TrainConfig(_Section):
             self._require(name, getattr(self, name) >= 0, "an integer >= 0")
         for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "max_len", "save_every"):
             self._require(name, getattr(self, name) >= 1, "an integer >= 1")
-        for name in ("checkpoint_steps", "stop_after_steps", "eval_draft_steps"):
+        for name in ("checkpoint_steps", "stop_after_steps", "eval_draft_steps", "batch_tokens"):
             self._require(name, getattr(self, name) >= 0, "an integer >= 0")
         for name in ("v_w", "p_w", "parallel_w", "grad_clip", "noise_std", "load_balance_w"):
             self._require(name, getattr(self, name) >= 0, "a number >= 0")

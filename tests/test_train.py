@@ -240,19 +240,21 @@ def torchrun():
             str(29600 + os.getpid() % 300)]
 
 
-@pytest.mark.parametrize("mode", ["gloo", "deepspeed_zero2"])
+@pytest.mark.parametrize("mode", ["gloo", "deepspeed_zero2", "gloo_packed"])
 def test_two_processes_match_one(tiny, one_process, tmp_path, mode):
-    """Same global batch (2 x 2 vs 1 x 4): same loss curve, to float32 summation-order differences.
+    """Same global batch (2 x 2 vs 1 x 4): same loss curve, to float32 summation-order differences. ``gloo_packed``:
+    the two processes pack their conversations (``train.packing``), the one process pads them.
 
     Tolerance: the runs differ only in the order of float32 sums (one 4-sequence batch vs an all-reduce of two
     halves, DeepSpeed's flat partitions), i.e. rounding at ~1e-7 relative per step that Adam can amplify; measured
     largest difference over the 10 steps: 9e-8 relative for both. 1e-5 leaves two orders of margin, while a wrong
     normalisation, a missing all-reduce or another batch order moves the loss by 1e-3 or more.
     """
-    extra = ["train.deepspeed_config=configs/deepspeed_zero2.json"] if mode != "gloo" else []
+    extra = {"gloo": [], "gloo_packed": ["train.packing=true"],
+             "deepspeed_zero2": ["train.deepspeed_config=configs/deepspeed_zero2.json"]}[mode]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port",
-                str(29300 + os.getpid() % 300)] if mode == "gloo" else torchrun()
+                str(29300 + os.getpid() % 300)] if mode.startswith("gloo") else torchrun()
     result = launch(cli_args(tiny, tmp_path, 2, extra), launcher)
     two = records(tmp_path)
     assert len(two) == len(one_process) == 10

@@ -81,7 +81,8 @@ class HeadRows:
 
 
 def gather_rows(
-    head1: torch.Tensor, head2: torch.Tensor | None, target: torch.Tensor, mask: torch.Tensor
+    head1: torch.Tensor, head2: torch.Tensor | None, target: torch.Tensor, mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, HeadRows, HeadRows | None]:
     """Select the positions that carry weight, with head 2 aligned by position (pred2[t] vs target[t + 1]).
 
@@ -89,6 +90,8 @@ def gather_rows(
         head1, head2: [B, S, H] head outputs (head2 may be None).
         target: [B, S, H] next features f_{t+1}.
         mask: [B, S] weights.
+        position_ids: [B, S] positions within each conversation (packed rows restart at 0); None = 0, 1, ... per
+            row. Head 2 scores target s only where position s > 0, i.e. s - 1 is in the same conversation.
     Returns:
         target rows [M, H] (positions with mask > 0, row-major), head-1 rows and head-2 rows (or None).
     """
@@ -98,7 +101,8 @@ def gather_rows(
     first = HeadRows(head1[b, s], rows, weights)
     second = None
     if head2 is not None:
-        keep = s >= 1  # target position s is predicted by head 2 at position s - 1
+        # target position s is predicted by head 2 at position s - 1 of the same conversation
+        keep = s >= 1 if position_ids is None else position_ids[b, s] >= 1
         second = HeadRows(head2[b[keep], s[keep] - 1], rows[keep], weights[keep])
     return target[b, s], first, second
 
@@ -139,6 +143,7 @@ def draft_losses(
     normalizers: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
     balance: torch.Tensor | None = None,
     balance_w: float = 0.0,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[LossTerms, HeadScores]:
     """L = v_w (V1 + c V2) + p_w (P1 + c P2) + balance_w * balance.
 
@@ -148,8 +153,9 @@ def draft_losses(
         lm_head: [N, H] -> [N, V] logits (the target's frozen head).
         normalizers: (head 1, head 2) denominators; None = the local masked mean (sum(w) + 1e-5).
         balance: precomputed load-balancing loss (scalar) or None.
+        position_ids: [B, S] positions within each conversation (packed batches); see :func:`gather_rows`.
     """
-    target_rows, rows1, rows2 = gather_rows(head1, head2, target, mask)
+    target_rows, rows1, rows2 = gather_rows(head1, head2, target, mask, position_ids)
     with torch.no_grad():
         target_logits = lm_head(target_rows).float()
         target_probs = target_logits.softmax(-1)
@@ -173,3 +179,9 @@ def draft_losses(
     scores = HeadScores(logits1.detach(), labels, rows1.weights, None if logits2 is None else logits2.detach(),
                         labels2, weights2)
     return LossTerms(total, v1, p1, v2, p2, balance), scores
+
+
+def head2_mask(mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, S] weights of the targets head 2 can score: ``mask`` where the position has a predecessor in the same
+    conversation (position > 0), else 0."""
+    return mask * (position_ids > 0)

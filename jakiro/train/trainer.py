@@ -8,6 +8,9 @@ What a run does (``cfg.train`` holds every number):
 * AdamW (betas, weight decay) over the draft's parameters only (the target's embedding and LM head are frozen and
   never in the optimizer or a checkpoint); warmup + cosine / linear / constant schedule whose length is the real
   number of optimizer steps of ``num_epochs`` epochs; gradient clipping by value (reference) or norm.
+* Batches: ``train.batch_size`` sequences per process, or up to ``train.batch_tokens`` real tokens per process;
+  right-padded rows, or (``train.packing``) packed into one row with attention kept within each conversation,
+  which gives the same losses without computing padding (:mod:`jakiro.train.data`). Evaluation uses padded rows.
 * Each micro-batch: noise on the input features, draft forward (both heads), the losses of
   :mod:`jakiro.train.losses` normalised by the loss-weight sum of the *global* batch, so N processes with batch b
   compute the same update as one process with batch N b.
@@ -45,8 +48,9 @@ from transformers import get_scheduler
 
 from jakiro.config import ConfigError, JakiroConfig, save_config, to_dict
 from jakiro.model.draft import DraftHead, DraftHeadConfig
-from jakiro.train.data import Selection, ShardedBatchSampler, add_noise, collate, mix_seed
-from jakiro.train.losses import EPS, draft_losses, load_balancing_loss
+from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
+                               mix_seed, sequence_lengths)
+from jakiro.train.losses import EPS, draft_losses, head2_mask, load_balancing_loss
 from jakiro.train.metrics import JsonlLog, Sums, draft_chain_accuracy, ratio, topk_correct
 
 CHECKPOINTS = "checkpoints"
@@ -59,14 +63,15 @@ KS = (1, 2, 3)
 class HeadsForward(torch.nn.Module):
     """The module accelerate prepares: the draft forward returning a tuple of tensors (head1, head2, router logits),
     which DDP's unused-parameter search and ZeRO-3's backward hooks can follow (they do not look into dataclasses).
-    head1 / head2 are [B, S, H], router logits [B, S, E]; head2 and the router logits are left out when not used."""
+    head1 / head2 are [B, S, H], router logits [B, S, E]; head2 and the router logits are left out when not used.
+    ``segments``: the conversation lengths of a packed batch (a list of ints), or None for padded rows."""
 
     def __init__(self, draft: DraftHead, with_head2: bool, with_router: bool):
         super().__init__()
         self.draft, self.with_head2, self.with_router = draft, with_head2, with_router
 
-    def forward(self, features, input_ids, position_ids):
-        out = self.draft(features, input_ids, position_ids, with_head2=self.with_head2)
+    def forward(self, features, input_ids, position_ids, segments=None):
+        out = self.draft(features, input_ids, position_ids, with_head2=self.with_head2, segments=segments)
         return (out.head1,) + ((out.head2,) if self.with_head2 else ()) + ((out.router_logits,) if self.with_router
                                                                            else ())
 
@@ -217,11 +222,16 @@ class Trainer:
         optimizer = torch.optim.AdamW(draft.parameters(), lr=train.lr, betas=train.betas,
                                       weight_decay=train.weight_decay)
         world, rank = acc.num_processes, acc.process_index
-        self.train_sampler = ShardedBatchSampler(len(train_set), train.batch_size, world, rank, train.seed, True,
-                                                 train.gradient_accumulation_steps)
+        if train.batch_tokens:
+            self.train_sampler = TokenBudgetSampler(sequence_lengths(train_set, train.max_len), train.batch_tokens,
+                                                    world, rank, train.seed, True, train.gradient_accumulation_steps)
+            batches = [self.train_sampler.num_batches_in(epoch) for epoch in range(train.num_epochs)]
+        else:
+            self.train_sampler = ShardedBatchSampler(len(train_set), train.batch_size, world, rank, train.seed, True,
+                                                     train.gradient_accumulation_steps)
+            batches = [self.train_sampler.num_batches] * train.num_epochs
         self.test_sampler = ShardedBatchSampler(len(test_set), train.batch_size, world, rank, train.seed, False)
-        self.steps_per_epoch = self.train_sampler.num_batches // train.gradient_accumulation_steps
-        self.total_steps = self.steps_per_epoch * train.num_epochs
+        self.total_steps = sum(batches) // train.gradient_accumulation_steps
         self.scheduler = get_scheduler(SCHEDULES[train.schedule], optimizer, num_warmup_steps=train.warmup_steps,
                                        num_training_steps=self.total_steps)
         heads = HeadsForward(draft, self.with_head2, self.balance)
@@ -243,9 +253,10 @@ class Trainer:
         self.log = JsonlLog(self.output_dir / METRICS)
 
     # -- data -------------------------------------------------------------------------------------------------------
-    def _loader(self, dataset: Selection, sampler: ShardedBatchSampler) -> DataLoader:
+    def _loader(self, dataset: Selection, sampler, packed: bool) -> DataLoader:
+        """Batches of ``sampler``: packed rows (:func:`collate_packed`) or padded rows (:func:`collate`)."""
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.train_cfg.num_workers,
-                          collate_fn=partial(collate, max_len=self.train_cfg.max_len))
+                          collate_fn=partial(collate_packed if packed else collate, max_len=self.train_cfg.max_len))
 
     @property
     def param_dtype(self) -> torch.dtype:
@@ -265,8 +276,8 @@ class Trainer:
         features = batch["features"]
         if epoch is not None:
             seeds = [mix_seed(train.seed, epoch, int(i)) for i in batch["index"]]
-            features = add_noise(features, batch["lengths"], seeds, train.noise, train.noise_mean, train.noise_std)
-        b, s = batch["input_ids"].shape
+            features = add_noise(features, batch["lengths"], seeds, train.noise, train.noise_mean, train.noise_std,
+                                 packed="segments" in batch)
         features = features.to(device, self.param_dtype)
         if self.zero3 and epoch is not None:
             # ZeRO-3 frees a module's parameters in its post-backward hook, which fires too early (before the
@@ -277,7 +288,8 @@ class Trainer:
             "target": batch["target"].to(device, torch.float32),
             "input_ids": batch["input_ids"].to(device),
             "mask": batch["loss_mask"].to(device),
-            "positions": torch.arange(s, device=device).expand(b, s),
+            "positions": batch["position_ids"].to(device),
+            "segments": batch["segments"].tolist() if "segments" in batch else None,
             "tokens": float((batch["lengths"].float() * batch["weight"]).sum()),
         }
 
@@ -293,13 +305,13 @@ class Trainer:
         mask = inputs["mask"]
         with self.accelerator.autocast():
             head1, head2, router_logits = self.heads.unpack(model(inputs["features"], inputs["input_ids"],
-                                                                  inputs["positions"]))
+                                                                  inputs["positions"], inputs["segments"]))
             balance = None
             if self.balance:
                 rows = mask > 0
                 balance = load_balancing_loss(router_logits[rows], mask[rows], self.draft_config.num_experts_per_tok)
             return draft_losses(head1, head2, inputs["target"], mask, self._head, train.v_w, train.p_w,
-                                train.parallel_w, normalizers, balance, train.load_balance_w)
+                                train.parallel_w, normalizers, balance, train.load_balance_w, inputs["positions"])
 
     @staticmethod
     def _add_scores(sums: Sums, terms, scores) -> None:
@@ -313,9 +325,9 @@ class Trainer:
                 sums.add(f"head{head}_top{k}_hits", hits)
             sums.add(f"head{head}_count", weights.sum())
 
-    def _global_normalizers(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _global_normalizers(self, mask: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of head-1 weights + eps, sum of head-2 weights + eps) over all processes, divided by their number."""
-        counts = torch.stack([mask.sum(), mask[:, 1:].sum()]).double()
+        counts = torch.stack([mask.sum(), head2_mask(mask, positions).sum()]).double()
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         normal = (counts + EPS) / self.accelerator.num_processes
@@ -349,7 +361,7 @@ class Trainer:
         stop = min(self.total_steps, train.stop_after_steps or self.total_steps)
         bar = tqdm(total=stop, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not acc.is_main_process)
-        loader = self._loader(self.train_set, self.train_sampler)
+        loader = self._loader(self.train_set, self.train_sampler, train.packing)
         step_sums, micro, tick = Sums(), 0, time.perf_counter()
         while state.epoch < train.num_epochs and state.step < stop:
             self.train_sampler.set_epoch(state.epoch, state.batch)
@@ -383,7 +395,8 @@ class Trainer:
         acc, train = self.accelerator, self.train_cfg
         inputs = self._inputs(batch, self.state.epoch)
         with acc.accumulate(self.model):
-            terms, scores = self._losses(self.model, inputs, self._global_normalizers(inputs["mask"]))
+            terms, scores = self._losses(self.model, inputs, self._global_normalizers(inputs["mask"],
+                                                                                      inputs["positions"]))
             acc.backward(terms.total)
             if acc.sync_gradients and train.grad_clip > 0 and not train.deepspeed_config:
                 if train.grad_clip_mode == "value":
@@ -449,7 +462,7 @@ class Trainer:
         sums = Sums()
         chain_correct = torch.zeros(train.eval_draft_steps)
         chain_total = torch.zeros(train.eval_draft_steps)
-        for batch in self._loader(self.test_set, self.test_sampler):
+        for batch in self._loader(self.test_set, self.test_sampler, packed=False):  # the k-step chains need rows
             inputs = self._inputs(batch, None)
             with self._full_parameters():
                 terms, scores = self._losses(model, inputs, (1.0, 1.0))  # weighted sums, normalised after reduce
@@ -457,7 +470,7 @@ class Trainer:
                     correct, total = draft_chain_accuracy(self.draft, inputs["features"], inputs["input_ids"],
                                                           inputs["target"], inputs["mask"], train.eval_draft_steps)
             self._add_scores(sums, terms, scores)
-            sums.add("count2", inputs["mask"][:, 1:].sum())
+            sums.add("count2", head2_mask(inputs["mask"], inputs["positions"]).sum())
             chain_correct += correct
             chain_total += total
         for k in range(train.eval_draft_steps):
