@@ -24,8 +24,9 @@ conversations with ``T`` tokens in all:
 A shard already present with the same fingerprint and conversation count is skipped, so a killed run restarted
 with the same command continues and ends with the same files, and a run with a larger (or smaller) ``data.end``
 reuses the finished shards: the data set grows without recomputing it. When every shard exists, the main process writes ``manifest.json`` (last,
-atomically; no timestamps): the fingerprint (format, target, features_dtype, template, system_prompt, max_len,
-input, shard_size), one entry per shard (file, conversations, tokens, assistant_tokens, skipped, bytes, sha256)
+atomically; no timestamps): the fingerprint (format, target with its ``identity`` (:func:`target_identity`),
+features_dtype, template, system_prompt, max_len, input with the SHA-256 of the input file's content, shard_size),
+one entry per shard (file, conversations, tokens, assistant_tokens, skipped, bytes, sha256)
 and the totals.
 """
 
@@ -51,7 +52,15 @@ from tqdm.auto import tqdm
 
 from jakiro.assets import AssetError, ensure_sharegpt, ensure_smollm2
 from jakiro.config import ConfigError, JakiroConfig, ModelConfig, add_config_arguments, config_from_args
-from jakiro.io import atomic_write, atomic_write_text
+from jakiro.io import (
+    OutputExists,
+    atomic_write,
+    atomic_write_text,
+    check_output,
+    differences,
+    sha256_file,
+    sha256_path,
+)
 from jakiro.chat_templates import (
     SkipConversation,
     TemplateError,
@@ -149,12 +158,21 @@ def target_features(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model.get_decoder()(input_ids=input_ids[None].to(device), use_cache=False).last_hidden_state[0]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+_VOLATILE_CONFIG_KEYS = ("dtype", "torch_dtype", "transformers_version", "use_cache")
+
+
+def target_identity(text_config, lm_head_weight: torch.Tensor) -> str:
+    """Short SHA-256 naming a target: its text config (without the loading dtype, versions and private keys) and
+    its LM head weights [V, H] rounded to bfloat16 (the same digest whatever dtype the target was loaded in).
+
+    Two targets of the same hidden and vocabulary size but other layers (a cut of a model) or other weights (a
+    fine-tune) get different identities, so features made by one are not used to train a draft for the other."""
+    config = {k: v for k, v in text_config.to_dict().items()
+              if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    weight = lm_head_weight.detach().to("cpu", torch.bfloat16).contiguous()
+    digest.update(weight.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class _Progress:
@@ -183,8 +201,13 @@ def shard_name(index: int) -> str:
 
 
 def read_shard_meta(path: Path) -> dict:
-    with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()[META_KEY])
+    """A shard's ``jakiro`` metadata; GeDataError naming the file if it is truncated or not a shard."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()[META_KEY])
+    except Exception as err:  # safetensors raises its own error types for truncated headers
+        raise GeDataError(f"{path} is not a readable feature shard (truncated or corrupted: {err}); delete it and "
+                          "run the same python -m jakiro.ge_data command again to recompute it") from None
 
 
 class _Job:
@@ -205,17 +228,20 @@ class _Job:
         self.data = data
         self.features_dtype = getattr(torch, data.features_dtype)
         text = self.model.config.get_text_config()
+        identity = target_identity(text, self.model.get_output_embeddings().weight)
         selected = json.dumps([records[i] for i in self.order], sort_keys=True, ensure_ascii=False)
         self.fingerprint = {
             "format": FORMAT,
             "target": {"path": target_path, "name": Path(target_path).name, "model_type": text.model_type,
-                       "hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "dtype": cfg.model.dtype},
+                       "hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "dtype": cfg.model.dtype,
+                       "identity": identity},
             "features_dtype": data.features_dtype,
             "template": self.template_name,
             "system_prompt": data.system_prompt,
             "max_len": data.max_len,
             "input": {"path": input_path, "records": len(records), "shuffle_seed": data.shuffle_seed,
-                      "start": data.start, "end": data.end, "selected": len(self.order),
+                      "content_sha256": sha256_path(input_path), "start": data.start, "end": data.end,
+                      "selected": len(self.order),
                       "sha256": hashlib.sha256(selected.encode("utf-8")).hexdigest()},
             "shard_size": data.shard_size,
         }
@@ -239,9 +265,8 @@ class _Job:
         meta = read_shard_meta(path)
         found, wanted = _shard_identity(meta["fingerprint"]), _shard_identity(self.fingerprint)
         if found != wanted:
-            keys = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise GeDataError(f"{path} was written with other settings (different {', '.join(keys)}); use another "
-                              "data.output_dir or delete the old shards")
+            raise GeDataError(f"{path} was written with other settings ({'; '.join(differences(found, wanted))}); "
+                              "use another data.output_dir or delete the old shards")
         return meta["conversations"] + sum(meta["skipped"].values()) == len(self.shard_rows(shard))
 
     def write_shard(self, shard: int, progress: _Progress) -> None:
@@ -283,7 +308,7 @@ class _Job:
             skipped.update(meta["skipped"])
             shards.append({"file": path.name, **{k: meta[k] for k in ("conversations", "tokens", "assistant_tokens",
                                                                          "skipped")},
-                           "bytes": path.stat().st_size, "sha256": _sha256_file(path)})
+                           "bytes": path.stat().st_size, "sha256": sha256_file(path)})
         totals = {"shards": len(shards), "skipped": dict(sorted(skipped.items()))}
         totals.update({k: sum(s[k] for s in shards) for k in ("conversations", "tokens", "assistant_tokens", "bytes")})
         return {**self.fingerprint, "shards": shards, "totals": totals}
@@ -301,6 +326,7 @@ def generate_features(cfg: JakiroConfig, max_shards: int | None = None, progress
     on_cpu = torch.device(cfg.model.device).type == "cpu"
     state = PartialState(cpu=on_cpu)
     job = _Job(cfg, torch.device(cfg.model.device) if on_cpu or state.num_processes == 1 else state.device)
+    check_output(job.out, "dir", force=True)  # a file there is refused; shards of other settings are, one by one
     job.out.mkdir(parents=True, exist_ok=True)
     mine = range(state.process_index, job.num_shards, state.num_processes)
     todo = [s for s in mine if not job.is_done(s)]
@@ -354,7 +380,7 @@ def run_cli(args: argparse.Namespace, output_dir: str | None = None) -> int:
         if output_dir is not None:
             cfg.data.output_dir = output_dir
         generate_features(cfg, args.max_shards, progress=not args.quiet)
-    except (ConfigError, GeDataError, TemplateError, AssetError) as e:
+    except (ConfigError, GeDataError, TemplateError, AssetError, OutputExists) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
