@@ -270,6 +270,7 @@ class Trainer:
         self.state = TrainState()
         self._saved_at: tuple | None = None  # loop position of the last checkpoint written or loaded
         self._bad: tuple | None = None  # (what, batch, sequences) of the first non-finite loss / gradient
+        self._bar = None  # the progress bar of a running train()
         acc.register_for_checkpointing(self.scheduler, self.state)
         self.train_set, self.test_set = Selection(train_set), Selection(test_set)
         self.log = JsonlLog(self.output_dir / METRICS)
@@ -382,6 +383,7 @@ class Trainer:
         stop = min(self.total_steps, train.stop_after_steps or self.total_steps)
         bar = tqdm(total=stop, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not acc.is_main_process)
+        self._bar = bar  # closed before an error is raised inside the loop, so its message starts a line
         loader = self._loader(self.train_set, self.train_sampler)
         step_sums, micro, tick = Sums(), 0, time.perf_counter()
         while state.epoch < train.num_epochs and state.step < stop:
@@ -482,6 +484,8 @@ class Trainer:
             flag = acc.reduce(flag, reduction="sum")
         if flag.item() == 0:
             return
+        if self._bar is not None:
+            self._bar.close()
         what, position, sequences = self._bad or ("loss or gradient on another process", self.state.batch, [])
         raise TrainingError(
             f"non-finite {what} at optimizer step {self.state.step + 1} (epoch {self.state.epoch}, batch "
