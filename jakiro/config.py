@@ -118,6 +118,16 @@ class ModelConfig(_Section):
 
     def validate(self) -> None:
         self._require("device", bool(self.device), "a non-empty device string")
+        from jakiro.hardware import device_problem
+
+        problem = device_problem(self.device)
+        if problem:
+            raise ConfigError(f"model.device: {problem}")
+        for name in ("base_model_path", "draft_path"):
+            path = getattr(self, name)
+            if path and str(path).startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+                what = "not a directory" if Path(path).expanduser().exists() else "not found"
+                raise ConfigError(f"model.{name}: {path} is {what} (give a model directory, a hub id, or null)")
         if self.dtype == "auto":  # resolved here, so every user of the config (and every record) sees the real dtype
             from jakiro.hardware import auto_dtype
 

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None, method: str | None = None) -> int:
     try:
         cfg = config_from_cli(args, method)
         path = run(cfg, progress=not args.no_progress)
-    except (ConfigError, AssetError, ValueError) as err:
+    except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"answers: {path}")

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (ConfigError, AssetError, ValueError) as err:
+    except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

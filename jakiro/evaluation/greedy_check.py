@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         summary = run(cfg, Path(args.out) if args.out else default_out(cfg), args.questions, args.tie, args.every,
                       progress=not args.no_progress)
-    except (ConfigError, AssetError, ValueError) as err:
+    except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_summary(summary))

@@ -53,7 +53,6 @@ from tqdm.auto import tqdm
 from jakiro.assets import AssetError, ensure_sharegpt, ensure_smollm2
 from jakiro.config import ConfigError, JakiroConfig, ModelConfig, add_config_arguments, config_from_args
 from jakiro.io import (
-    OutputExists,
     atomic_write,
     atomic_write_text,
     check_output,
@@ -380,7 +379,7 @@ def run_cli(args: argparse.Namespace, output_dir: str | None = None) -> int:
         if output_dir is not None:
             cfg.data.output_dir = output_dir
         generate_features(cfg, args.max_shards, progress=not args.quiet)
-    except (ConfigError, GeDataError, TemplateError, AssetError, OutputExists) as e:
+    except (ConfigError, GeDataError, TemplateError, AssetError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

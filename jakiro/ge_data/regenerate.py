@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         regenerate(config_from_args(args), args.max_parts, progress=not args.quiet)
-    except (ConfigError, GeDataError, TemplateError, AssetError) as e:
+    except (ConfigError, GeDataError, TemplateError, AssetError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
