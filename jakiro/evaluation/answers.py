@@ -34,6 +34,7 @@ from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import METHODS, load_method, synchronize
 from jakiro.evaluation.records import FORWARDS_COUNTING, append_record, read_records
 from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
+from jakiro.io import check_output
 
 # direct flag -> (section, key, type)
 FLAGS = {
@@ -160,6 +161,7 @@ def run(cfg: JakiroConfig, progress: bool = True) -> Path:
     if not questions:
         raise ValueError(f"no questions selected (question_begin={e.question_begin}, question_end={e.question_end})")
     path = answer_path(cfg)
+    check_output(path, "file", force=True)  # a directory there is refused; a file of this run is resumed
     done = done_questions(path, run_settings(cfg))
     todo = [q for q in questions if q["question_id"] not in done]
     print(f"{e.bench_name}: {len(questions) - len(todo)} of {len(questions)} questions already in {path}, "

@@ -149,9 +149,39 @@ def _summary(answers: AnswerFile, keys: list) -> dict:
             "alpha": acceptance_by_depth(samples, tree.get("depth")), "notes": answers.notes}
 
 
+def made_by(answers: AnswerFile) -> str | None:
+    """The method that wrote an answer file (its records' ``meta``), or None where they do not say."""
+    return answers.meta.get("method") or (answers.meta.get("settings") or {}).get("method")
+
+
+BUDGET_KEYS = ("max_new_tokens", "max_length")
+
+
+def check_pairing(baseline: AnswerFile, methods: list[AnswerFile]) -> list[str]:
+    """ValueError if the baseline file was made by a method other than plain decoding; notes for a baseline that
+    does not say, a method file that is plain decoding too, and token budgets that differ from the baseline's."""
+    notes = []
+    base_method = made_by(baseline)
+    if base_method is not None and base_method != "baseline":
+        raise ValueError(f"{baseline.path} holds answers of method {base_method!r}, not of plain decoding: --baseline "
+                         "takes the file of gen_baseline_answer (method 'baseline'), else every speedup is wrong")
+    if base_method is None:
+        notes.append(f"{baseline.path.name}: its records do not say which method made them; make sure it is plain "
+                     "decoding")
+    for method in methods:
+        if made_by(method) == "baseline":
+            notes.append(f"{method.path.name}: plain decoding as well (method 'baseline')")
+        for key in BUDGET_KEYS:
+            mine, base = method.meta.get(key), baseline.meta.get(key)
+            if mine is not None and base is not None and mine != base:
+                notes.append(f"WARNING {method.path.name}: {key} {mine} differs from the baseline's {base}: the two "
+                             "files answer under different token budgets, so speed and tau compare unlike answers")
+    return notes
+
+
 def build_report(baseline: AnswerFile, methods: list[AnswerFile], bench: str | None = None) -> dict:
-    """The speed report (a JSON-ready dict) of each method against the baseline."""
-    notes = list(baseline.notes)
+    """The speed report (a JSON-ready dict) of each method against the baseline (see :func:`check_pairing`)."""
+    notes = list(baseline.notes) + check_pairing(baseline, methods)
     report = {"bench": bench or baseline.meta.get("bench") or baseline.path.parent.name,
               "temperature": baseline.meta.get("temperature"),
               "baseline": _summary(baseline, sorted(baseline.samples, key=str)), "methods": []}
