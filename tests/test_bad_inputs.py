@@ -72,6 +72,24 @@ def test_speed_checks_which_file_is_the_baseline_and_flags_token_budgets(tmp_pat
     assert "WARNING spec.jsonl: max_new_tokens 128 differs from the baseline's 64" in out
 
 
+def test_speed_reports_are_validated_and_not_written_over_a_users_file(tmp_path, capsys):
+    plain, spec = tmp_path / "plain.jsonl", tmp_path / "spec.jsonl"
+    plain.write_text(_record(1, "baseline", 64, 8) + "\n")
+    spec.write_text(_record(1, "jakiro", 64, 3) + "\n")
+    report, mine = tmp_path / "report.json", tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    argv = ["--baseline", str(plain), "--method", str(spec), "--json"]
+    assert speed.main([*argv, str(mine)]) == 2
+    err = errors(capsys)
+    assert len(err) == 1 and "--force" in err[0] and mine.read_text() == "my notes"
+    assert speed.main([*argv, str(report)]) == 0 and speed.main([*argv, str(report)]) == 0  # its own: rewritten
+    report.write_text(report.read_text()[:50])  # truncated
+    capsys.readouterr()
+    assert speed.main(["--average", str(report)]) == 2
+    err = errors(capsys)
+    assert len(err) == 1 and str(report) in err[0] and "truncated" in err[0]
+
+
 def test_a_draft_with_non_finite_weights_is_not_loaded(tmp_path):
     draft = tiny_draft(tiny_target(vocab_size=16))
     with torch.no_grad():

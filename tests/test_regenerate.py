@@ -115,8 +115,14 @@ def test_changed_input_or_an_existing_output_file_is_refused(tiny, tmp_path, cap
     out = tmp_path / "out.jsonl"
     cfg = load_config(tiny["config"], [f"regenerate.output_path={out}", f"data.input_path={source}"])
     assert regenerate(cfg, max_parts=1, progress=False) is None
-    source.write_text(source.read_text().replace("a reply", "another reply"))
+    original = source.read_text()
+    source.write_text(original.replace("a reply", "another reply"))
     with pytest.raises(GeDataError, match="input.content_sha256"):
+        regenerate(cfg, progress=False)
+    source.write_text(original)
+    part = out.with_name("out.jsonl.parts") / "part_00000.jsonl"
+    part.write_text(part.read_text()[:-20])  # a damaged finished part is named, not concatenated
+    with pytest.raises(GeDataError, match="part_00000.jsonl is truncated or corrupted"):
         regenerate(cfg, progress=False)
     mine = tmp_path / "mine.jsonl"
     mine.write_text("my own file\n")

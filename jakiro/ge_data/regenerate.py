@@ -46,7 +46,7 @@ from jakiro.chat_templates import (
     to_messages,
 )
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
-from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
+from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select, target_identity
 from jakiro.io import atomic_write_text, check_output, differences, sha256_path
 
 PARTS_META = "settings.json"
@@ -195,13 +195,14 @@ def part_name(index: int) -> str:
     return f"part_{index:05d}.jsonl"
 
 
-def _settings(cfg: JakiroConfig, input_path: str, num_records: int, target_path: str) -> dict:
+def _settings(cfg: JakiroConfig, input_path: str, num_records: int, target_path: str, model) -> dict:
     """What a part's content depends on; parts written under other settings are refused."""
     data = cfg.data
     return {
         "input": {"path": input_path, "records": num_records, "content_sha256": sha256_path(input_path),
                   "shuffle_seed": data.shuffle_seed, "start": data.start},
-        "target": {"path": target_path, "dtype": cfg.model.dtype},
+        "target": {"path": target_path, "dtype": cfg.model.dtype,
+                   "identity": target_identity(model.config.get_text_config(), model.get_output_embeddings().weight)},
         "template": data.chat_template or cfg.model.chat_template, "system_prompt": data.system_prompt,
         "max_len": data.max_len, "regenerate": {k: v for k, v in vars(cfg.regenerate).items() if k != "output_path"},
     }
@@ -222,6 +223,18 @@ def _check_parts_dir(parts: Path, settings: dict) -> None:
     else:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_text(meta, json.dumps(settings, indent=2) + "\n")
+
+
+def _read_part(path: Path) -> str:
+    """A finished part's text, checked line by line (GeDataError naming a damaged part and what to do)."""
+    try:
+        text = path.read_text("utf-8")
+        for line in text.splitlines():
+            json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GeDataError(f"{path} is truncated or corrupted ({err}); delete it and run the same command again to "
+                          "answer its conversations anew") from None
+    return text
 
 
 def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool = True,
@@ -248,7 +261,7 @@ def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool =
     output = Path(cfg.regenerate.output_path)
     parts = output.with_name(output.name + ".parts")
     check_output(output, "file", force or (parts / PARTS_META).is_file(), "--force")
-    _check_parts_dir(parts, _settings(cfg, input_path, len(records), target_path))
+    _check_parts_dir(parts, _settings(cfg, input_path, len(records), target_path, model))
     todo = [i for i in range(len(groups)) if not (parts / part_name(i)).exists()]
     _say(f"{len(conversations)} conversations ({skipped} skipped as malformed), {len(groups)} parts of "
          f"{size}; {len(groups) - len(todo)} already answered")
@@ -269,7 +282,7 @@ def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool =
     if missing:
         _say(f"{len(missing)} of {len(groups)} parts still missing; run the same command again to continue")
         return None
-    text = "".join((parts / part_name(i)).read_text("utf-8") for i in range(len(groups)))
+    text = "".join(_read_part(parts / part_name(i)) for i in range(len(groups)))
     atomic_write_text(output, text)
     _say(f"{text.count(chr(10))} conversations -> {output}")
     return output

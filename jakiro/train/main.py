@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         trainer = build_trainer(cfg)
         out = trainer.train(resume=args.resume, force=args.force)
-    except (ConfigError, DataError, TrainingError, OutputExists) as err:
+    except (ConfigError, DataError, TrainingError, OutputExists, OSError) as err:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {err}", file=sys.stderr)
         return 2
