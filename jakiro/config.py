@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -63,6 +64,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return `value` as type `tp` (int -> float, list -> tuple) or raise a ConfigError naming `key`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(value, float) and not math.isfinite(value):  # no setting means anything by NaN or infinity
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if origin in (typing.Union, types.UnionType):  # only Optional[X] is used
         if value is None and type(None) in args:
             return None

@@ -147,3 +147,9 @@ def test_demo_errors_are_one_line(tmp_path, capsys):
                       f"eval.question_file={tmp_path / 'q.jsonl'}"]) == 2
     err = errors(capsys)
     assert len(err) == 1 and err[0].startswith("error:") and str(empty) in err[0]
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "eval.temperature=.nan", "train.betas=[.nan, 0.9]"])
+def test_no_config_value_is_nan_or_infinite(override):
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        load_config(None, [override])
