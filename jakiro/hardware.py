@@ -65,12 +65,14 @@ def device_problem(device: str) -> str | None:
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        return f"{device!r} is neither a torch device (cpu, cuda, cuda:1, ...) nor a device map ({', '.join(DEVICE_MAPS)})"
+        return (f"{device!r} is neither a torch device (cpu, cuda, cuda:1, ...) nor a device map "
+                f"({', '.join(DEVICE_MAPS)})")
     backend = getattr(torch, parsed.type, None)
     if parsed.type == "cpu" or not hasattr(backend, "is_available"):
         return None
     if not backend.is_available():
-        why = "was built without CUDA" if parsed.type == "cuda" and torch.version.cuda is None else "sees no such device"
+        no_cuda = parsed.type == "cuda" and torch.version.cuda is None
+        why = "was built without CUDA" if no_cuda else "sees no such device"
         return f"{device} requested, but this torch ({torch.__version__}) {why}; use cpu"
     count = backend.device_count() if hasattr(backend, "device_count") else None
     if parsed.index is not None and count is not None and parsed.index >= count:

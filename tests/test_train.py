@@ -72,7 +72,8 @@ def sampled_items(target, n: int, length: int, seed: int, prompt: int = 4, tempe
     return [{"input_ids": ids[i], "hidden_state": features[i], "loss_mask": mask} for i in range(n)]
 
 
-def write_feature_dir(path: Path, items: list[dict], hidden_size: int, vocab_size: int, identity: str = "tiny") -> Path:
+def write_feature_dir(path: Path, items: list[dict], hidden_size: int, vocab_size: int,
+                      identity: str = "tiny") -> Path:
     """A data dir in the format of ``python -m jakiro.ge_data`` (one shard + manifest.json) made by the target of
     ``identity`` (:func:`jakiro.ge_data.generate.target_identity`)."""
     path.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ from jakiro.hardware import describe as describe_hardware
 from jakiro.io import sha256_file
 
 DRAFT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
-RECORDED_LATER = ("hardware", "torch", "transformers", "questions")  # settings that files written before they were recorded lack
+# settings that files written before they were recorded lack
+RECORDED_LATER = ("hardware", "torch", "transformers", "questions")
 # settings that the machine decides (``model.dtype: auto`` resolves by CPU): a report may read files made elsewhere
 MACHINE_SETTINGS = ("hardware", "torch", "transformers", "dtype")
 

@@ -169,10 +169,11 @@ def build_trainer(cfg: JakiroConfig):
         if os.environ.get("RANK", "0") == "0":
             print(f"draft vocabulary: {draft_config.draft_vocab_size} of {draft_config.vocab_size} tokens, covering "
                   f"{coverage(counts, vocabulary):.1%} of the training answers' tokens", file=sys.stderr)
+    init_digest = None if init is None else sha256_path(resolve_draft_path(cfg.train.init_from))
     return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary,
                    None if init is None else init.state_dict(),
                    run_inputs={"data_sha256": info["data_sha256"], "target_identity": identity,
-                               "init_from": None if init is None else sha256_path(resolve_draft_path(cfg.train.init_from))})
+                               "init_from": init_digest})
 
 
 def main(argv: list[str] | None = None) -> int:
