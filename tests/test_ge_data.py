@@ -178,6 +178,12 @@ def test_changed_input_content_or_corrupted_shard_is_refused(tiny_run, tmp_path,
     write_input(source, records(), "jsonl")
     assert generate_features(cfg, max_shards=1, progress=False) is None
     shard = out / "shard_00000.safetensors"
+    damaged = bytearray(shard.read_bytes())
+    damaged[-8:] = b"\xff" * 8  # same size, other bytes: not given a manifest hash
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(GeDataError, match="tensors changed since the shard was written"):
+        generate_features(cfg, progress=False)
+    assert not (out / "manifest.json").exists()
     shard.write_bytes(shard.read_bytes()[:40])
     args = ["--config", str(config), "--set", f"data.output_dir={out}", "--set", f"data.input_path={source}",
             "--quiet"]

@@ -276,7 +276,7 @@ def read_report(path: str | Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable speed report (truncated or corrupted? {err}); write it again with "
                          "python -m jakiro.evaluation.speed --json") from None
-    if not isinstance(report, dict) or not {"bench", "baseline", "methods"} <= set(report):
+    if not isinstance(report, dict) or not {"bench", "methods"} <= set(report):
         raise ValueError(f"{path}: not a speed report of python -m jakiro.evaluation.speed --json")
     return report
 

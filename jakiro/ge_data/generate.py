@@ -19,7 +19,9 @@ conversations with ``T`` tokens in all:
 * ``input_ids`` int32 [T], ``loss_mask`` uint8 [T], ``hidden_state`` [T, H] in ``data.features_dtype``:
   the conversations concatenated; conversation ``j`` is rows ``offsets[j]:offsets[j + 1]``;
 * ``offsets`` int64 [n + 1]; ``index`` int64 [n]: each conversation's row in the input file;
-* metadata key ``jakiro``: JSON with the run's ``fingerprint`` (without ``data.end``) and the shard's counts.
+* metadata key ``jakiro``: JSON with the run's ``fingerprint`` (without ``data.end``), the shard's counts and the
+  SHA-256 of its tensors (checked when the manifest is written, so a shard damaged after it was written is not
+  given a manifest hash).
 
 A shard already present with the same fingerprint and conversation count is skipped, so a killed run restarted
 with the same command continues and ends with the same files, and a run with a larger (or smaller) ``data.end``
@@ -195,6 +197,27 @@ class _Progress:
         self.bar.close()
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over tensors' names and raw bytes (in name order): what a shard held when it was written."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode() + b"\0")
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def stored_tensors_digest(path: Path, rows: int = 4096) -> str:
+    """:func:`tensors_digest` of a shard file's tensors, read ``rows`` rows at a time."""
+    digest = hashlib.sha256()
+    with safe_open(str(path), "pt") as f:
+        for name in sorted(f.keys()):
+            digest.update(name.encode() + b"\0")
+            part = f.get_slice(name)
+            for start in range(0, part.get_shape()[0], rows):
+                digest.update(part[start:start + rows].contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
@@ -295,7 +318,8 @@ class _Job:
         }
         counts = {"conversations": len(kept), "tokens": int(lengths.sum()),
                   "assistant_tokens": int(tensors["loss_mask"].sum()), "skipped": dict(sorted(skipped.items()))}
-        meta = {"fingerprint": _shard_identity(self.fingerprint), "shard": shard, **counts}
+        meta = {"fingerprint": _shard_identity(self.fingerprint), "shard": shard, **counts,
+                "tensors_sha256": tensors_digest(tensors)}
         metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
         atomic_write(self.out / shard_name(shard), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -304,6 +328,9 @@ class _Job:
         for shard in range(self.num_shards):
             path = self.out / shard_name(shard)
             meta = read_shard_meta(path)
+            if "tensors_sha256" in meta and stored_tensors_digest(path) != meta["tensors_sha256"]:
+                raise GeDataError(f"{path}: its tensors changed since the shard was written (corrupted?); delete it "
+                                  "and run the same python -m jakiro.ge_data command again to recompute it")
             skipped.update(meta["skipped"])
             shards.append({"file": path.name, **{k: meta[k] for k in ("conversations", "tokens", "assistant_tokens",
                                                                          "skipped")},
