@@ -5,6 +5,7 @@ refusing to replace an output that a user did not ask to replace."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -95,3 +96,24 @@ def check_output(path: str | os.PathLike, kind: str, force: bool = False, flag: 
     if force or (kind == "dir" and not any(path.iterdir())):
         return
     raise OutputExists(f"{path} already exists; pass {flag} to replace it, or give another path")
+
+
+def check_model_files(path: str | os.PathLike) -> None:
+    """ValueError naming the file if a local model directory holds a truncated or corrupted JSON file (config,
+    tokenizer, generation config) or safetensors file (its header and size are checked, not its bytes). Hub ids and
+    missing paths are left to the loader."""
+    from safetensors import safe_open
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    for file in sorted(folder.iterdir()):
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+            elif file.suffix == ".safetensors":
+                with safe_open(str(file), "pt"):
+                    pass
+        except Exception as err:  # JSON and safetensors' own error types
+            raise ValueError(f"{file} is truncated or corrupted ({err}); copy or download the model "
+                             f"{folder.name} again") from None

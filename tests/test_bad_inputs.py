@@ -153,3 +153,22 @@ def test_demo_errors_are_one_line(tmp_path, capsys):
 def test_no_config_value_is_nan_or_infinite(override):
     with pytest.raises(ConfigError, match="expected a finite number"):
         load_config(None, [override])
+
+
+def test_a_truncated_target_file_is_named(tmp_path, capsys):
+    """A target whose weights or tokenizer file was cut short: one line naming the file, from every loader."""
+    from jakiro.ge_data.generate import main as ge_data_main
+
+    target = tmp_path / "target"
+    tiny_target(vocab_size=16).save_pretrained(target)
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    capsys.readouterr()
+    assert demo.main(["--set", f"model.base_model_path={target}", "--set", "model.draft_path=shipped:smollm2-jakiro",
+                      "--set", f"eval.question_file={QUESTIONS}"]) == 2
+    err = errors(capsys)
+    assert len(err) == 1 and str(weights) in err[0] and "truncated" in err[0]
+    assert ge_data_main(["--set", f"model.base_model_path={target}", "--set",
+                         f"data.output_dir={tmp_path / 'out'}", "--quiet"]) == 2
+    err = errors(capsys)
+    assert len(err) == 1 and str(weights) in err[0] and "truncated" in err[0]

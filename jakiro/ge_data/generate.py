@@ -57,6 +57,7 @@ from jakiro.config import ConfigError, JakiroConfig, ModelConfig, add_config_arg
 from jakiro.io import (
     atomic_write,
     atomic_write_text,
+    check_model_files,
     check_output,
     differences,
     sha256_file,
@@ -142,6 +143,7 @@ def load_target(model_cfg: ModelConfig, device: torch.device | str | None = None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = model_cfg.base_model_path or str(ensure_smollm2(progress=False))
+    check_model_files(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not tokenizer.is_fast:
         raise GeDataError(f"{path}: the loss mask needs a fast tokenizer (character offsets)")

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from jakiro.config import JakiroConfig
 from jakiro.drafter import TreeDrafter
+from jakiro.io import check_model_files
 from jakiro.model.draft import DraftHead
 from jakiro.target import TargetModel
 from jakiro.lookup import lookup_continuation
@@ -120,6 +121,7 @@ class EaModel(nn.Module):
         if "torch_dtype" in hf_kwargs:  # the name reference users write; transformers 5 calls it dtype
             hf_kwargs["dtype"] = hf_kwargs.pop("torch_dtype")
         draft = DraftHead.from_pretrained(ea_model_path)
+        check_model_files(base_model_path)
         base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         return cls(base_model, draft, tokenizer, total_token, depth, top_k, sibling_mode,

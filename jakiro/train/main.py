@@ -35,7 +35,7 @@ from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, confi
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 from jakiro.drafts import resolve_draft_path
 from jakiro.ge_data.generate import target_identity
-from jakiro.io import OutputExists, sha256_path
+from jakiro.io import OutputExists, check_model_files, sha256_path
 from jakiro.train.data import DataError, check_compatible, check_same_target, open_dataset, split_indices
 from jakiro.train.trainer import TrainingError
 from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
@@ -86,6 +86,7 @@ def target_config(path: str):
     from transformers import AutoConfig
 
     try:
+        check_model_files(path)
         return AutoConfig.from_pretrained(path).get_text_config()
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.base_model_path: cannot read a model config from {path}: "
