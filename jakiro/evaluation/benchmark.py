@@ -39,7 +39,7 @@ from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record
 from jakiro.evaluation.run_settings import run_settings, settings
 from jakiro.evaluation.speed import build_report, format_report, load_answers
-from jakiro.io import atomic_write_text
+from jakiro.io import atomic_write_text, check_output
 
 ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     if not questions:
         raise ValueError("no questions selected")
     out_dir = Path(args.out_dir)
+    check_output(out_dir, "dir", force=True)  # a file there is refused; answer files in it resume by settings
     runs = {(arm.name, t): run_settings(with_temperature(arm.cfg, t))
             for t in args.temperatures for arm in arms_at(arms, t, args.greedy_only)}
     # read (and checked against the settings) before any model loads, so that a mixed-up file fails fast; a report
