@@ -172,3 +172,24 @@ def test_a_truncated_target_file_is_named(tmp_path, capsys):
                          f"data.output_dir={tmp_path / 'out'}", "--quiet"]) == 2
     err = errors(capsys)
     assert len(err) == 1 and str(weights) in err[0] and "truncated" in err[0]
+
+
+def test_resuming_answers_of_a_target_replaced_at_the_same_path_is_refused(tiny_dirs, tmp_path, capsys):
+    target = tmp_path / "target"
+    shutil.copytree(tiny_dirs[0], target)
+    path = tmp_path / "answers.jsonl"
+    argv = ["--base-model-path", str(target), "--set", "model.dtype=float32", "--question-file", str(QUESTIONS),
+            "--answer-file", str(path), "--method", "baseline", "--max-new-tokens", "4", "--warmup", "0",
+            "--no-progress"]
+    assert answers.main([*argv, "--question-end", "1"]) == 0
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(target)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(1.5)  # "retrained" in the same directory
+    model.save_pretrained(target)
+    capsys.readouterr()
+    assert answers.main(argv) == 2
+    err = errors(capsys)
+    assert len(err) == 1 and "another target" in err[0]
+    assert [r["question_id"] for _, r in read_records(path)] == [81]

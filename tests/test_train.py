@@ -22,7 +22,7 @@ from transformers import AutoConfig
 
 from jakiro.config import ConfigError, load_config
 from jakiro.ge_data.dataset import FeatureShards
-from jakiro.ge_data.generate import target_identity
+from jakiro.target import target_identity
 from jakiro.io import sha256_file
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel

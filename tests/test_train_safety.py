@@ -12,7 +12,7 @@ import torch
 from test_train import VOCAB, fresh_accelerate_one_thread, sampled_items, tiny, write_feature_dir  # noqa: F401
 from transformers import AutoConfig
 
-from jakiro.ge_data.generate import target_identity
+from jakiro.target import target_identity
 from jakiro.train.main import main
 from jakiro.train.trainer import CHECKPOINTS, EXPORT, RUN_RECORD
 

@@ -153,6 +153,19 @@ def done_questions(path: Path, current: dict, any_machine: bool = False) -> set:
     return {record["question_id"] for record in records}
 
 
+def check_same_target(path: Path, identity: str) -> None:
+    """ValueError if ``path`` holds answers of a target other than the one of ``identity``
+    (:func:`jakiro.target.target_identity`: its config and LM head, so a model replaced in the same directory
+    counts); records written before the identity was recorded are not compared."""
+    if not path.exists():
+        return
+    found = {(record.get("meta") or {}).get("target_identity") for _, record in read_records(path)} - {None}
+    if found - {identity}:
+        raise ValueError(f"{path} holds answers of another target (identity {', '.join(sorted(found))}) than the one "
+                         f"loaded now ({identity}), although at the same path: give another answer file, or delete it "
+                         "to start over")
+
+
 def run(cfg: JakiroConfig, progress: bool = True) -> Path:
     """Answer the selected questions into the answer file; returns its path."""
     e = cfg.eval
@@ -169,6 +182,7 @@ def run(cfg: JakiroConfig, progress: bool = True) -> Path:
     if not todo:
         return path
     method, about = load_method(cfg, max_new_tokens)
+    check_same_target(path, about["target_identity"])
     prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, e.system_prompt)
     meta = answer_meta(cfg, about)
     for _ in tqdm(range(e.warmup), desc="warm-up", disable=not progress or not e.warmup, leave=False):

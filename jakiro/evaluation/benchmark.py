@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from jakiro.assets import AssetError, load_questions
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, load_config
-from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record, done_questions, pick_questions,
-                                       question_path)
+from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record, check_same_target, done_questions,
+                                       pick_questions, question_path)
 from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record
@@ -153,6 +153,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         todo = []
     else:
         load_arms(arms)
+        for t in args.temperatures:  # a target replaced at the same path since the files were started
+            for arm in arms_at(arms, t, args.greedy_only):
+                check_same_target(arm.answer_file(out_dir, t), arm.meta["target_identity"])
     for number, question in enumerate(tqdm(todo, desc="benchmark", unit="q", disable=args.no_progress)):
         for temperature in args.temperatures:
             present = arms_at(arms, temperature, args.greedy_only)

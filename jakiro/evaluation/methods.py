@@ -30,6 +30,7 @@ from jakiro.hardware import describe as describe_hardware
 from jakiro.io import check_model_files
 from jakiro.model.ea_model import EaModel, default_stop_token_ids
 from jakiro.model.init_draft import resolve_draft
+from jakiro.target import target_identity
 
 METHODS = ("jakiro", "jakiro_star", "baseline", "pld", "assisted", "oracle")
 SPECULATIVE_METHODS = ("jakiro", "jakiro_star")  # the methods that draft with a Jakiro draft head
@@ -168,6 +169,9 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
             method = HFAssistedMethod(model, tokenizer, _sampling(cfg, max_new_tokens), assistant=assistant,
                                       assistant_tokenizer=AutoTokenizer.from_pretrained(path))
             about.update(assistant_model=Path(path).name)
+    hf_model = model.base_model if isinstance(model, EaModel) else model
     about.update(device=str(method.device), hardware=describe_hardware(method.device), torch=torch.__version__,
-                 transformers=transformers.__version__)
+                 transformers=transformers.__version__,
+                 target_identity=target_identity(hf_model.config.get_text_config(),
+                                                 hf_model.get_output_embeddings().weight))
     return method, about

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from jakiro.assets import AssetError, ensure_sharegpt, ensure_smollm2
 from jakiro.config import ConfigError, JakiroConfig, ModelConfig, add_config_arguments, config_from_args
+from jakiro.target import target_identity
 from jakiro.io import (
     atomic_write,
     atomic_write_text,
@@ -159,23 +160,6 @@ def target_features(model, input_ids: torch.Tensor) -> torch.Tensor:
     tensors cannot be saved for backward."""
     device = model.get_input_embeddings().weight.device
     return model.get_decoder()(input_ids=input_ids[None].to(device), use_cache=False).last_hidden_state[0]
-
-
-_VOLATILE_CONFIG_KEYS = ("dtype", "torch_dtype", "transformers_version", "use_cache")
-
-
-def target_identity(text_config, lm_head_weight: torch.Tensor) -> str:
-    """Short SHA-256 naming a target: its text config (without the loading dtype, versions and private keys) and
-    its LM head weights [V, H] rounded to bfloat16 (the same digest whatever dtype the target was loaded in).
-
-    Two targets of the same hidden and vocabulary size but other layers (a cut of a model) or other weights (a
-    fine-tune) get different identities, so features made by one are not used to train a draft for the other."""
-    config = {k: v for k, v in text_config.to_dict().items()
-              if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    weight = lm_head_weight.detach().to("cpu", torch.bfloat16).contiguous()
-    digest.update(weight.view(torch.int16).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class _Progress:

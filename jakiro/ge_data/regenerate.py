@@ -46,7 +46,8 @@ from jakiro.chat_templates import (
     to_messages,
 )
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
-from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select, target_identity
+from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
+from jakiro.target import target_identity
 from jakiro.io import atomic_write_text, check_output, differences, sha256_path
 
 PARTS_META = "settings.json"

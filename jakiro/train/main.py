@@ -34,8 +34,8 @@ from torch.utils.data import Subset
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 from jakiro.drafts import resolve_draft_path
-from jakiro.ge_data.generate import target_identity
 from jakiro.io import OutputExists, check_model_files, sha256_path
+from jakiro.target import target_identity
 from jakiro.train.data import DataError, check_compatible, check_same_target, open_dataset, split_indices
 from jakiro.train.trainer import TrainingError
 from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
