@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -63,6 +64,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return `value` as type `tp` (int -> float, list -> tuple) or raise a ConfigError naming `key`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(value, float) and not math.isfinite(value):  # no setting means anything by NaN or infinity
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if origin in (typing.Union, types.UnionType):  # only Optional[X] is used
         if value is None and type(None) in args:
             return None
@@ -118,6 +121,16 @@ class ModelConfig(_Section):
 
     def validate(self) -> None:
         self._require("device", bool(self.device), "a non-empty device string")
+        from jakiro.hardware import device_problem
+
+        problem = device_problem(self.device)
+        if problem:
+            raise ConfigError(f"model.device: {problem}")
+        for name in ("base_model_path", "draft_path"):
+            path = getattr(self, name)
+            if path and str(path).startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+                what = "not a directory" if Path(path).expanduser().exists() else "not found"
+                raise ConfigError(f"model.{name}: {path} is {what} (give a model directory, a hub id, or null)")
         if self.dtype == "auto":  # resolved here, so every user of the config (and every record) sees the real dtype
             from jakiro.hardware import auto_dtype
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         run(cfg, args.questions)
-    except (ConfigError, AssetError, ValueError) as err:
+    except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

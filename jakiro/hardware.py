@@ -54,6 +54,32 @@ def _torch_device(device: torch.device | str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # transformers' device_map names
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run here (not a device or device map name, a backend this torch lacks, an index past
+    the devices present), or None if it can."""
+    if device in DEVICE_MAPS:
+        return None
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        return (f"{device!r} is neither a torch device (cpu, cuda, cuda:1, ...) nor a device map "
+                f"({', '.join(DEVICE_MAPS)})")
+    backend = getattr(torch, parsed.type, None)
+    if parsed.type == "cpu" or not hasattr(backend, "is_available"):
+        return None
+    if not backend.is_available():
+        no_cuda = parsed.type == "cuda" and torch.version.cuda is None
+        why = "was built without CUDA" if no_cuda else "sees no such device"
+        return f"{device} requested, but this torch ({torch.__version__}) {why}; use cpu"
+    count = backend.device_count() if hasattr(backend, "device_count") else None
+    if parsed.index is not None and count is not None and parsed.index >= count:
+        return f"{device} requested, but only {count} {parsed.type} device(s) are visible"
+    return None
+
+
 def auto_dtype(device: torch.device | str) -> str:
     """The dtype ``model.dtype: auto`` stands for: "bfloat16" on a GPU or on a CPU whose matrix extension
     (:func:`matrix_extension`) multiplies bf16 natively (AMX, AVX512-BF16), else "float32". Without them a

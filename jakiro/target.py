@@ -18,6 +18,8 @@ It runs transformers' own model code (Llama, Qwen2, Mistral, Mixtral, ...) with 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -28,6 +30,23 @@ from jakiro.exact_linear import one_row_at_a_time, row_inconsistent_linears
 from jakiro.gqa_attention import gqa_tree_attention_for
 from jakiro.hf_compat import cache_keyword
 from jakiro.tree import DraftTree, additive_tree_mask, root_paths
+
+
+_VOLATILE_CONFIG_KEYS = ("dtype", "torch_dtype", "transformers_version", "use_cache")
+
+
+def target_identity(text_config, lm_head_weight: torch.Tensor) -> str:
+    """Short SHA-256 naming a target: its text config (without the loading dtype, versions and private keys) and
+    its LM head weights [V, H] rounded to bfloat16 (the same digest whatever dtype the target was loaded in).
+
+    Two targets of the same hidden and vocabulary size but other layers (a cut of a model) or other weights (a
+    fine-tune) get different identities, so features made by one are not used to train a draft for the other."""
+    config = {k: v for k, v in text_config.to_dict().items()
+              if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    weight = lm_head_weight.detach().to("cpu", torch.bfloat16).contiguous()
+    digest.update(weight.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class TargetModel:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from jakiro.io import check_model_files
 from jakiro.model.draft import DraftHead
 from jakiro.model.ea_model import EaModel
 from jakiro.verify import Verdict, verify_greedy
@@ -83,6 +84,7 @@ class StarEaModel(EaModel):
         check_mode(sibling_mode)  # fail on bad tree settings before loading any weights
         tree = get_static_tree(static_tree)
         draft = DraftHead.from_pretrained(ea_model_path)
+        check_model_files(base_model_path)
         base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         return cls(base_model, draft, tokenizer, tree, sibling_mode, exact_verification=exact_verification,

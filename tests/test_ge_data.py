@@ -7,6 +7,7 @@ resume and 2-process tests use a tiny random Llama saved with SmolLM2's tokenize
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,8 +157,45 @@ def test_resume_gives_identical_result(tiny_run, tmp_path):
     assert all(sha(parts / s["file"]) == s["sha256"] for s in expected["shards"])
     assert generate_features(cfg, progress=False) == expected  # a finished run is a no-op
 
-    with pytest.raises(GeDataError, match="other settings \\(different max_len\\)"):
+    with pytest.raises(GeDataError, match="other settings \\(max_len: 48 recorded, 64 now\\)"):
         generate_features(load_config(config, [f"data.output_dir={parts}", "data.max_len=64"]), progress=False)
+
+
+def test_changed_input_content_or_corrupted_shard_is_refused(tiny_run, tmp_path, capsys):
+    """Same input path and record count but other text: the old shards are not reused (issue 28, finding 1); a
+    truncated shard and an output path that is a file are named in one-line errors."""
+    root, config = tiny_run
+    data = [dict(r) for r in records()]
+    source = write_input(tmp_path / "in.jsonl", data, "jsonl")
+    out = tmp_path / "out"
+    cfg = load_config(config, [f"data.output_dir={out}", f"data.input_path={source}"])
+    assert generate_features(cfg, max_shards=2, progress=False) is None
+    data[0] = conv(("What is 3 + 3?", "3 + 3 is 6."))
+    write_input(source, data, "jsonl")
+    with pytest.raises(GeDataError, match="input.content_sha256"):
+        generate_features(cfg, progress=False)
+    shutil.rmtree(out)
+    write_input(source, records(), "jsonl")
+    assert generate_features(cfg, max_shards=1, progress=False) is None
+    shard = out / "shard_00000.safetensors"
+    damaged = bytearray(shard.read_bytes())
+    damaged[-8:] = b"\xff" * 8  # same size, other bytes: not given a manifest hash
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(GeDataError, match="tensors changed since the shard was written"):
+        generate_features(cfg, progress=False)
+    assert not (out / "manifest.json").exists()
+    shard.write_bytes(shard.read_bytes()[:40])
+    args = ["--config", str(config), "--set", f"data.output_dir={out}", "--set", f"data.input_path={source}",
+            "--quiet"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(err) == 1 and str(shard) in err[0] and "truncated" in err[0] and "delete it" in err[0]
+    file_out = tmp_path / "a-file"
+    file_out.write_text("mine")
+    assert main([*args[:-1], "--set", f"data.output_dir={file_out}", "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(err) == 1 and "is an existing file" in err[0] and file_out.read_text() == "mine"
 
 
 def test_raising_data_end_reuses_finished_shards(tiny_run, tmp_path):

@@ -5,6 +5,7 @@ answers end after a few tokens and conversations go on for several turns.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,9 +102,36 @@ def test_resume_matches_one_run_and_feeds_ge_data(tiny, tmp_path):
     manifest = generate_features(features, progress=False)
     assert manifest["totals"]["conversations"] == len(read(parts))
 
-    with pytest.raises(GeDataError, match="other settings \\(different regenerate\\)"):
+    with pytest.raises(GeDataError, match="other settings \\(regenerate.max_new_tokens: 12 recorded, 5 now\\)"):
         regenerate(load_config(tiny["config"], [f"regenerate.output_path={parts}", "regenerate.max_new_tokens=5"]),
                    progress=False)
+
+
+def test_changed_input_or_an_existing_output_file_is_refused(tiny, tmp_path, capsys):
+    """Parts answered from an input file whose content changed since (same path, same record count) are not
+    reused; an output file that is not this run's is replaced only with --force."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(Path(load_config(tiny["config"]).data.input_path).read_text())
+    out = tmp_path / "out.jsonl"
+    cfg = load_config(tiny["config"], [f"regenerate.output_path={out}", f"data.input_path={source}"])
+    assert regenerate(cfg, max_parts=1, progress=False) is None
+    original = source.read_text()
+    source.write_text(original.replace("a reply", "another reply"))
+    with pytest.raises(GeDataError, match="input.content_sha256"):
+        regenerate(cfg, progress=False)
+    source.write_text(original)
+    part = out.with_name("out.jsonl.parts") / "part_00000.jsonl"
+    part.write_text(part.read_text()[:-20])  # a damaged finished part is named, not concatenated
+    with pytest.raises(GeDataError, match="part_00000.jsonl is truncated or corrupted"):
+        regenerate(cfg, progress=False)
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("my own file\n")
+    args = ["--config", str(tiny["config"]), "--set", f"regenerate.output_path={mine}", "--quiet"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "--force" in err[0] and mine.read_text() == "my own file\n"
+    assert main([*args, "--set", "data.end=2", "--force"]) == 0 and mine.read_text() != "my own file\n"
 
 
 def test_cli_errors(tiny, tmp_path, capsys):

@@ -18,9 +18,12 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
 
 from jakiro.config import ConfigError, load_config
 from jakiro.ge_data.dataset import FeatureShards
+from jakiro.target import target_identity
+from jakiro.io import sha256_file
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices
@@ -69,8 +72,10 @@ def sampled_items(target, n: int, length: int, seed: int, prompt: int = 4, tempe
     return [{"input_ids": ids[i], "hidden_state": features[i], "loss_mask": mask} for i in range(n)]
 
 
-def write_feature_dir(path: Path, items: list[dict], hidden_size: int, vocab_size: int) -> Path:
-    """A data dir in the format of ``python -m jakiro.ge_data`` (one shard + manifest.json)."""
+def write_feature_dir(path: Path, items: list[dict], hidden_size: int, vocab_size: int,
+                      identity: str = "tiny") -> Path:
+    """A data dir in the format of ``python -m jakiro.ge_data`` (one shard + manifest.json) made by the target of
+    ``identity`` (:func:`jakiro.ge_data.generate.target_identity`)."""
     path.mkdir(parents=True, exist_ok=True)
     lengths = torch.tensor([0] + [len(x["input_ids"]) for x in items])
     save_file({
@@ -81,8 +86,10 @@ def write_feature_dir(path: Path, items: list[dict], hidden_size: int, vocab_siz
         "index": torch.arange(len(items)),
     }, str(path / "shard_00000.safetensors"))
     manifest = {"format": "jakiro-features/1",
-                "target": {"path": "tiny", "hidden_size": hidden_size, "vocab_size": vocab_size},
-                "shards": [{"file": "shard_00000.safetensors", "conversations": len(items)}]}
+                "target": {"path": "tiny", "hidden_size": hidden_size, "vocab_size": vocab_size,
+                           "identity": identity},
+                "shards": [{"file": "shard_00000.safetensors", "conversations": len(items),
+                            "sha256": sha256_file(path / "shard_00000.safetensors")}]}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
@@ -95,7 +102,8 @@ def tiny(tmp_path_factory):
         target = tiny_target("llama", VOCAB, seed=0)
         target.save_pretrained(root / "target")
         train, test = sampled_items(target, 96, 40, seed=0), sampled_items(target, 24, 40, seed=1)
-        features = write_feature_dir(root / "features", sampled_items(target, 24, 24, seed=2), 64, VOCAB)
+        identity = target_identity(AutoConfig.from_pretrained(root / "target"), target.get_output_embeddings().weight)
+        features = write_feature_dir(root / "features", sampled_items(target, 24, 24, seed=2), 64, VOCAB, identity)
     return {"root": root, "target": target, "train": train, "test": test, "features": features}
 
 

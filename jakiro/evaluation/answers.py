@@ -34,6 +34,7 @@ from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import METHODS, load_method, synchronize
 from jakiro.evaluation.records import FORWARDS_COUNTING, append_record, read_records
 from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
+from jakiro.io import check_output
 
 # direct flag -> (section, key, type)
 FLAGS = {
@@ -152,6 +153,19 @@ def done_questions(path: Path, current: dict, any_machine: bool = False) -> set:
     return {record["question_id"] for record in records}
 
 
+def check_same_target(path: Path, identity: str) -> None:
+    """ValueError if ``path`` holds answers of a target other than the one of ``identity``
+    (:func:`jakiro.target.target_identity`: its config and LM head, so a model replaced in the same directory
+    counts); records written before the identity was recorded are not compared."""
+    if not path.exists():
+        return
+    found = {(record.get("meta") or {}).get("target_identity") for _, record in read_records(path)} - {None}
+    if found - {identity}:
+        raise ValueError(f"{path} holds answers of another target (identity {', '.join(sorted(found))}) than the one "
+                         f"loaded now ({identity}), although at the same path: give another answer file, or delete it "
+                         "to start over")
+
+
 def run(cfg: JakiroConfig, progress: bool = True) -> Path:
     """Answer the selected questions into the answer file; returns its path."""
     e = cfg.eval
@@ -160,6 +174,7 @@ def run(cfg: JakiroConfig, progress: bool = True) -> Path:
     if not questions:
         raise ValueError(f"no questions selected (question_begin={e.question_begin}, question_end={e.question_end})")
     path = answer_path(cfg)
+    check_output(path, "file", force=True)  # a directory there is refused; a file of this run is resumed
     done = done_questions(path, run_settings(cfg))
     todo = [q for q in questions if q["question_id"] not in done]
     print(f"{e.bench_name}: {len(questions) - len(todo)} of {len(questions)} questions already in {path}, "
@@ -167,6 +182,7 @@ def run(cfg: JakiroConfig, progress: bool = True) -> Path:
     if not todo:
         return path
     method, about = load_method(cfg, max_new_tokens)
+    check_same_target(path, about["target_identity"])
     prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, e.system_prompt)
     meta = answer_meta(cfg, about)
     for _ in tqdm(range(e.warmup), desc="warm-up", disable=not progress or not e.warmup, leave=False):
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None, method: str | None = None) -> int:
     try:
         cfg = config_from_cli(args, method)
         path = run(cfg, progress=not args.no_progress)
-    except (ConfigError, AssetError, ValueError) as err:
+    except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"answers: {path}")

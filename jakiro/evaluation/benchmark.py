@@ -32,14 +32,14 @@ from tqdm import tqdm
 
 from jakiro.assets import AssetError, load_questions
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, load_config
-from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record, done_questions, pick_questions,
-                                       question_path)
+from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record, check_same_target, done_questions,
+                                       pick_questions, question_path)
 from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record
 from jakiro.evaluation.run_settings import run_settings, settings
 from jakiro.evaluation.speed import build_report, format_report, load_answers
-from jakiro.io import atomic_write_text
+from jakiro.io import atomic_write_text, check_output
 
 ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     if not questions:
         raise ValueError("no questions selected")
     out_dir = Path(args.out_dir)
+    check_output(out_dir, "dir", force=True)  # a file there is refused; answer files in it resume by settings
     runs = {(arm.name, t): run_settings(with_temperature(arm.cfg, t))
             for t in args.temperatures for arm in arms_at(arms, t, args.greedy_only)}
     # read (and checked against the settings) before any model loads, so that a mixed-up file fails fast; a report
@@ -152,6 +153,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         todo = []
     else:
         load_arms(arms)
+        for t in args.temperatures:  # a target replaced at the same path since the files were started
+            for arm in arms_at(arms, t, args.greedy_only):
+                check_same_target(arm.answer_file(out_dir, t), arm.meta["target_identity"])
     for number, question in enumerate(tqdm(todo, desc="benchmark", unit="q", disable=args.no_progress)):
         for temperature in args.temperatures:
             present = arms_at(arms, temperature, args.greedy_only)
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (ConfigError, AssetError, ValueError) as err:
+    except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -38,7 +38,7 @@ from jakiro.evaluation.chat import ChatPrompter
 from jakiro.evaluation.methods import SPECULATIVE_METHODS, load_method
 from jakiro.evaluation.records import append_record, read_records
 from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
-from jakiro.io import atomic_write_text
+from jakiro.io import atomic_write_text, check_output
 
 
 def _check_record(record, path: Path, number: int) -> None:
@@ -186,6 +186,7 @@ def run(cfg: JakiroConfig, out: Path, num_questions: int | None, tie: float, eve
     if not questions:
         raise ValueError("no questions selected")
     current = {**run_settings(cfg, greedy_check=True), "tie": tie}
+    check_output(out, "file", force=True)  # a directory there is refused; a file of this check is resumed
     records = read_results(out)
     check_resumable(out, (record.get("settings") for record in records), current)
     done = {record["question_id"] for record in records}
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         summary = run(cfg, Path(args.out) if args.out else default_out(cfg), args.questions, args.tie, args.every,
                       progress=not args.no_progress)
-    except (ConfigError, AssetError, ValueError) as err:
+    except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_summary(summary))

@@ -27,8 +27,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from jakiro.assets import ensure_smollm2
 from jakiro.config import JakiroConfig
 from jakiro.hardware import describe as describe_hardware
+from jakiro.io import check_model_files
 from jakiro.model.ea_model import EaModel, default_stop_token_ids
 from jakiro.model.init_draft import resolve_draft
+from jakiro.target import target_identity
 
 METHODS = ("jakiro", "jakiro_star", "baseline", "pld", "assisted", "oracle")
 SPECULATIVE_METHODS = ("jakiro", "jakiro_star")  # the methods that draft with a Jakiro draft head
@@ -153,6 +155,7 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
         if speculative:
             about.update(draft=Path(draft).name, draft_trained=trained, tree=tree_about, exact_verification=exact)
     else:
+        check_model_files(base)
         model = AutoModelForCausalLM.from_pretrained(base, **load).eval()
         tokenizer = AutoTokenizer.from_pretrained(base)
         if name == "pld":
@@ -161,10 +164,14 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
             about.update(prompt_lookup_num_tokens=cfg.eval.prompt_lookup_num_tokens)
         else:
             path = cfg.eval.assistant_model_path
+            check_model_files(path)
             assistant = AutoModelForCausalLM.from_pretrained(path, **load).eval()
             method = HFAssistedMethod(model, tokenizer, _sampling(cfg, max_new_tokens), assistant=assistant,
                                       assistant_tokenizer=AutoTokenizer.from_pretrained(path))
             about.update(assistant_model=Path(path).name)
+    hf_model = model.base_model if isinstance(model, EaModel) else model
     about.update(device=str(method.device), hardware=describe_hardware(method.device), torch=torch.__version__,
-                 transformers=transformers.__version__)
+                 transformers=transformers.__version__,
+                 target_identity=target_identity(hf_model.config.get_text_config(),
+                                                 hf_model.get_output_embeddings().weight))
     return method, about

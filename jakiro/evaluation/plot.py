@@ -9,7 +9,6 @@ message and everything else works.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -64,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", help="JSON reports written by jakiro.evaluation.speed --json")
     parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--force", action="store_true", help="replace an --out file that is not a PNG")
     args = parser.parse_args(argv)
+    from jakiro.evaluation.speed import check_outputs, read_report
+
     try:
-        plot_reports([json.loads(Path(p).read_text()) for p in args.reports], args.out)
+        check_outputs(None, args.out, args.force)
+        plot_reports([read_report(p) for p in args.reports], args.out)
     except PlotUnavailable as err:
         print(f"skipping the plot: {err}", file=sys.stderr)
         return 1

@@ -5,7 +5,8 @@ skipping the questions they already hold. Each record therefore carries :func:`r
 ``meta["settings"]``; greedy checks: in ``settings``), and :func:`check_resumable` refuses to add to a file whose
 records were made with other settings: a changed draft (compared by a digest of its weights, so retraining into
 the same directory counts), tree, dtype, hardware (speeds measured on two machines are not comparable), the torch and
-transformers versions (a new release changes kernels and decoding code), temperature, token budget and so on.
+transformers versions (a new release changes kernels and decoding code), temperature, token budget, the question
+file's content and so on.
 Records written before settings were recorded carry none and are not compared.
 """
 
@@ -24,9 +25,11 @@ from jakiro.config import JakiroConfig
 from jakiro.drafts import resolve_draft_path
 from jakiro.evaluation.methods import SPECULATIVE_METHODS
 from jakiro.hardware import describe as describe_hardware
+from jakiro.io import sha256_file
 
 DRAFT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
-RECORDED_LATER = ("hardware", "torch", "transformers")  # settings that files written before they were recorded lack
+# settings that files written before they were recorded lack
+RECORDED_LATER = ("hardware", "torch", "transformers", "questions")
 # settings that the machine decides (``model.dtype: auto`` resolves by CPU): a report may read files made elsewhere
 MACHINE_SETTINGS = ("hardware", "torch", "transformers", "dtype")
 
@@ -40,6 +43,22 @@ def draft_digest(path: str | Path) -> str:
     for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DRAFT_FILE_SUFFIXES):
         digest.update(file.name.encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def question_digest(cfg: JakiroConfig) -> str | None:
+    """Short SHA-256 of the question file a run answers (``eval.question_file``, else the embedded MT-bench), so
+    that a resumed answer file never mixes two question sets whose ids overlap; None if there is no such file (the
+    run then stops with its own message when it loads the questions)."""
+    e = cfg.eval
+    if e.question_file:
+        path = Path(e.question_file)
+    elif e.bench_name == "mt_bench":
+        from jakiro.assets import ensure_mtbench
+
+        path = ensure_mtbench(progress=False)
+    else:
+        return None
+    return sha256_file(path)[:16] if path.is_file() else None
 
 
 def settings(cfg: JakiroConfig) -> tuple[float, int]:
@@ -61,7 +80,7 @@ def run_settings(cfg: JakiroConfig, greedy_check: bool = False) -> dict:
     temperature, max_new_tokens = settings(cfg)
     out = {"method": e.method, "base_model": model.base_model_path or "embedded default", "dtype": model.dtype,
            "device": model.device, "chat_template": model.chat_template, "system_prompt": e.system_prompt,
-           "max_new_tokens": max_new_tokens, "max_length": gen.max_length}
+           "max_new_tokens": max_new_tokens, "max_length": gen.max_length, "questions": question_digest(cfg)}
     if not greedy_check:
         out.update(hardware=describe_hardware(model.device), torch=torch.__version__,
                    transformers=transformers.__version__, temperature=temperature, top_p=gen.top_p,

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jakiro.evaluation.records import FORWARDS_COUNTING, read_records
+from jakiro.io import OutputExists, atomic_write_text, check_output
 
 
 @dataclass
@@ -149,9 +150,39 @@ def _summary(answers: AnswerFile, keys: list) -> dict:
             "alpha": acceptance_by_depth(samples, tree.get("depth")), "notes": answers.notes}
 
 
+def made_by(answers: AnswerFile) -> str | None:
+    """The method that wrote an answer file (its records' ``meta``), or None where they do not say."""
+    return answers.meta.get("method") or (answers.meta.get("settings") or {}).get("method")
+
+
+BUDGET_KEYS = ("max_new_tokens", "max_length")
+
+
+def check_pairing(baseline: AnswerFile, methods: list[AnswerFile]) -> list[str]:
+    """ValueError if the baseline file was made by a method other than plain decoding; notes for a baseline that
+    does not say, a method file that is plain decoding too, and token budgets that differ from the baseline's."""
+    notes = []
+    base_method = made_by(baseline)
+    if base_method is not None and base_method != "baseline":
+        raise ValueError(f"{baseline.path} holds answers of method {base_method!r}, not of plain decoding: --baseline "
+                         "takes the file of gen_baseline_answer (method 'baseline'), else every speedup is wrong")
+    if base_method is None:
+        notes.append(f"{baseline.path.name}: its records do not say which method made them; make sure it is plain "
+                     "decoding")
+    for method in methods:
+        if made_by(method) == "baseline":
+            notes.append(f"{method.path.name}: plain decoding as well (method 'baseline')")
+        for key in BUDGET_KEYS:
+            mine, base = method.meta.get(key), baseline.meta.get(key)
+            if mine is not None and base is not None and mine != base:
+                notes.append(f"WARNING {method.path.name}: {key} {mine} differs from the baseline's {base}: the two "
+                             "files answer under different token budgets, so speed and tau compare unlike answers")
+    return notes
+
+
 def build_report(baseline: AnswerFile, methods: list[AnswerFile], bench: str | None = None) -> dict:
-    """The speed report (a JSON-ready dict) of each method against the baseline."""
-    notes = list(baseline.notes)
+    """The speed report (a JSON-ready dict) of each method against the baseline (see :func:`check_pairing`)."""
+    notes = list(baseline.notes) + check_pairing(baseline, methods)
     report = {"bench": bench or baseline.meta.get("bench") or baseline.path.parent.name,
               "temperature": baseline.meta.get("temperature"),
               "baseline": _summary(baseline, sorted(baseline.samples, key=str)), "methods": []}
@@ -238,6 +269,43 @@ def _plot(reports: list[dict], path: str) -> None:
         print(f"skipping the plot: {err}", file=sys.stderr)
 
 
+def read_report(path: str | Path) -> dict:
+    """A ``--json`` report; ValueError naming the file if it is unreadable, truncated or not such a report."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable speed report (truncated or corrupted? {err}); write it again with "
+                         "python -m jakiro.evaluation.speed --json") from None
+    if not isinstance(report, dict) or not {"bench", "methods"} <= set(report):
+        raise ValueError(f"{path}: not a speed report of python -m jakiro.evaluation.speed --json")
+    return report
+
+
+def check_outputs(json_path: str | None, plot_path: str | None, force: bool) -> None:
+    """Refuse to replace a file that is not an earlier output of this tool (a speed report, a PNG) unless
+    ``force``; a directory is always refused."""
+    for path, ours in ((json_path, _is_report), (plot_path, _is_png)):
+        if path is None:
+            continue
+        check_output(path, "file", force=True)  # a directory there: refused
+        if Path(path).exists() and not force and not ours(path):
+            raise OutputExists(f"{path} exists and is not an earlier output of this tool; pass --force to replace "
+                               "it, or give another path")
+
+
+def _is_report(path: str | Path) -> bool:
+    try:
+        read_report(path)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_png(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", help="answer file of plain decoding")
@@ -247,14 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the report as JSON here")
     parser.add_argument("--plot", help="write a PNG of speedup and tau here (needs matplotlib)")
     parser.add_argument("--average", nargs="+", metavar="REPORT", help="JSON reports to average over benches")
+    parser.add_argument("--force", action="store_true", help="replace --json / --plot files that this tool did not "
+                        "write (its own earlier outputs are replaced anyway)")
     args = parser.parse_args(argv)
     if args.average and (args.baseline or args.method):
         parser.error("--average takes JSON reports only, not --baseline / --method")
     if not args.average and not (args.baseline and args.method):
         parser.error("give --baseline FILE and at least one --method FILE (or --average REPORT.json ...)")
     try:
+        check_outputs(args.json, args.plot, args.force)
         if args.average:
-            reports = [json.loads(Path(p).read_text()) for p in args.average]
+            reports = [read_report(p) for p in args.average]
             print(format_average(reports))
         else:
             tokenizer = None
@@ -267,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_report(reports[0]))
             if args.json:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(reports[0], indent=1) + "\n")
+                atomic_write_text(args.json, json.dumps(reports[0], indent=1) + "\n")
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM
 from jakiro.assets import AssetError, ensure_smollm2
 from jakiro.config import ConfigError, add_config_arguments, config_from_args
 from jakiro.hardware import describe as describe_hardware
+from jakiro.io import check_model_files
 from jakiro.model.ea_model import (measure_decoding_step_cost, measure_verification_costs, pick_tree_size,
                                    random_verification_trees, seconds_of)
 from jakiro.target import TargetModel
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.context < 1 or args.repeats < 1 or min(args.sizes) < 1:
             raise ValueError("--context, --repeats and every --sizes value must be >= 1")
         base = cfg.model.base_model_path or str(ensure_smollm2())
+        check_model_files(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, cfg.model.dtype),
                                                      device_map=cfg.model.device).eval()
     except (ConfigError, AssetError, ValueError, OSError) as err:

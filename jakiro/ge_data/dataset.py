@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from jakiro.config import JakiroConfig
+from jakiro.io import check_file_hash, sha256_path
 from jakiro.ge_data.generate import (
     MANIFEST,
     GeDataError,
@@ -41,11 +42,35 @@ def read_manifest(data_dir: str | Path) -> dict:
     if not path.is_file():
         raise GeDataError(f"no {MANIFEST} in {data_dir}: the data generation has not finished there (run "
                           "python -m jakiro.ge_data again with the same settings to complete it)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GeDataError(f"{path} is truncated or corrupted ({err}); delete it and run python -m jakiro.ge_data "
+                          "again with the same settings to rewrite it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise GeDataError(f"{path} is not a jakiro.ge_data manifest (no list of shards)")
+    return manifest
+
+
+def open_shard(file: str | Path, expected_sha256: str | None):
+    """``safe_open`` a feature shard after checking its bytes against the manifest's SHA-256 (GeDataError naming
+    the file and what to do if it was truncated, overwritten or is no shard)."""
+    remedy = ("delete it and run python -m jakiro.ge_data again with the same settings to recompute it, "
+              "then train again")
+    try:
+        check_file_hash(file, expected_sha256, remedy)
+        return safe_open(str(file), "pt")
+    except (ValueError, OSError) as err:
+        raise GeDataError(str(err)) from None
+    except Exception as err:  # safetensors' own error types
+        raise GeDataError(f"{file} is not a readable feature shard ({err}); {remedy}") from None
 
 
 class FeatureShards(Dataset):
     """The conversations stored in a finished ``jakiro.ge_data`` output directory.
+
+    Every shard's SHA-256 is checked against the manifest once, when the dataset is opened: a truncated or
+    overwritten shard is a :class:`GeDataError` naming it, never silently wrong training data.
 
     Args:
         data_dir: the directory holding ``manifest.json`` and the shards.
@@ -58,8 +83,8 @@ class FeatureShards(Dataset):
         chosen = range(len(entries)) if shards is None else shards
         self.files = [str(Path(data_dir) / entries[i]["file"]) for i in chosen]
         self.offsets = []  # per shard: int64 [n + 1]
-        for file in self.files:
-            with safe_open(file, "pt") as f:
+        for i, file in zip(chosen, self.files):  # each file's bytes are checked once, here
+            with open_shard(file, entries[i].get("sha256")) as f:
                 self.offsets.append(f.get_tensor("offsets"))
         self.starts = [0]  # first item of each shard, then the total
         for offsets in self.offsets:
@@ -124,11 +149,13 @@ class OnlineFeatures(Dataset):
     def from_config(cls, cfg: JakiroConfig, progress: bool = True) -> "OnlineFeatures":
         """The conversations ``python -m jakiro.ge_data`` would store for ``cfg`` (same selection and order)."""
         data = cfg.data
-        records, _ = load_conversations(data.input_path)
+        records, path = load_conversations(data.input_path)
         model, tokenizer, _ = load_target(cfg.model)
         template = get_template(data.chat_template or cfg.model.chat_template, tokenizer, data.system_prompt)
         chosen = [records[i] for i in select(len(records), data.shuffle_seed, data.start, data.end)]
-        return cls(chosen, model, tokenizer, template, data.max_len, getattr(torch, data.features_dtype), progress)
+        dataset = cls(chosen, model, tokenizer, template, data.max_len, getattr(torch, data.features_dtype), progress)
+        dataset.input_sha256 = sha256_path(path)  # what a resumed training run checks it still reads
+        return dataset
 
     def __len__(self) -> int:
         return len(self.items)

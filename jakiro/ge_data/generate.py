@@ -19,13 +19,16 @@ conversations with ``T`` tokens in all:
 * ``input_ids`` int32 [T], ``loss_mask`` uint8 [T], ``hidden_state`` [T, H] in ``data.features_dtype``:
   the conversations concatenated; conversation ``j`` is rows ``offsets[j]:offsets[j + 1]``;
 * ``offsets`` int64 [n + 1]; ``index`` int64 [n]: each conversation's row in the input file;
-* metadata key ``jakiro``: JSON with the run's ``fingerprint`` (without ``data.end``) and the shard's counts.
+* metadata key ``jakiro``: JSON with the run's ``fingerprint`` (without ``data.end``), the shard's counts and the
+  SHA-256 of its tensors (checked when the manifest is written, so a shard damaged after it was written is not
+  given a manifest hash).
 
 A shard already present with the same fingerprint and conversation count is skipped, so a killed run restarted
 with the same command continues and ends with the same files, and a run with a larger (or smaller) ``data.end``
 reuses the finished shards: the data set grows without recomputing it. When every shard exists, the main process writes ``manifest.json`` (last,
-atomically; no timestamps): the fingerprint (format, target, features_dtype, template, system_prompt, max_len,
-input, shard_size), one entry per shard (file, conversations, tokens, assistant_tokens, skipped, bytes, sha256)
+atomically; no timestamps): the fingerprint (format, target with its ``identity`` (:func:`target_identity`),
+features_dtype, template, system_prompt, max_len, input with the SHA-256 of the input file's content, shard_size),
+one entry per shard (file, conversations, tokens, assistant_tokens, skipped, bytes, sha256)
 and the totals.
 """
 
@@ -51,7 +54,16 @@ from tqdm.auto import tqdm
 
 from jakiro.assets import AssetError, ensure_sharegpt, ensure_smollm2
 from jakiro.config import ConfigError, JakiroConfig, ModelConfig, add_config_arguments, config_from_args
-from jakiro.io import atomic_write, atomic_write_text
+from jakiro.target import target_identity
+from jakiro.io import (
+    atomic_write,
+    atomic_write_text,
+    check_model_files,
+    check_output,
+    differences,
+    sha256_file,
+    sha256_path,
+)
 from jakiro.chat_templates import (
     SkipConversation,
     TemplateError,
@@ -132,6 +144,7 @@ def load_target(model_cfg: ModelConfig, device: torch.device | str | None = None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = model_cfg.base_model_path or str(ensure_smollm2(progress=False))
+    check_model_files(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not tokenizer.is_fast:
         raise GeDataError(f"{path}: the loss mask needs a fast tokenizer (character offsets)")
@@ -147,14 +160,6 @@ def target_features(model, input_ids: torch.Tensor) -> torch.Tensor:
     tensors cannot be saved for backward."""
     device = model.get_input_embeddings().weight.device
     return model.get_decoder()(input_ids=input_ids[None].to(device), use_cache=False).last_hidden_state[0]
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Progress:
@@ -178,13 +183,39 @@ class _Progress:
         self.bar.close()
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over tensors' names and raw bytes (in name order): what a shard held when it was written."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode() + b"\0")
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def stored_tensors_digest(path: Path, rows: int = 4096) -> str:
+    """:func:`tensors_digest` of a shard file's tensors, read ``rows`` rows at a time."""
+    digest = hashlib.sha256()
+    with safe_open(str(path), "pt") as f:
+        for name in sorted(f.keys()):
+            digest.update(name.encode() + b"\0")
+            part = f.get_slice(name)
+            for start in range(0, part.get_shape()[0], rows):
+                digest.update(part[start:start + rows].contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
 def read_shard_meta(path: Path) -> dict:
-    with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()[META_KEY])
+    """A shard's ``jakiro`` metadata; GeDataError naming the file if it is truncated or not a shard."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()[META_KEY])
+    except Exception as err:  # safetensors raises its own error types for truncated headers
+        raise GeDataError(f"{path} is not a readable feature shard (truncated or corrupted: {err}); delete it and "
+                          "run the same python -m jakiro.ge_data command again to recompute it") from None
 
 
 class _Job:
@@ -205,17 +236,20 @@ class _Job:
         self.data = data
         self.features_dtype = getattr(torch, data.features_dtype)
         text = self.model.config.get_text_config()
+        identity = target_identity(text, self.model.get_output_embeddings().weight)
         selected = json.dumps([records[i] for i in self.order], sort_keys=True, ensure_ascii=False)
         self.fingerprint = {
             "format": FORMAT,
             "target": {"path": target_path, "name": Path(target_path).name, "model_type": text.model_type,
-                       "hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "dtype": cfg.model.dtype},
+                       "hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "dtype": cfg.model.dtype,
+                       "identity": identity},
             "features_dtype": data.features_dtype,
             "template": self.template_name,
             "system_prompt": data.system_prompt,
             "max_len": data.max_len,
             "input": {"path": input_path, "records": len(records), "shuffle_seed": data.shuffle_seed,
-                      "start": data.start, "end": data.end, "selected": len(self.order),
+                      "content_sha256": sha256_path(input_path), "start": data.start, "end": data.end,
+                      "selected": len(self.order),
                       "sha256": hashlib.sha256(selected.encode("utf-8")).hexdigest()},
             "shard_size": data.shard_size,
         }
@@ -239,9 +273,8 @@ class _Job:
         meta = read_shard_meta(path)
         found, wanted = _shard_identity(meta["fingerprint"]), _shard_identity(self.fingerprint)
         if found != wanted:
-            keys = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise GeDataError(f"{path} was written with other settings (different {', '.join(keys)}); use another "
-                              "data.output_dir or delete the old shards")
+            raise GeDataError(f"{path} was written with other settings ({'; '.join(differences(found, wanted))}); "
+                              "use another data.output_dir or delete the old shards")
         return meta["conversations"] + sum(meta["skipped"].values()) == len(self.shard_rows(shard))
 
     def write_shard(self, shard: int, progress: _Progress) -> None:
@@ -271,7 +304,8 @@ class _Job:
         }
         counts = {"conversations": len(kept), "tokens": int(lengths.sum()),
                   "assistant_tokens": int(tensors["loss_mask"].sum()), "skipped": dict(sorted(skipped.items()))}
-        meta = {"fingerprint": _shard_identity(self.fingerprint), "shard": shard, **counts}
+        meta = {"fingerprint": _shard_identity(self.fingerprint), "shard": shard, **counts,
+                "tensors_sha256": tensors_digest(tensors)}
         metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
         atomic_write(self.out / shard_name(shard), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -280,10 +314,13 @@ class _Job:
         for shard in range(self.num_shards):
             path = self.out / shard_name(shard)
             meta = read_shard_meta(path)
+            if "tensors_sha256" in meta and stored_tensors_digest(path) != meta["tensors_sha256"]:
+                raise GeDataError(f"{path}: its tensors changed since the shard was written (corrupted?); delete it "
+                                  "and run the same python -m jakiro.ge_data command again to recompute it")
             skipped.update(meta["skipped"])
             shards.append({"file": path.name, **{k: meta[k] for k in ("conversations", "tokens", "assistant_tokens",
                                                                          "skipped")},
-                           "bytes": path.stat().st_size, "sha256": _sha256_file(path)})
+                           "bytes": path.stat().st_size, "sha256": sha256_file(path)})
         totals = {"shards": len(shards), "skipped": dict(sorted(skipped.items()))}
         totals.update({k: sum(s[k] for s in shards) for k in ("conversations", "tokens", "assistant_tokens", "bytes")})
         return {**self.fingerprint, "shards": shards, "totals": totals}
@@ -301,6 +338,7 @@ def generate_features(cfg: JakiroConfig, max_shards: int | None = None, progress
     on_cpu = torch.device(cfg.model.device).type == "cpu"
     state = PartialState(cpu=on_cpu)
     job = _Job(cfg, torch.device(cfg.model.device) if on_cpu or state.num_processes == 1 else state.device)
+    check_output(job.out, "dir", force=True)  # a file there is refused; shards of other settings are, one by one
     job.out.mkdir(parents=True, exist_ok=True)
     mine = range(state.process_index, job.num_shards, state.num_processes)
     todo = [s for s in mine if not job.is_done(s)]
@@ -354,7 +392,7 @@ def run_cli(args: argparse.Namespace, output_dir: str | None = None) -> int:
         if output_dir is not None:
             cfg.data.output_dir = output_dir
         generate_features(cfg, args.max_shards, progress=not args.quiet)
-    except (ConfigError, GeDataError, TemplateError, AssetError) as e:
+    except (ConfigError, GeDataError, TemplateError, AssetError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

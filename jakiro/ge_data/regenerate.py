@@ -19,7 +19,8 @@ conversation still going, ``regenerate.batch_size`` prompts at a time (left-padd
 Output ``regenerate.output_path``: JSONL, one ShareGPT record per line, ``{"id", "source_index" (row in the input
 file), "conversations": [{"from": "human" | "gpt", "value"}, ...]}``. Each part is first written, atomically, to
 ``<output_path>.parts/part_{i:05d}.jsonl``; a killed run restarted with the same command skips the finished parts
-(refusing parts written with other settings), and the output file is written (atomically) once all parts exist.
+(refusing parts written with other settings or from another input file content), and the output file is written
+(atomically) once all parts exist. An existing output file that is not this run's is replaced only with ``--force``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from jakiro.chat_templates import (
 )
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
 from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
-from jakiro.io import atomic_write_text
+from jakiro.target import target_identity
+from jakiro.io import atomic_write_text, check_output, differences, sha256_path
 
 PARTS_META = "settings.json"
 PART_BATCHES = 4  # a part (the unit of resumption) holds this many batches of conversations
@@ -194,13 +196,14 @@ def part_name(index: int) -> str:
     return f"part_{index:05d}.jsonl"
 
 
-def _settings(cfg: JakiroConfig, input_path: str, num_records: int, target_path: str) -> dict:
+def _settings(cfg: JakiroConfig, input_path: str, num_records: int, target_path: str, model) -> dict:
     """What a part's content depends on; parts written under other settings are refused."""
     data = cfg.data
     return {
-        "input": {"path": input_path, "records": num_records, "shuffle_seed": data.shuffle_seed,
-                  "start": data.start},
-        "target": {"path": target_path, "dtype": cfg.model.dtype},
+        "input": {"path": input_path, "records": num_records, "content_sha256": sha256_path(input_path),
+                  "shuffle_seed": data.shuffle_seed, "start": data.start},
+        "target": {"path": target_path, "dtype": cfg.model.dtype,
+                   "identity": target_identity(model.config.get_text_config(), model.get_output_embeddings().weight)},
         "template": data.chat_template or cfg.model.chat_template, "system_prompt": data.system_prompt,
         "max_len": data.max_len, "regenerate": {k: v for k, v in vars(cfg.regenerate).items() if k != "output_path"},
     }
@@ -208,19 +211,37 @@ def _settings(cfg: JakiroConfig, input_path: str, num_records: int, target_path:
 
 def _check_parts_dir(parts: Path, settings: dict) -> None:
     meta = parts / PARTS_META
+    check_output(parts, "dir", force=True)
     if meta.exists():
-        found = json.loads(meta.read_text("utf-8"))
+        try:
+            found = json.loads(meta.read_text("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise GeDataError(f"{meta} is truncated or corrupted ({err}); delete {parts} to start over") from None
         if found != settings:
-            keys = sorted(k for k in settings if found.get(k) != settings[k])
-            raise GeDataError(f"{parts} holds answers written with other settings (different {', '.join(keys)}); "
-                              "use another regenerate.output_path or delete that directory")
+            raise GeDataError(f"{parts} holds answers written with other settings "
+                              f"({'; '.join(differences(found, settings))}); use another regenerate.output_path or "
+                              "delete that directory")
     else:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_text(meta, json.dumps(settings, indent=2) + "\n")
 
 
-def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool = True) -> Path | None:
-    """Write the missing parts (at most ``max_parts``), then the output file once all exist.
+def _read_part(path: Path) -> str:
+    """A finished part's text, checked line by line (GeDataError naming a damaged part and what to do)."""
+    try:
+        text = path.read_text("utf-8")
+        for line in text.splitlines():
+            json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GeDataError(f"{path} is truncated or corrupted ({err}); delete it and run the same command again to "
+                          "answer its conversations anew") from None
+    return text
+
+
+def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool = True,
+               force: bool = False) -> Path | None:
+    """Write the missing parts (at most ``max_parts``), then the output file once all exist. An existing output
+    file that no run of these settings is resuming (its ``.parts`` directory) is replaced only with ``force``.
 
     Returns the output path, or None while parts are missing.
     """
@@ -240,7 +261,8 @@ def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool =
     model, tokenizer, target_path = load_target(cfg.model)
     output = Path(cfg.regenerate.output_path)
     parts = output.with_name(output.name + ".parts")
-    _check_parts_dir(parts, _settings(cfg, input_path, len(records), target_path))
+    check_output(output, "file", force or (parts / PARTS_META).is_file(), "--force")
+    _check_parts_dir(parts, _settings(cfg, input_path, len(records), target_path, model))
     todo = [i for i in range(len(groups)) if not (parts / part_name(i)).exists()]
     _say(f"{len(conversations)} conversations ({skipped} skipped as malformed), {len(groups)} parts of "
          f"{size}; {len(groups) - len(todo)} already answered")
@@ -261,7 +283,7 @@ def regenerate(cfg: JakiroConfig, max_parts: int | None = None, progress: bool =
     if missing:
         _say(f"{len(missing)} of {len(groups)} parts still missing; run the same command again to continue")
         return None
-    text = "".join((parts / part_name(i)).read_text("utf-8") for i in range(len(groups)))
+    text = "".join(_read_part(parts / part_name(i)) for i in range(len(groups)))
     atomic_write_text(output, text)
     _say(f"{text.count(chr(10))} conversations -> {output}")
     return output
@@ -274,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="answer at most K parts (4 batches of conversations each), then stop (the same command "
                              "continues later)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true", help="replace an existing regenerate.output_path")
     args = parser.parse_args(argv)
     try:
-        regenerate(config_from_args(args), args.max_parts, progress=not args.quiet)
-    except (ConfigError, GeDataError, TemplateError, AssetError) as e:
+        regenerate(config_from_args(args), args.max_parts, progress=not args.quiet, force=args.force)
+    except (ConfigError, GeDataError, TemplateError, AssetError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

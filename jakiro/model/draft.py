@@ -361,8 +361,8 @@ class DraftHead(nn.Module):
         """Load a draft directory (``config.json`` + ``model.safetensors`` or a legacy ``pytorch_model.bin``).
 
         ``shipped:<name>`` names a draft shipped with the package (:mod:`jakiro.drafts`). Raises ValueError naming
-        the file for a missing directory, config or weights, a corrupted file, or weights whose names or shapes do
-        not match the config.
+        the file for a missing directory, config or weights, a corrupted file, weights whose names or shapes do
+        not match the config, or weights holding NaN or infinite values.
         """
         directory = resolve_draft_path(directory)
         config_path = directory / CONFIG_NAME
@@ -389,6 +389,12 @@ class DraftHead(nn.Module):
                     f"draft weight {name} in {directory} has shape {tuple(tensor.shape)}, "
                     f"config implies {tuple(expected[name].shape)}"
                 )
+        broken = [name for name, tensor in state.items() if tensor.is_floating_point() and
+                  not bool(torch.isfinite(tensor).all())]
+        if broken:
+            raise ValueError(f"draft weights in {directory} hold NaN or infinite values ({', '.join(broken[:4])}"
+                             f"{' ...' if len(broken) > 4 else ''}): the training that wrote them diverged or the "
+                             "file was damaged; train again or use another draft")
         model.load_state_dict(state, strict=True)
         return model
 

@@ -16,6 +16,7 @@ top-p) otherwise; see :mod:`jakiro.verify`.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from jakiro.config import JakiroConfig
 from jakiro.drafter import TreeDrafter
+from jakiro.io import check_model_files
 from jakiro.model.draft import DraftHead
 from jakiro.target import TargetModel
 from jakiro.lookup import lookup_continuation
@@ -120,6 +122,7 @@ class EaModel(nn.Module):
         if "torch_dtype" in hf_kwargs:  # the name reference users write; transformers 5 calls it dtype
             hf_kwargs["dtype"] = hf_kwargs.pop("torch_dtype")
         draft = DraftHead.from_pretrained(ea_model_path)
+        check_model_files(base_model_path)
         base_model = AutoModelForCausalLM.from_pretrained(base_model_path, **hf_kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         return cls(base_model, draft, tokenizer, total_token, depth, top_k, sibling_mode,
@@ -289,10 +292,17 @@ class EaModel(nn.Module):
             raise ValueError(f"batch size must be 1 (got {input_ids.shape[0]}); batched generation is not supported")
         if input_ids.shape[1] == 0:
             raise ValueError("the prompt is empty: input_ids needs at least one token")
+        if input_ids.is_floating_point() or input_ids.is_complex():
+            raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+        vocab = self.base_model.get_input_embeddings().weight.shape[0]
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab:
+            raise ValueError(f"input_ids hold token id {low if low < 0 else high}, outside the target's vocabulary "
+                             f"[0, {vocab}): the prompt was tokenized for another model?")
         if int(max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if top_k < 0:

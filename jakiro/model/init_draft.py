@@ -2,6 +2,9 @@
 
     python -m jakiro.model.init_draft --base-model-path DIR --out DIR [--num-experts N] [--experts-per-token K]
                                       [--no-parallel-head] [--expert-intermediate-size I] [--no-bias] [--seed S]
+                                      [--force]
+
+An existing ``--out`` (a draft, trained or not, or any other non-empty directory) is replaced only with ``--force``.
 
 Only the target's ``config.json`` is read. The result loads with ``EaModel.from_pretrained`` (speculative decoding
 stays lossless with any draft, trained or not) and is the starting point of training.
@@ -17,6 +20,7 @@ import torch
 from transformers import AutoConfig
 
 from jakiro.assets import cache_dir
+from jakiro.io import check_output
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 
 
@@ -29,8 +33,13 @@ def init_draft(
     expert_intermediate_size: int | None = None,
     bias: bool = True,
     seed: int = 0,
+    force: bool = False,
 ) -> DraftHead:
-    """Create, save and return a randomly initialised draft head for the target at ``base_model_path``."""
+    """Create, save and return a randomly initialised draft head for the target at ``base_model_path``.
+
+    Raises ValueError (:class:`jakiro.io.OutputExists`) if ``out`` is a file, or a non-empty directory and not
+    ``force``."""
+    check_output(out, "dir", force)
     try:
         target_config = AutoConfig.from_pretrained(base_model_path)
     except (OSError, ValueError) as err:
@@ -54,7 +63,7 @@ def resolve_draft(cfg, base_model_path: str) -> tuple[str, bool]:
     untrained = cache_dir() / "drafts" / f"untrained-{Path(base_model_path).name}-{shape}"
     if not (untrained / CONFIG_NAME).is_file():
         init_draft(base_model_path, str(untrained), d.num_experts, d.experts_per_token, d.parallel_head,
-                   d.expert_intermediate_size, d.bias)
+                   d.expert_intermediate_size, d.bias, force=True)  # the cache's own (maybe half-written) dir
     return str(untrained), False
 
 
@@ -68,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expert-intermediate-size", type=int, default=None, help="default: target hidden size")
     parser.add_argument("--no-bias", action="store_true", help="no bias in the fc fusion layer")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace an existing --out directory")
     args = parser.parse_args(argv)
     parallel = not args.no_parallel_head and args.num_experts >= 2
     try:
         draft = init_draft(
             args.base_model_path, args.out, args.num_experts, args.experts_per_token or args.num_experts, parallel,
-            args.expert_intermediate_size, not args.no_bias, args.seed,
+            args.expert_intermediate_size, not args.no_bias, args.seed, args.force,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

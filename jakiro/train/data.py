@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
 from jakiro.ge_data.dataset import FeatureShards, OnlineFeatures, read_manifest
-from jakiro.ge_data.generate import GeDataError
+from jakiro.ge_data.generate import MANIFEST, GeDataError
+from jakiro.io import sha256_file
 
 ONLINE = "online"  # train.data_dir value selecting features computed on the fly
 
@@ -55,7 +56,8 @@ def open_dataset(cfg) -> tuple[Dataset, dict]:
         except GeDataError as err:
             raise DataError(str(err)) from None
         text = dataset.model.config.get_text_config()
-        return dataset, {"hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "target": "online"}
+        return dataset, {"hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "target": "online",
+                         "identity": None, "data_sha256": dataset.input_sha256}
     path = Path(data_dir)
     if not path.is_dir() or not any(path.iterdir()):
         raise DataError(f"train.data_dir {data_dir} is {'empty' if path.is_dir() else 'missing'}: generate "
@@ -69,7 +71,8 @@ def open_dataset(cfg) -> tuple[Dataset, dict]:
         raise DataError(f"train.data_dir {data_dir} holds no conversations")
     target = manifest.get("target", {})
     return dataset, {"hidden_size": target.get("hidden_size"), "vocab_size": target.get("vocab_size"),
-                     "target": target.get("path")}
+                     "target": target.get("path"), "identity": target.get("identity"),
+                     "data_sha256": sha256_file(path / MANIFEST)}
 
 
 def check_compatible(info: dict, hidden_size: int, vocab_size: int, target: str) -> None:
@@ -78,6 +81,20 @@ def check_compatible(info: dict, hidden_size: int, vocab_size: int, target: str)
         if info.get(key) is not None and info[key] != want:
             raise DataError(f"the training data comes from another target ({info.get('target')}: {key} "
                             f"{info[key]}) than {target} ({key} {want}); regenerate the features with this target")
+
+
+def check_same_target(info: dict, identity: str, target: str) -> None:
+    """DataError unless the features were made by the target of ``identity``
+    (:func:`jakiro.ge_data.generate.target_identity`): same sizes are not enough (a cut or fine-tune of a model has
+    the sizes of the original). Online features come from the target itself (``info["target"] == "online"``)."""
+    if info.get("target") == ONLINE or info.get("identity") == identity:
+        return
+    if info.get("identity") is None:
+        raise DataError(f"the training data's manifest does not record which target made it (made by an older "
+                        f"version): regenerate the features with python -m jakiro.ge_data and {target}")
+    raise DataError(f"the training data was made by another target ({info.get('target')}, identity "
+                    f"{info['identity']}) than {target} (identity {identity}), although of the same sizes; "
+                    "regenerate the features with this target")
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -14,8 +14,10 @@ The reference's flags work too: ``--basepath`` (model.base_model_path), ``--tmpd
 new one: a second training stage, e.g. on other data, with a fresh optimizer and schedule.
 Outputs in train.output_dir: ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``checkpoints/step_N`` and
 the trained draft directory ``draft/`` (loads with ``EaModel.from_pretrained(base, ea_model_path=...)``).
-Exit code 2 with a one-line message for a bad config key or value, missing / empty / foreign training data, or a
-target that cannot be loaded.
+Exit code 2 with a one-line message for a bad config key or value, missing / empty / foreign / corrupted training
+data (shards are checked against the manifest's hashes), a target that cannot be loaded, an output dir holding
+another run (``--resume`` continues the same run, refusing other settings or inputs; ``--force`` replaces it), a
+damaged checkpoint, or a non-finite loss or gradient.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from torch.utils.data import Subset
 
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
-from jakiro.train.data import DataError, check_compatible, open_dataset, split_indices
+from jakiro.drafts import resolve_draft_path
+from jakiro.io import OutputExists, check_model_files, sha256_path
+from jakiro.target import target_identity
+from jakiro.train.data import DataError, check_compatible, check_same_target, open_dataset, split_indices
+from jakiro.train.trainer import TrainingError
 from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
 
 REFERENCE_FLAGS = {  # reference flag -> config key
@@ -49,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jakiro.train.main", description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+    parser.add_argument("--force", action="store_true", help="replace a previous run's outputs in train.output_dir")
     for flag, key in REFERENCE_FLAGS.items():
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"= --set {key}=...")
     return parser.parse_args(argv)
@@ -79,6 +86,7 @@ def target_config(path: str):
     from transformers import AutoConfig
 
     try:
+        check_model_files(path)
         return AutoConfig.from_pretrained(path).get_text_config()
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.base_model_path: cannot read a model config from {path}: "
@@ -149,6 +157,8 @@ def build_trainer(cfg: JakiroConfig):
     init = initial_draft(cfg, text_config)
     draft_config = draft_architecture(cfg, text_config) if init is None else init.config
     embed, head = load_target_modules(cfg, path)
+    identity = target_identity(text_config, head.weight)
+    check_same_target(info, identity, path)
     train_idx, test_idx = split_indices(len(dataset), cfg.train.test_fraction, cfg.train.seed)
     vocabulary = None
     if init is not None:
@@ -160,8 +170,11 @@ def build_trainer(cfg: JakiroConfig):
         if os.environ.get("RANK", "0") == "0":
             print(f"draft vocabulary: {draft_config.draft_vocab_size} of {draft_config.vocab_size} tokens, covering "
                   f"{coverage(counts, vocabulary):.1%} of the training answers' tokens", file=sys.stderr)
+    init_digest = None if init is None else sha256_path(resolve_draft_path(cfg.train.init_from))
     return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary,
-                   None if init is None else init.state_dict())
+                   None if init is None else init.state_dict(),
+                   run_inputs={"data_sha256": info["data_sha256"], "target_identity": identity,
+                               "init_from": init_digest})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args)
         trainer = build_trainer(cfg)
-        out = trainer.train(resume=args.resume)
-    except (ConfigError, DataError) as err:
+        out = trainer.train(resume=args.resume, force=args.force)
+    except (ConfigError, DataError, TrainingError, OutputExists, OSError) as err:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {err}", file=sys.stderr)
         return 2

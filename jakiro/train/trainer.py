@@ -14,10 +14,14 @@ What a run does (``cfg.train`` holds every number):
 * Each micro-batch: noise on the input features, draft forward (both heads), the losses of
   :mod:`jakiro.train.losses` normalised by the loss-weight sum of the *global* batch, so N processes with batch b
   compute the same update as one process with batch N b.
-* ``accelerator.save_state`` to ``output_dir/checkpoints/step_N`` every ``checkpoint_steps`` optimizer steps, at
-  evaluation epochs and at the end (written to a temporary folder, then renamed, so a killed run never leaves a
-  half checkpoint under a final name). The loop position (epoch, batch, step) and the epoch's running sums are
-  checkpointed too, so ``resume=True`` ends with bit-identical weights to an uninterrupted run.
+* A checkpoint (:mod:`jakiro.train.checkpoint`: tensors and JSON, no pickles; DeepSpeed: ``accelerator.save_state``
+  with every file's hash recorded) to ``output_dir/checkpoints/step_N`` every ``checkpoint_steps`` optimizer
+  steps, at evaluation epochs and at the end (written to a temporary folder, then renamed, so a killed run never
+  leaves a half checkpoint under a final name). The loop position (epoch, batch, step) and the epoch's running sums
+  are checkpointed too, so ``resume=True`` ends with bit-identical weights to an uninterrupted run.
+* ``output_dir/run.json`` records what decides the result (the config but for :data:`RESUMABLE`, and the inputs
+  given by the caller: training data and target identity); a resume under anything else is refused, naming what
+  differs. A non-finite loss or gradient stops the run with :class:`TrainingError` naming the step and batch.
 * Metrics: per optimizer step and per epoch (losses and top-1/2/3 accuracy per head), and on the held-out set
   (the same plus the draft's k-step autoregressive accuracy): ``output_dir/metrics.jsonl``, the progress bar, and
   accelerate trackers when ``train.report_to`` names them.
@@ -47,6 +51,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from jakiro.config import ConfigError, JakiroConfig, save_config, to_dict
+from jakiro.io import atomic_write_text, differences
+from jakiro.train import checkpoint as ckpt
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
                                mix_seed, sequence_lengths)
@@ -58,6 +64,27 @@ EXPORT = "draft"
 METRICS = "metrics.jsonl"
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 KS = (1, 2, 3)
+RUN_RECORD = "run.json"
+RESUMABLE = {"train": ("stop_after_steps", "num_workers", "report_to", "checkpoint_steps")}  # may change on resume
+OUTPUTS = (CHECKPOINTS, EXPORT, METRICS, "config.yaml", RUN_RECORD)  # what a run writes into output_dir
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss or gradient, an output dir or checkpoint it may not use)."""
+
+
+def run_identity(cfg: JakiroConfig, inputs: dict | None) -> dict:
+    """What decides a run's weights: the model, draft and train sections (but for :data:`RESUMABLE`), the data
+    section when features are computed online, and ``inputs`` (e.g. the data's and the target's digests)."""
+    sections = to_dict(cfg)
+    config = {name: dict(sections[name]) for name in ("model", "draft", "train")}
+    config["model"] = {k: config["model"][k] for k in ("base_model_path", "dtype")}
+    if cfg.train.data_dir == "online":
+        config["data"] = sections["data"]
+    for name, keys in RESUMABLE.items():
+        for key in keys:
+            config[name].pop(key, None)
+    return json.loads(json.dumps({"config": config, "inputs": inputs or {}}))
 
 
 class HeadsForward(torch.nn.Module):
@@ -196,15 +223,19 @@ class Trainer:
         draft_vocabulary: [draft_vocab_size] target token ids of a reduced draft vocabulary (see
             :func:`jakiro.train.vocab.most_frequent_tokens`); needed exactly when the config sets draft_vocab_size.
         initial_weights: a draft state dict (``train.init_from``) to start from instead of a fresh initialization.
+        run_inputs: JSON-ready digests of what else decides the result (training data, target), recorded in
+            ``run.json`` and compared on resume.
     """
 
     def __init__(self, cfg: JakiroConfig, draft_config: DraftHeadConfig, embed_tokens: torch.nn.Module,
                  lm_head: torch.nn.Module, train_set: Dataset, test_set: Dataset,
-                 draft_vocabulary: torch.Tensor | None = None, initial_weights: dict | None = None):
+                 draft_vocabulary: torch.Tensor | None = None, initial_weights: dict | None = None,
+                 run_inputs: dict | None = None):
         self.cfg, self.train_cfg = cfg, cfg.train
         train = self.train_cfg
         self.accelerator = acc = make_accelerator(cfg, draft_config)
         self.output_dir = Path(train.output_dir)
+        self.identity = run_identity(cfg, run_inputs)
         self.embed_tokens = embed_tokens.to(acc.device).requires_grad_(False)
         self.lm_head = lm_head.to(acc.device).requires_grad_(False)
         torch.manual_seed(train.seed)
@@ -248,6 +279,8 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(heads, optimizer)
         self.state = TrainState()
         self._saved_at: tuple | None = None  # loop position of the last checkpoint written or loaded
+        self._bad: tuple | None = None  # (what, batch, sequences) of the first non-finite loss / gradient
+        self._bar = None  # the progress bar of a running train()
         acc.register_for_checkpointing(self.scheduler, self.state)
         self.train_set, self.test_set = Selection(train_set), Selection(test_set)
         self.log = JsonlLog(self.output_dir / METRICS)
@@ -334,21 +367,22 @@ class Trainer:
         return normal[0].float(), normal[1].float()
 
     # -- training ---------------------------------------------------------------------------------------------------
-    def train(self, resume: bool = False) -> Path:
-        """Run (or continue) training; returns the exported draft directory."""
+    def train(self, resume: bool = False, force: bool = False) -> Path:
+        """Run (or continue) training; returns the exported draft directory. ``force``: replace a previous run's
+        outputs in ``train.output_dir`` instead of refusing."""
         acc, train, state = self.accelerator, self.train_cfg, self.state
-        checkpoint = latest_checkpoint(self.output_dir)
-        if checkpoint is not None and not resume:
-            raise ConfigError(f"train.output_dir: {self.output_dir} already holds checkpoints ({checkpoint.name}); "
-                              "pass --resume to continue that run, or choose another train.output_dir")
+        checkpoint = self._check_output_dir(resume, force)
+        acc.wait_for_everyone()
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             for stale in (self.output_dir / CHECKPOINTS).glob("*.tmp"):
                 shutil.rmtree(stale)
             save_config(self.cfg, self.output_dir / "config.yaml")
+            if not (self.output_dir / RUN_RECORD).exists():
+                self._write_record({**self.identity, "checkpoints": {}})
         acc.wait_for_everyone()
         if checkpoint is not None:
-            acc.load_state(str(checkpoint))
+            self.load_checkpoint(checkpoint)
             self._saved_at = state.position
             self._say(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.step})")
         elif resume:
@@ -361,6 +395,7 @@ class Trainer:
         stop = min(self.total_steps, train.stop_after_steps or self.total_steps)
         bar = tqdm(total=stop, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not acc.is_main_process)
+        self._bar = bar  # closed before an error is raised inside the loop, so its message starts a line
         loader = self._loader(self.train_set, self.train_sampler, train.packing)
         step_sums, micro, tick = Sums(), 0, time.perf_counter()
         while state.epoch < train.num_epochs and state.step < stop:
@@ -391,6 +426,85 @@ class Trainer:
         acc.end_training()
         return export
 
+    def _check_output_dir(self, resume: bool, force: bool) -> Path | None:
+        """The checkpoint to resume from (None: start afresh) after refusing an output dir this run may not use:
+        another run's outputs without ``resume`` or ``force``, a run of other settings, a file."""
+        out, record_path = self.output_dir, self.output_dir / RUN_RECORD
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"train.output_dir: {out} is an existing file; give a directory")
+        checkpoint = latest_checkpoint(out)
+        if force and not resume:
+            if self.accelerator.is_main_process:
+                for name in OUTPUTS:
+                    path = out / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            return None
+        ours = [name for name in OUTPUTS if (out / name).exists()]
+        if not resume:
+            if checkpoint is not None:
+                raise ConfigError(f"train.output_dir: {out} already holds checkpoints ({checkpoint.name}); pass "
+                                  "--resume to continue that run, --force to replace it, or choose another "
+                                  "train.output_dir")
+            if ours:
+                raise ConfigError(f"train.output_dir: {out} already holds a run's outputs ({', '.join(ours)}); pass "
+                                  "--resume to continue it, --force to replace it, or choose another "
+                                  "train.output_dir")
+            return None
+        if not record_path.is_file():
+            if ours:
+                raise ConfigError(f"train.output_dir: {out} holds outputs ({', '.join(ours)}) but no {RUN_RECORD} "
+                                  "recording the settings that made them (an older version, or not a training "
+                                  "run): it cannot be resumed; pass --force to start over there or choose another "
+                                  "train.output_dir")
+            return None
+        recorded = self._read_record()
+        changed = differences({k: recorded.get(k) for k in self.identity}, self.identity)
+        if changed:
+            raise ConfigError(f"--resume: {out} was trained with other settings or inputs ({'; '.join(changed)}); "
+                              "resume with the recorded ones (see its config.yaml), or train in another "
+                              "train.output_dir")
+        return checkpoint
+
+    def _read_record(self) -> dict:
+        path = self.output_dir / RUN_RECORD
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{path} is unreadable ({err}); the run cannot be resumed: train in another "
+                              "train.output_dir") from None
+
+    def _write_record(self, record: dict) -> None:
+        atomic_write_text(self.output_dir / RUN_RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+    def _check_finite(self, loss: torch.Tensor, batch: dict) -> None:
+        """Stop (every process together) with a :class:`TrainingError` naming the optimizer step, epoch, batch and
+        sequences once a micro-batch's loss, or at a step a gradient, is not finite: the weights are not updated
+        with it, and the last checkpoint stays the last good one."""
+        acc = self.accelerator
+        if not torch.isfinite(loss.detach()).all():
+            self._bad = self._bad or ("loss", self.state.batch, batch["index"].tolist())
+        if not acc.sync_gradients:
+            return
+        bad_grad = False
+        if acc.scaler is None:  # fp16's gradient scaler skips steps with infinite gradients by design
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            bad_grad = bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        if bad_grad and self._bad is None:
+            self._bad = ("gradient", self.state.batch, batch["index"].tolist())
+        flag = torch.tensor([float(self._bad is not None)], device=acc.device)
+        if acc.num_processes > 1:
+            flag = acc.reduce(flag, reduction="sum")
+        if flag.item() == 0:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        what, position, sequences = self._bad or ("loss or gradient on another process", self.state.batch, [])
+        raise TrainingError(
+            f"non-finite {what} at optimizer step {self.state.step + 1} (epoch {self.state.epoch}, batch "
+            f"{position} of the epoch, sequences {sequences}): training stopped without exporting a draft; check "
+            f"the training data (its manifest's hashes are verified on opening) and the settings (train.lr, "
+            f"train.mixed_precision); the last good checkpoint is in {self.output_dir / CHECKPOINTS}")
+
     def _micro_step(self, batch: dict, sums: Sums) -> None:
         acc, train = self.accelerator, self.train_cfg
         inputs = self._inputs(batch, self.state.epoch)
@@ -398,6 +512,7 @@ class Trainer:
             terms, scores = self._losses(self.model, inputs, self._global_normalizers(inputs["mask"],
                                                                                       inputs["positions"]))
             acc.backward(terms.total)
+            self._check_finite(terms.total, batch)
             if acc.sync_gradients and train.grad_clip > 0 and not train.deepspeed_config:
                 if train.grad_clip_mode == "value":
                     acc.clip_grad_value_(self.model.parameters(), train.grad_clip)
@@ -517,14 +632,46 @@ class Trainer:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        if self.train_cfg.deepspeed_config:
+            acc.save_state(str(tmp))
+        elif acc.is_main_process:
+            extra = {"train_state": self.state.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
+            ckpt.save(tmp, acc.unwrap_model(self.model).state_dict(), self.optimizer.state_dict(), extra)
         acc.wait_for_everyone()
         if acc.is_main_process:
             if final.exists():
                 shutil.rmtree(final)
+            record = self._read_record()
+            record.setdefault("checkpoints", {})[final.name] = (ckpt.file_hashes(tmp)
+                                                                if self.train_cfg.deepspeed_config else None)
             os.replace(tmp, final)
+            self._write_record(record)
         acc.wait_for_everyone()
         return final
+
+    def load_checkpoint(self, folder: Path) -> None:
+        """Restore weights, optimizer, schedule and loop position from a checkpoint folder, never unpickling a file
+        that the run did not write itself (:mod:`jakiro.train.checkpoint`)."""
+        acc = self.accelerator
+        try:
+            if self.train_cfg.deepspeed_config:
+                ckpt.check_hashes(folder, self._read_record().get("checkpoints", {}).get(folder.name))
+                acc.load_state(str(folder))
+                return
+            weights, optimizer, extra = ckpt.load(folder)
+        except ckpt.CheckpointError as err:
+            raise TrainingError(str(err)) from None
+        try:
+            acc.unwrap_model(self.model).load_state_dict(weights)
+            self.optimizer.load_state_dict(optimizer)
+            self.scheduler.load_state_dict(extra["scheduler"])
+            self.state.load_state_dict(extra["train_state"])
+            if acc.scaler is not None and extra.get("scaler"):
+                acc.scaler.load_state_dict(extra["scaler"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise TrainingError(f"{folder} does not fit this run ({str(err).splitlines()[0]}); delete it to resume "
+                                "from the checkpoint before it, or train in another train.output_dir") from None
 
     def export(self) -> Path:
         """Write the trained draft as ``output_dir/draft`` (``config.json`` + ``model.safetensors``, float32)."""
