@@ -10,4 +10,4 @@ import sys
 from jakiro.evaluation.answers import main
 
 if __name__ == "__main__":
-    sys.exit(main(method="baseline"))
+    sys.exit(main(method="baseline", prog="python -m jakiro.evaluation.gen_baseline_answer"))

@@ -1,0 +1,11 @@
+"""``python -m jakiro_star.evaluation.gen_baseline_answer``: the reference's script name; plain autoregressive decoding (method baseline).
+
+A thin alias (:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the flags.
+"""
+
+import sys
+
+from jakiro.evaluation.family_alias import run
+
+if __name__ == "__main__":
+    sys.exit(run(__spec__.name))
