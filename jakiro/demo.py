@@ -86,7 +86,7 @@ def different_output_note(cfg: JakiroConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jakiro.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=3, help="how many MT-bench questions (default 3)")
     add_config_arguments(parser)
     parser.set_defaults(config="smollm2")

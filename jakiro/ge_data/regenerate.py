@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     parser.add_argument("--max-parts", type=int, default=None, metavar="K",
                         help="answer at most K parts (4 batches of conversations each), then stop (the same command "
-                             "continues later)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+                             "continues later; default: all)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: show one)")
     args = parser.parse_args(argv)
     try:
         regenerate(config_from_args(args), args.max_parts, progress=not args.quiet)

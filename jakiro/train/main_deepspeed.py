@@ -36,7 +36,7 @@ def split_deepspeed_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]
 
 def main(argv: list[str] | None = None) -> int:
     known, rest = split_deepspeed_args(sys.argv[1:] if argv is None else argv)
-    config = str(Path(known.deepspeed_config).resolve())
+    config = str(Path(known.deepspeed_config).absolute())
     preset = ("train.grad_clip_mode=norm", f"train.deepspeed_config={config}")
     return train_main(rest, prog=PROG, preset=preset, epilog=EPILOG)
 
