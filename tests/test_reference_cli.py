@@ -173,7 +173,8 @@ def test_reference_draft_configs(package):
 
 
 @pytest.mark.parametrize("family,template", [("vicuna", "vicuna"), ("llama2", "llama-2"), ("llama3", "llama-3")])
-@pytest.mark.parametrize("kind,method,temperature", [("Jakiro", "jakiro", "0.0"), ("Jakiro-star", "jakiro_star", "1.0")])
+@pytest.mark.parametrize("kind,method,temperature",
+                         [("Jakiro", "jakiro", "0.0"), ("Jakiro-star", "jakiro_star", "1.0")])
 def test_eval_metric_family_scripts(tmp_path, family, template, kind, method, temperature):
     """The batch scripts run eval_family.sh with the family's template and method (a fake python logs the calls)."""
     log = tmp_path / "calls.log"

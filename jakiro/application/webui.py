@@ -15,7 +15,8 @@ Clear. The conversation is formatted with the model's chat template (``model.cha
 
 It listens on the loopback interface only. ``--host 0.0.0.0`` serves the local network and ``--share`` creates a
 public gradio.live link; neither has any authentication. The reference's flags parse in both spellings
-(``--ea_model_path`` and ``--ea-model-path``), and ``--model-type vicuna|llama2|llama3`` picks the chat template. Needs gradio: ``pip install -e ".[webui]"``.
+(``--ea_model_path`` and ``--ea-model-path``), and ``--model-type vicuna|llama2|llama3`` picks the chat template.
+Needs gradio: ``pip install -e ".[webui]"``.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     }
     for flag, kind in (("base_model_path", str), ("ea_model_path", str), ("max_new_token", int),
                        ("total_token", int), ("depth", int), ("top_k", int)):
-        parser.add_argument(*dict.fromkeys((f"--{flag}", f"--{flag.replace('_', '-')}")), dest=flag, type=kind,
-                            help=shortcut_help[flag])
+        names = dict.fromkeys((f"--{flag}", f"--{flag.replace('_', '-')}"))
+        parser.add_argument(*names, dest=flag, type=kind, help=shortcut_help[flag])
     parser.add_argument("--model_type", "--model-type", choices=sorted(MODEL_TYPES), default=None, metavar="TYPE",
                         help="the reference's model family, i.e. the chat template: vicuna, llama2 / llama-2-chat "
                              "(llama-2), llama3 / llama-3-instruct (llama-3), mixtral (llama-2) (= --set "
@@ -99,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"interface to listen on (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--share", action="store_true",
-                        help="also create a public gradio.live link (anyone with the link can use the model; default: off)")
+                        help="also create a public gradio.live link (anyone with the link can use the model; "
+                             "default: off)")
     return parser.parse_args(argv)
 
 

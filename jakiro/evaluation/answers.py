@@ -100,7 +100,8 @@ def build_parser(default_method: str | None, prog: str = "python -m jakiro.evalu
             default = chat_template
         names = [flag, "--" + flag[2:].replace("-", "_"), *FLAG_ALIASES.get(flag, ())]
         parser.add_argument(*dict.fromkeys(names), dest=flag[2:].replace("-", "_"), type=kind, default=None,
-                            help=f"{text} (sets {section}.{key}; default: {'unset' if default is None else default})", **extra)
+                            help=f"{text} (sets {section}.{key}; default: {'unset' if default is None else default})",
+                            **extra)
     for flag in GPU_FLAGS:
         parser.add_argument(flag, "--" + flag[2:].replace("-", "_"), type=int, default=1,
                             help="accepted for the reference's scripts; only 1 (one process, one model) is supported "

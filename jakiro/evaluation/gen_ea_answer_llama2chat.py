@@ -1,6 +1,7 @@
-"""``python -m jakiro.evaluation.gen_ea_answer_llama2chat``: the reference's script name; speculative answers with the config's method (default jakiro) with the llama-2 chat template.
+"""``python -m jakiro.evaluation.gen_ea_answer_llama2chat``: the reference's script name.
 
-A thin alias (:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the flags.
+Speculative answers with the config's method (default jakiro) with the llama-2 chat template: a thin alias
+(:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the flags.
 """
 
 import sys

@@ -239,16 +239,19 @@ def _plot(reports: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jakiro.evaluation.speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", help="answer file of plain decoding (required unless --average)")
+    parser = argparse.ArgumentParser(prog="python -m jakiro.evaluation.speed",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", help="answer file of plain decoding (required unless --average; no default)")
     parser.add_argument("--method", action="append", default=[],
-                        help="answer file of a method (repeatable; one at least required unless --average)")
+                        help="answer file of a method (repeatable; one at least required unless --average; no default)")
     parser.add_argument("--tokenizer", help="tokenizer dir to re-count tokens of files whose new_tokens are all 0 "
                         "(the reference's baseline files; default: none)")
     parser.add_argument("--bench", help="bench name for the report (default: from the records, else the folder)")
     parser.add_argument("--json", help="write the report as JSON here (default: print only)")
     parser.add_argument("--plot", help="write a PNG of speedup and tau here (needs matplotlib; default: none)")
-    parser.add_argument("--average", nargs="+", metavar="REPORT", help="JSON reports (from --json) to average over benches, instead of --baseline/--method (default: none)")
+    parser.add_argument("--average", nargs="+", metavar="REPORT",
+                        help="JSON reports (from --json) to average over benches, instead of --baseline/--method "
+                             "(default: none)")
     args = parser.parse_args(argv)
     if args.average and (args.baseline or args.method):
         parser.error("--average takes JSON reports only, not --baseline / --method")

@@ -368,7 +368,8 @@ class DraftHead(nn.Module):
             raise ValueError(f"{config_path} is not valid JSON: {err}") from None
         model = cls(config)
         state = _load_state(directory)
-        state = {k: v for k, v in state.items() if k not in _TARGET_KEYS and not k.endswith(_DERIVED_SUFFIXES)}
+        state = {k: v for k, v in state.items()
+                 if k not in _TARGET_KEYS and not k.endswith(_DERIVED_SUFFIXES)}
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))

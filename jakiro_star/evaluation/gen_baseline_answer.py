@@ -1,6 +1,7 @@
-"""``python -m jakiro_star.evaluation.gen_baseline_answer``: the reference's script name; plain autoregressive decoding (method baseline).
+"""``python -m jakiro_star.evaluation.gen_baseline_answer``: the reference's script name.
 
-A thin alias (:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the flags.
+Plain autoregressive decoding (method baseline): a thin alias (:mod:`jakiro.evaluation.family_alias`); ``--help``
+lists the flags.
 """
 
 import sys

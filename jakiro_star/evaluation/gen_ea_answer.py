@@ -1,6 +1,7 @@
-"""``python -m jakiro_star.evaluation.gen_ea_answer``: the reference's script name; Jakiro* answers (method jakiro_star).
+"""``python -m jakiro_star.evaluation.gen_ea_answer``: the reference's script name.
 
-A thin alias (:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the flags.
+Jakiro* answers (method jakiro_star): a thin alias (:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the
+flags.
 """
 
 import sys

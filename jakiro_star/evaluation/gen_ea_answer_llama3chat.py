@@ -1,6 +1,7 @@
-"""``python -m jakiro_star.evaluation.gen_ea_answer_llama3chat``: the reference's script name; Jakiro* answers (method jakiro_star) with the llama-3 chat template.
+"""``python -m jakiro_star.evaluation.gen_ea_answer_llama3chat``: the reference's script name.
 
-A thin alias (:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the flags.
+Jakiro* answers (method jakiro_star) with the llama-3 chat template: a thin alias
+(:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the flags.
 """
 
 import sys
