@@ -1,4 +1,4 @@
-"""The README demo's explanation when greedy outputs differ."""
+"""The README demo: its identical-text settings per CPU kind, its summary line, and its note when outputs differ."""
 
 from jakiro.config import load_config
 from jakiro.demo import different_output_note
@@ -38,3 +38,20 @@ def test_demo_uses_identical_settings_unless_the_user_sets_them(monkeypatch):
     cfg, mode = demo.identical_config(load_config("smollm2", overrides), overrides)
     assert (cfg.model.dtype, cfg.generation.exact_verification) == ("bfloat16", False)
     assert mode.endswith("with your --set")
+
+
+def test_demo_prints_identical_texts_and_its_settings(tiny_dirs, monkeypatch, capsys):
+    """The demo end to end on a tiny target: every text equal to plain decoding's, the mode in the summary line."""
+    from jakiro import demo
+    from test_evaluation import QUESTIONS
+
+    target, draft = tiny_dirs
+    monkeypatch.setattr(demo, "identical_text_settings", lambda device: ("float32", True, "test CPU: exact fp32"))
+    code = demo.main(["--questions", "2", "--set", f"model.base_model_path={target}", "--set",
+                      f"model.draft_path={draft}", "--set", f"eval.question_file={QUESTIONS}", "--set",
+                      "generation.max_new_tokens=12"])
+    out = capsys.readouterr().out
+    assert code == 0
+    mean = next(line for line in out.splitlines() if line.strip().startswith("mean"))
+    assert mean.split()[-1] == "2/2"
+    assert "float32" in out and "exact verification (identical-text settings for test CPU: exact fp32)" in out
