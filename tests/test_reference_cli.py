@@ -372,8 +372,10 @@ def test_every_flag_says_what_it_does_and_its_default(module):
 
 
 def test_speed_without_arguments_fails():
+    from jakiro.evaluation import speed
+
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code, _ = run_main_module("jakiro.evaluation.speed", [])
-    assert code == 2
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        speed.main([])
+    assert exit_.value.code == 2
     assert "usage: python -m jakiro.evaluation.speed" in err.getvalue()
