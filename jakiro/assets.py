@@ -394,9 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jakiro.assets", description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", help="cache directory (default: $JAKIRO_CACHE or ~/.cache/jakiro)")
     parser.add_argument("--with-qwen", action="store_true",
-                        help="also build Qwen2.5-Coder-0.5B-Instruct (478 MB download, 2.4 GB on disk)")
-    parser.add_argument("--only", help=f"comma-separated subset of: {','.join(ASSETS)}")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+                        help="also build Qwen2.5-Coder-0.5B-Instruct (478 MB download, 2.4 GB on disk; default: off)")
+    parser.add_argument("--only", help=f"comma-separated subset of: {','.join(ASSETS)} (default: smollm2,mtbench,"
+                                       "sharegpt, + qwen with --with-qwen)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
     args = parser.parse_args(argv)
     names = ["smollm2", "mtbench", "sharegpt"] + (["qwen"] if args.with_qwen else [])
     if args.only:

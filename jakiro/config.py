@@ -464,9 +464,10 @@ def save_config(cfg: JakiroConfig, path: str | os.PathLike) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--config PATH` and repeatable `--set section.key=value` to an entry point's parser."""
     parser.add_argument("--config", metavar="PATH", default=None,
-                        help="YAML/JSON config file, or the name of one in configs/ (e.g. smollm2)")
+                        help="YAML/JSON config file, or the name of one in configs/ (e.g. smollm2); "
+                             "default: %(default)s (None: the built-in defaults)")
     parser.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
-                        help="override one config key, e.g. --set tree.depth=6 (repeatable)")
+                        help="override one config key, e.g. --set tree.depth=6 (repeatable; default: none)")
 
 
 def config_from_args(args: argparse.Namespace) -> JakiroConfig:

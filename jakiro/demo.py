@@ -6,11 +6,17 @@ Materialises the embedded assets (SmolLM2-135M-Instruct, MT-bench questions) int
 target and a draft (``model.draft_path``; without one, an untrained draft is created in the cache — it keeps the
 output lossless but cannot speed anything up, and the run says so), answers the first turn of N questions with
 both methods in the same process, and prints tokens/s, speedup and τ (tokens per target forward) per question.
+
+By default (``--verification identical``) the dtype and the verification mode are the ones that give plain
+decoding's text on this hardware and still pay (:func:`jakiro.hardware.identical_text_settings`; per-CPU
+measurements in docs/cpu.md), unless ``--set model.dtype=...`` or ``--set generation.exact_verification=...``
+names them; ``--verification config`` takes both from the config as they are. The summary line says which ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -19,6 +25,7 @@ import torch
 
 from jakiro.assets import AssetError, ensure_mtbench, ensure_smollm2, load_questions
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.hardware import identical_text_settings
 from jakiro.model.ea_model import EaModel
 from jakiro.model.init_draft import resolve_draft
 
@@ -29,7 +36,21 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def run(cfg: JakiroConfig, num_questions: int) -> list[dict]:
+def identical_config(cfg: JakiroConfig, overrides: list[str]) -> tuple[JakiroConfig, str]:
+    """``cfg`` with the dtype and verification mode of :func:`identical_text_settings` for its device, except the
+    keys ``overrides`` (``--set`` texts) name; returns (config, why)."""
+    dtype, exact, why = identical_text_settings(cfg.model.device)
+    given = {text.partition("=")[0].strip() for text in overrides}
+    if "model.dtype" not in given:
+        cfg.model = dataclasses.replace(cfg.model, dtype=dtype)
+    if "generation.exact_verification" not in given:
+        cfg.generation = dataclasses.replace(cfg.generation, exact_verification=exact)
+    if {"model.dtype", "generation.exact_verification"} & given:
+        why += ", with your --set"
+    return cfg, f"identical-text settings for {why}"
+
+
+def run(cfg: JakiroConfig, num_questions: int, mode: str = "as configured") -> list[dict]:
     base = cfg.model.base_model_path or str(ensure_smollm2())
     questions = load_questions(cfg.eval.question_file or ensure_mtbench())[:num_questions]
     draft_path, trained = resolve_draft(cfg, base)
@@ -69,7 +90,7 @@ def run(cfg: JakiroConfig, num_questions: int) -> list[dict]:
               f"total_token={model.drafter.total_token} depth={cfg.tree.depth} top_k={cfg.tree.top_k} "
               f"lookup_tokens={cfg.tree.lookup_tokens}, "
               f"temperature={gen.temperature}, {torch.get_num_threads()} CPU threads, "
-              f"{'exact' if gen.exact_verification else 'batched'} verification")
+              f"{'exact' if gen.exact_verification else 'batched'} verification ({mode})")
         if gen.temperature == 0 and not all(r["same"] for r in rows):
             print(different_output_note(cfg))
     return rows
@@ -86,8 +107,12 @@ def different_output_note(cfg: JakiroConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jakiro.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=3, help="how many MT-bench questions (default 3)")
+    parser.add_argument("--verification", choices=("identical", "config"), default="identical",
+                        help="identical: the dtype and verification mode that give plain decoding's text on this "
+                             "hardware (a --set of model.dtype / generation.exact_verification still wins); config: "
+                             "both as the config says (default: identical)")
     add_config_arguments(parser)
     parser.set_defaults(config="smollm2")
     args = parser.parse_args(argv)
@@ -95,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--questions must be >= 1")
     try:
         cfg = config_from_args(args)
-        run(cfg, args.questions)
+        mode = "as configured"
+        if args.verification == "identical":
+            cfg, mode = identical_config(cfg, args.overrides)
+        run(cfg, args.questions, mode)
     except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

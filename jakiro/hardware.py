@@ -100,3 +100,23 @@ def describe(device: torch.device | str) -> str:
     extension = matrix_extension()
     cpu = f"{cpu_name()} CPU" + (f" ({extension})" if extension else "")
     return f"{cpu}, {threads} thread{'' if threads == 1 else 's'}"
+
+
+def identical_text_settings(device: torch.device | str) -> tuple[str, bool, str]:
+    """(dtype, exact verification, why): the settings under which greedy speculative decoding gives plain decoding's
+    text on ``device`` and, as measured per CPU kind (docs/cpu.md), is still faster than plain decoding there.
+
+    * AMX-BF16 CPU: bf16 with exact verification. The bf16 kernels round a row alike alone and in a batch, so exact
+      verification costs only one attention call per tree node (bit-identical by construction).
+    * other CPUs (AVX512-BF16 without AMX, AVX2, ...): fp32 with batched verification. Exact bf16 verification is
+      slower than plain decoding there (one-row bf16 kernels are slow), and fp32 tree logits differ from one-token
+      logits by ~1e-6, so only an exact near-tie could flip a token (none in every measured question).
+    * a GPU: its automatic dtype with exact verification (row-inconsistent layers then run row by row; unmeasured).
+    """
+    device = _torch_device(device)
+    if device.type != "cpu":
+        return auto_dtype(device), True, "GPU: exact verification"
+    extension = matrix_extension()
+    if extension == "AMX-BF16":
+        return "bfloat16", True, "AMX-BF16 CPU: exact bf16 verification"
+    return "float32", False, f"{extension or 'this'} CPU: fp32 batched verification"

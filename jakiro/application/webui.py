@@ -2,7 +2,7 @@
 
     python -m jakiro.application.webui [--config smollm2] [--set section.key=value ...]
                                        [--base_model_path DIR] [--ea_model_path DIR] [--max_new_token N]
-                                       [--total_token N] [--depth N] [--top_k N]
+                                       [--total_token N] [--depth N] [--top_k N] [--model_type vicuna]
                                        [--host 127.0.0.1] [--port 7860] [--share]
 
 With no arguments it serves the embedded default target (SmolLM2-135M-Instruct, set up like ``jakiro.demo``:
@@ -14,7 +14,9 @@ plain decoding, sets temperature, top-p and the tree (total_token, depth, top_k)
 Clear. The conversation is formatted with the model's chat template (``model.chat_template``).
 
 It listens on the loopback interface only. ``--host 0.0.0.0`` serves the local network and ``--share`` creates a
-public gradio.live link; neither has any authentication. Needs gradio: ``pip install -e ".[webui]"``.
+public gradio.live link; neither has any authentication. The reference's flags parse in both spellings
+(``--ea_model_path`` and ``--ea-model-path``), and ``--model-type vicuna|llama2|llama3`` picks the chat template.
+Needs gradio: ``pip install -e ".[webui]"``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ SHORTCUTS = {
     "depth": "tree.depth",
     "top_k": "tree.top_k",
 }
+# the reference's --model-type values (README and argparse spellings) -> chat template
+MODEL_TYPES = {"vicuna": "vicuna", "llama2": "llama-2", "llama-2-chat": "llama-2", "llama3": "llama-3",
+               "llama-3-instruct": "llama-3", "mixtral": "llama-2"}
 CSS = """
 .jk-text { white-space: pre-wrap; }
 .jk-accepted { color: #c2410c; background: rgba(251, 146, 60, 0.22); border-radius: 3px; }
@@ -69,23 +74,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.set_defaults(config="smollm2")
-    parser.add_argument("--base_model_path", help="target model directory (= --set model.base_model_path=...)")
-    parser.add_argument("--ea_model_path", help="trained draft directory (= --set model.draft_path=...)")
-    parser.add_argument("--max_new_token", type=int, help="tokens per answer (= --set generation.max_new_tokens=...)")
-    parser.add_argument("--total_token", type=int, help="initial tree size (= --set tree.total_token=...)")
-    parser.add_argument("--depth", type=int, help="initial tree depth (= --set tree.depth=...)")
-    parser.add_argument("--top_k", type=int, help="initial children per tree node (= --set tree.top_k=...)")
+    shortcut_help = {
+        "base_model_path": "target model directory or hub id (= --set model.base_model_path=...; default: the "
+                           "config's, the embedded SmolLM2)",
+        "ea_model_path": "trained draft directory or hub id (= --set model.draft_path=...; default: the config's)",
+        "max_new_token": "tokens per answer (= --set generation.max_new_tokens=...; default: the config's)",
+        "total_token": "initial tree size, -1 = measure the target (= --set tree.total_token=...; default: the "
+                       "config's)",
+        "depth": "initial tree depth (= --set tree.depth=...; default: the config's)",
+        "top_k": "initial children per tree node (= --set tree.top_k=...; default: the config's)",
+    }
+    for flag, kind in (("base_model_path", str), ("ea_model_path", str), ("max_new_token", int),
+                       ("total_token", int), ("depth", int), ("top_k", int)):
+        names = dict.fromkeys((f"--{flag}", f"--{flag.replace('_', '-')}"))
+        parser.add_argument(*names, dest=flag, type=kind, help=shortcut_help[flag])
+    parser.add_argument("--model_type", "--model-type", choices=sorted(MODEL_TYPES), default=None, metavar="TYPE",
+                        help="the reference's model family, i.e. the chat template: vicuna, llama2 / llama-2-chat "
+                             "(llama-2), llama3 / llama-3-instruct (llama-3), mixtral (llama-2) (= --set "
+                             "model.chat_template=...; default: the config's, else the tokenizer's own template)")
+    for flag in ("load_in_8bit", "load_in_4bit"):
+        parser.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", action="store_true",
+                            help="the reference's quantised loading: not supported here, refused with an error "
+                                 "(default: off)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"interface to listen on (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--share", action="store_true",
-                        help="also create a public gradio.live link (anyone with the link can use the model)")
+                        help="also create a public gradio.live link (anyone with the link can use the model; "
+                             "default: off)")
     return parser.parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> JakiroConfig:
     """The config file and ``--set`` overrides, then the shortcut flags that were given."""
+    for flag in ("load_in_8bit", "load_in_4bit"):
+        if getattr(args, flag, False):
+            raise ConfigError(f"--{flag}: quantised loading is not supported; use --set model.dtype=bfloat16 "
+                              f"(or float16) to halve the memory instead")
     shortcuts = [f"{key}={getattr(args, flag)}" for flag, key in SHORTCUTS.items() if getattr(args, flag) is not None]
+    if getattr(args, "model_type", None):
+        shortcuts.append(f"model.chat_template={MODEL_TYPES[args.model_type]}")
     return load_config(args.config, [*args.overrides, *shortcuts])
 
 

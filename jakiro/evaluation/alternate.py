@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setting", required=True, choices=SETTINGS, help="the setting compared")
     parser.add_argument("--values", type=int, nargs=2, required=True, metavar=("A", "B"), help="its two values")
     parser.add_argument("--every", type=int, default=8, help="every K-th MT-bench question (default 8: 10 questions)")
-    parser.add_argument("--questions", type=int, default=None, help="only the first N of those")
+    parser.add_argument("--questions", type=int, default=None, help="only the first N of those (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="per turn (default 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy, answers checked equal)")
     args = parser.parse_args(argv)

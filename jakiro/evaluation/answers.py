@@ -6,8 +6,11 @@ Shared by ``python -m jakiro.evaluation.gen_ea_answer`` (method from the config,
     python -m jakiro.evaluation.gen_ea_answer --config smollm2 [--set eval.xxx=...] [--method pld]
         [--model-id ID] [--answer-file F] [--bench-name B] [--question-file F] [--max-new-tokens N]
         [--temperature T] [--base-model-path DIR] [--ea-model-path DIR] [--total-token N] [--depth D] [--top-k K]
-        [--static-tree NAME]
+        [--static-tree NAME] [--top-p P]
 
+The reference's per-family scripts are thin aliases that only preset the chat template (``gen_ea_answer_vicuna``,
+``_llama2chat``, ``_llama3chat``, the same for ``gen_baseline_answer`` and under ``jakiro_star.evaluation``), and
+every flag also parses with the reference's underscores (``--ea_model_path``, ``--total_token``).
 Each direct flag sets one config key (its help names it) and wins over ``--set``. Per question and choice i
 (seed ``generation.seed + i``), each turn's prompt holds the earlier questions and the model's own answers; the
 timed region is the generate call alone (prefill included), between device synchronisations. ``eval.warmup``
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import uuid
@@ -36,51 +40,92 @@ from jakiro.evaluation.records import FORWARDS_COUNTING, append_record, read_rec
 from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
 from jakiro.io import check_output
 
-# direct flag -> (section, key, type)
+# direct flag -> (section, key, type, what it does); each also parses with underscores (the reference's spelling)
 FLAGS = {
-    "--method": ("eval", "method", str),
-    "--model-id": ("eval", "model_id", str),
-    "--answer-file": ("eval", "answer_file", str),
-    "--bench-name": ("eval", "bench_name", str),
-    "--question-file": ("eval", "question_file", str),
-    "--question-begin": ("eval", "question_begin", int),
-    "--question-end": ("eval", "question_end", int),
-    "--max-new-tokens": ("eval", "max_new_tokens", int),
-    "--temperature": ("eval", "temperature", float),
-    "--num-choices": ("eval", "num_choices", int),
-    "--warmup": ("eval", "warmup", int),
-    "--assistant-model-path": ("eval", "assistant_model_path", str),
-    "--prompt-lookup-num-tokens": ("eval", "prompt_lookup_num_tokens", int),
-    "--system-prompt": ("eval", "system_prompt", str),
-    "--base-model-path": ("model", "base_model_path", str),
-    "--ea-model-path": ("model", "draft_path", str),
-    "--chat-template": ("model", "chat_template", str),
-    "--dtype": ("model", "dtype", str),
-    "--device": ("model", "device", str),
-    "--total-token": ("tree", "total_token", int),
-    "--depth": ("tree", "depth", int),
-    "--top-k": ("tree", "top_k", int),
-    "--static-tree": ("tree", "static_tree", str),
-    "--seed": ("generation", "seed", int),
+    "--method": ("eval", "method", str, "decoding method"),
+    "--model-id": ("eval", "model_id", str, "name recorded in each answer record and used in the answer file name"),
+    "--answer-file": ("eval", "answer_file", str,
+                      "answer JSONL to write (resumed if it exists); an existing directory or a path ending in / "
+                      "means DIR/<bench>/<model_id>-temperature-<T>.jsonl, as in the reference"),
+    "--bench-name": ("eval", "bench_name", str, "benchmark name, used in the output path"),
+    "--question-file": ("eval", "question_file", str, "FastChat question JSONL; unset = the embedded MT-bench"),
+    "--question-begin": ("eval", "question_begin", int, "first question (index into the file); unset = the first"),
+    "--question-end": ("eval", "question_end", int, "one past the last question; unset = to the end"),
+    "--max-new-tokens": ("eval", "max_new_tokens", int, "new tokens per turn; unset = generation.max_new_tokens"),
+    "--temperature": ("eval", "temperature", float, "0 = greedy, > 0 = sampling; unset = generation.temperature"),
+    "--top-p": ("generation", "top_p", float, "nucleus sampling mass in (0, 1]; 1 = off (temperature > 0 only)"),
+    "--num-choices": ("eval", "num_choices", int, "answers per question; choice i uses seed + i"),
+    "--warmup": ("eval", "warmup", int, "untimed runs over the first question before timing"),
+    "--assistant-model-path": ("eval", "assistant_model_path", str, "assistant model of method 'assisted'"),
+    "--prompt-lookup-num-tokens": ("eval", "prompt_lookup_num_tokens", int, "tokens proposed per step by 'pld'"),
+    "--system-prompt": ("eval", "system_prompt", str, "system prompt; unset = the chat template's default"),
+    "--base-model-path": ("model", "base_model_path", str,
+                          "target model directory or Hugging Face hub id; unset = the embedded SmolLM2"),
+    "--ea-model-path": ("model", "draft_path", str,
+                        "trained draft directory, hub id or shipped:NAME; unset = an untrained draft"),
+    "--chat-template": ("model", "chat_template", str,
+                        "prompt format: auto (the tokenizer's own), vicuna, llama-2 or llama-3"),
+    "--dtype": ("model", "dtype", str, "weights and compute dtype: float32, bfloat16, float16 or auto"),
+    "--device": ("model", "device", str, "torch device, e.g. cpu, cuda, cuda:1"),
+    "--total-token": ("tree", "total_token", int, "tree nodes verified per step, root included; -1 = measure"),
+    "--depth": ("tree", "depth", int, "draft tree depth below the root"),
+    "--top-k": ("tree", "top_k", int, "children per tree node and nodes kept per tree layer"),
+    "--static-tree": ("tree", "static_tree", str, "static tree of method jakiro_star (the reference's "
+                                                   "--tree-choices, also accepted)"),
+    "--seed": ("generation", "seed", int, "seed of the sampling generator"),
 }
+FLAG_ALIASES = {"--static-tree": ("--tree-choices", "--tree_choices")}  # the reference's name for the static tree
+# the reference's multi-GPU flags: one process answers every question here, so only 1 is accepted
+GPU_FLAGS = ("--num-gpus-per-model", "--num-gpus-total")
 
 
-def build_parser(default_method: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def flag_default(section: str, key: str):
+    """The built-in default of ``section.key`` (before any config file)."""
+    hints = {f.name: f for f in dataclasses.fields(getattr(JakiroConfig(), section))}
+    return hints[key].default
+
+
+def build_parser(default_method: str | None, prog: str = "python -m jakiro.evaluation.gen_ea_answer",
+                 chat_template: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0],
+        epilog="Defaults are the built-in config values; a --config file and --set change them, a flag given here "
+               "wins over both. Every flag also parses with underscores (--ea_model_path), as the reference wrote.")
     add_config_arguments(parser)
-    for flag, (section, key, kind) in FLAGS.items():
+    for flag, (section, key, kind, text) in FLAGS.items():
         extra = {"choices": METHODS} if flag == "--method" else {}
-        default = f" (default here: {default_method})" if flag == "--method" and default_method else ""
-        parser.add_argument(flag, type=kind, default=None, help=f"= {section}.{key}{default}", **extra)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        default = flag_default(section, key)
+        if flag == "--method" and default_method:
+            default = default_method
+        if flag == "--chat-template" and chat_template:
+            default = chat_template
+        names = [flag, "--" + flag[2:].replace("-", "_"), *FLAG_ALIASES.get(flag, ())]
+        parser.add_argument(*dict.fromkeys(names), dest=flag[2:].replace("-", "_"), type=kind, default=None,
+                            help=f"{text} (sets {section}.{key}; default: {'unset' if default is None else default})",
+                            **extra)
+    for flag in GPU_FLAGS:
+        parser.add_argument(flag, "--" + flag[2:].replace("-", "_"), type=int, default=1,
+                            help="accepted for the reference's scripts; only 1 (one process, one model) is supported "
+                                 "(default: 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: a progress bar)")
     return parser
 
 
-def config_from_cli(args: argparse.Namespace, default_method: str | None = None) -> JakiroConfig:
-    """Config file and ``--set`` overrides, then the direct flags (validated like any config value)."""
+def config_from_cli(args: argparse.Namespace, default_method: str | None = None,
+                    chat_template: str | None = None) -> JakiroConfig:
+    """Config file and ``--set`` overrides, then the direct flags (validated like any config value).
+    ``default_method`` / ``chat_template`` (the thin per-family aliases) apply unless a flag or ``--set`` gives
+    the key."""
+    for flag in GPU_FLAGS:
+        if getattr(args, flag[2:].replace("-", "_"), 1) != 1:
+            raise ValueError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: only 1 is supported (one process "
+                             f"answers every question); run several processes with --question-begin/--question-end")
     cfg = config_from_args(args)
     changes: dict[str, dict] = {}
-    for flag, (section, key, _) in FLAGS.items():
+    set_keys = {text.partition("=")[0].strip() for text in args.overrides}
+    if chat_template and "model.chat_template" not in set_keys:
+        changes["model"] = {"chat_template": chat_template}
+    for flag, (section, key, *_) in FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if flag == "--method" and value is None:
             value = default_method
@@ -92,10 +137,12 @@ def config_from_cli(args: argparse.Namespace, default_method: str | None = None)
 
 
 def answer_path(cfg: JakiroConfig) -> Path:
-    if cfg.eval.answer_file:
-        return Path(cfg.eval.answer_file)
     temperature, _ = settings(cfg)
     e = cfg.eval
+    if e.answer_file:
+        if Path(e.answer_file).is_dir() or e.answer_file.endswith(("/", os.sep)):  # the reference's layout
+            return Path(e.answer_file) / e.bench_name / f"{e.model_id}-temperature-{temperature}.jsonl"
+        return Path(e.answer_file)
     return Path("outputs") / e.bench_name / f"{e.model_id}-{e.method}-temperature-{temperature}.jsonl"
 
 
@@ -212,12 +259,14 @@ def answer_record(cfg: JakiroConfig, method, prompter: ChatPrompter, question: d
             "choices": choices, "tstamp": time.time(), "meta": meta}
 
 
-def main(argv: list[str] | None = None, method: str | None = None) -> int:
+def main(argv: list[str] | None = None, method: str | None = None, chat_template: str | None = None,
+         prog: str = "python -m jakiro.evaluation.gen_ea_answer") -> int:
     """Command line entry point; a given ``method`` replaces the config's ``eval.method`` unless ``--method`` is
-    given."""
-    args = build_parser(method).parse_args(argv)
+    given, a given ``chat_template`` (the per-family aliases: vicuna, llama-2, llama-3) the config's
+    ``model.chat_template`` unless ``--chat-template`` or ``--set`` gives one."""
+    args = build_parser(method, prog, chat_template).parse_args(argv)
     try:
-        cfg = config_from_cli(args, method)
+        cfg = config_from_cli(args, method, chat_template)
         path = run(cfg, progress=not args.no_progress)
     except (ConfigError, AssetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

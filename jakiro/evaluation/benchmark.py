@@ -65,19 +65,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arm", nargs="+", action="append", required=True, metavar="NAME [SECTION.KEY=VALUE ...]",
                         help="a method under test (repeatable; the first is the baseline)")
     parser.add_argument("--out-dir", required=True, help="answer files, reports and the plot go here")
-    parser.add_argument("--temperatures", nargs="+", type=float, default=[0.0, 1.0])
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[0.0, 1.0],
+                        help="temperatures to answer at (default: 0.0 1.0)")
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions (default: all)")
     parser.add_argument("--every", type=int, default=1,
-                        help="only every K-th question, before --questions (K=4: 20 MT-bench questions, all categories)")
+                        help="only every K-th question, before --questions (K=4: 20 MT-bench questions, all "
+                             "categories; default 1: all)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default: the config's)")
     parser.add_argument("--greedy-only", nargs="+", default=[], metavar="NAME",
                         help="arms that answer at temperature 0 only (e.g. exact verification, which matters only "
-                             "for greedy equality)")
+                             "for greedy equality; default: none)")
     parser.add_argument("--report-only", action="store_true",
                         help="answer nothing: write the reports from the answer files as they are (a stopped run: "
-                             "the questions every arm of a temperature answered), whichever machine answered them")
-    parser.add_argument("--plot", action="store_true", help="also write speed.png (needs matplotlib)")
-    parser.add_argument("--no-progress", action="store_true")
+                             "the questions every arm of a temperature answered), whichever machine answered them "
+                             "(default: answer, then report)")
+    parser.add_argument("--plot", action="store_true", help="also write speed.png (needs matplotlib; default: off)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (default: show them)")
     return parser.parse_args(argv)
 
 

@@ -7,7 +7,13 @@ See :mod:`jakiro.evaluation.answers` for the flags, the record format, timing an
 
 import sys
 
-from jakiro.evaluation.answers import main
+from jakiro.evaluation import answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """:func:`jakiro.evaluation.answers.main` with method ``baseline`` (the console script ``jakiro-baseline``)."""
+    return answers.main(argv, method="baseline", prog="python -m jakiro.evaluation.gen_baseline_answer")
+
 
 if __name__ == "__main__":
-    sys.exit(main(method="baseline"))
+    sys.exit(main())

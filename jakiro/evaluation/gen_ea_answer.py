@@ -10,4 +10,4 @@ import sys
 from jakiro.evaluation.answers import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m jakiro.evaluation.gen_ea_answer"))

@@ -211,11 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                         "outputs/greedy_check/<bench>-<method>-<dtype>.jsonl)")
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions (default: all)")
     parser.add_argument("--every", type=int, default=1,
-                        help="only every K-th question, before --questions (K=4: 20 MT-bench questions, all categories)")
+                        help="only every K-th question, before --questions (K=4: 20 MT-bench questions, all "
+                             "categories; default 1: all)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default: the config's)")
     parser.add_argument("--tie", type=float, default=1e-4,
                         help="a divergence whose two logits differ by less than this is a near-tie (default 1e-4)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: show them)")
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None:
         args.overrides = [*args.overrides, f"eval.max_new_tokens={args.max_new_tokens}"]

@@ -60,7 +60,7 @@ def grouped_bars(reports: list[dict], key: str) -> tuple[dict[str, tuple[list[fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jakiro.evaluation.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", help="JSON reports written by jakiro.evaluation.speed --json")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--force", action="store_true", help="replace an --out file that is not a PNG")

@@ -307,14 +307,19 @@ def _is_png(path: str | Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", help="answer file of plain decoding")
-    parser.add_argument("--method", action="append", default=[], help="answer file of a method (repeatable)")
-    parser.add_argument("--tokenizer", help="tokenizer dir to re-count tokens of files whose new_tokens are all 0")
+    parser = argparse.ArgumentParser(prog="python -m jakiro.evaluation.speed",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", help="answer file of plain decoding (required unless --average; no default)")
+    parser.add_argument("--method", action="append", default=[],
+                        help="answer file of a method (repeatable; one at least required unless --average; no default)")
+    parser.add_argument("--tokenizer", help="tokenizer dir to re-count tokens of files whose new_tokens are all 0 "
+                        "(the reference's baseline files; default: none)")
     parser.add_argument("--bench", help="bench name for the report (default: from the records, else the folder)")
-    parser.add_argument("--json", help="write the report as JSON here")
-    parser.add_argument("--plot", help="write a PNG of speedup and tau here (needs matplotlib)")
-    parser.add_argument("--average", nargs="+", metavar="REPORT", help="JSON reports to average over benches")
+    parser.add_argument("--json", help="write the report as JSON here (default: print only)")
+    parser.add_argument("--plot", help="write a PNG of speedup and tau here (needs matplotlib; default: none)")
+    parser.add_argument("--average", nargs="+", metavar="REPORT",
+                        help="JSON reports (from --json) to average over benches, instead of --baseline/--method "
+                             "(default: none)")
     parser.add_argument("--force", action="store_true", help="replace --json / --plot files that this tool did not "
                         "write (its own earlier outputs are replaced anyway)")
     args = parser.parse_args(argv)

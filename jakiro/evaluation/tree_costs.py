@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.add_argument("--context", type=int, default=300, help="cached tokens before the tree (default 300)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="tree sizes to time")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
+                        help=f"tree sizes to time (default: {' '.join(map(str, DEFAULT_SIZES))})")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per size (median; default 5)")
     parser.add_argument("--compare-kernels", action="store_true",
-                        help="time each size with and without batched verification's CPU kernels, interleaved")
+                        help="time each size with and without batched verification's CPU kernels, interleaved "
+                             "(default: off)")
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)

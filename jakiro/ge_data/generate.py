@@ -380,8 +380,9 @@ def cli_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     parser.add_argument("--max-shards", type=int, default=None, metavar="K",
-                        help="write at most K shards per process, then stop (the same command continues later)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+                        help="write at most K shards per process, then stop (the same command continues later; "
+                             "default: all)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: show one)")
     return parser
 
 

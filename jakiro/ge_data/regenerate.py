@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     parser.add_argument("--max-parts", type=int, default=None, metavar="K",
                         help="answer at most K parts (4 batches of conversations each), then stop (the same command "
-                             "continues later)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+                             "continues later; default: all)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: show one)")
     parser.add_argument("--force", action="store_true", help="replace an existing regenerate.output_path")
     args = parser.parse_args(argv)
     try:

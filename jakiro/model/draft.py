@@ -47,6 +47,8 @@ LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
 # keys of the reference checkpoints that belong to the target, not the draft
 _TARGET_KEYS = ("embed_tokens.weight", "lm_head.weight")
+# buffers older checkpoints may hold that are derived from the config (RoPE frequencies), not weights
+_DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 @dataclass
@@ -374,7 +376,8 @@ class DraftHead(nn.Module):
             raise ValueError(f"{config_path} is not valid JSON: {err}") from None
         model = cls(config)
         state = _load_state(directory)
-        state = {k: v for k, v in state.items() if k not in _TARGET_KEYS}
+        state = {k: v for k, v in state.items()
+                 if k not in _TARGET_KEYS and not k.endswith(_DERIVED_SUFFIXES)}
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))

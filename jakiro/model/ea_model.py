@@ -198,6 +198,7 @@ class EaModel(nn.Module):
         return ids
 
     def _stream(self, token_source, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, seed):
+        input_ids = as_input_ids(input_ids)
         budget = self._check_inputs(input_ids, temperature, top_p, top_k, max_new_tokens, max_length)
         sampling = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
         if seed is None:
@@ -321,6 +322,21 @@ class EaModel(nn.Module):
                 f"target's sliding window {window}; tree verification does not implement sliding windows"
             )
         return budget
+
+
+def as_input_ids(input_ids) -> torch.Tensor:
+    """A prompt as a [1, P] tensor: a tensor is kept, a list of ids (``tokenizer(prompt).input_ids``) or a list
+    holding one such list (``tokenizer([prompt]).input_ids``, as reference users write) becomes a tensor."""
+    if isinstance(input_ids, torch.Tensor):
+        return input_ids
+    if isinstance(input_ids, (list, tuple)):
+        rows = input_ids if input_ids and isinstance(input_ids[0], (list, tuple)) else [input_ids]
+        if all(isinstance(t, int) and not isinstance(t, bool) for row in rows for t in row):
+            if len({len(row) for row in rows}) > 1:
+                raise ValueError("input_ids: rows of different lengths; batched generation is not supported")
+            return torch.tensor(rows, dtype=torch.long)
+    raise ValueError(f"input_ids must be a [batch, length] tensor or a list of token ids, got "
+                     f"{type(input_ids).__name__}")
 
 
 def default_stop_token_ids(model: PreTrainedModel, tokenizer=None) -> list[int]:

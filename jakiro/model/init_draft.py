@@ -68,16 +68,24 @@ def resolve_draft(cfg, base_model_path: str) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jakiro.model.init_draft",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-model-path", required=True, help="target model directory (its config.json is read)")
     parser.add_argument("--out", required=True, help="draft directory to write")
-    parser.add_argument("--num-experts", type=int, default=2)
-    parser.add_argument("--experts-per-token", type=int, default=None, help="default: all experts (reference)")
-    parser.add_argument("--no-parallel-head", action="store_true", help="no CEPD head (EAGLE-2 with 1 expert)")
-    parser.add_argument("--expert-intermediate-size", type=int, default=None, help="default: target hidden size")
-    parser.add_argument("--no-bias", action="store_true", help="no bias in the fc fusion layer")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    parser.add_argument("--num-experts", type=int, default=2,
+                        help="experts in the MoE block (default 2; 1 = EAGLE-2)")
+    parser.add_argument("--experts-per-token", type=int, default=None,
+                        help="experts routed per token (default: all experts, as the reference)")
+    parser.add_argument("--no-parallel-head", action="store_true",
+                        help="no CEPD head (EAGLE-2 with 1 expert; default: a head when "
+                        "there are >= 2 experts)")
+    parser.add_argument("--expert-intermediate-size", type=int, default=None,
+                        help="expert MLP width (default: the target's hidden size)")
+    parser.add_argument("--no-bias", action="store_true",
+                        help="no bias in the fc fusion layer (default: a bias, as the reference)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random initialisation (default 0)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out directory (default: refuse)")
     args = parser.parse_args(argv)
     parallel = not args.no_parallel_head and args.num_experts >= 2
     try:

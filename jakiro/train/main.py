@@ -10,6 +10,8 @@
 The reference's flags work too: ``--basepath`` (model.base_model_path), ``--tmpdir`` (train.data_dir), ``--cpdir``
 (train.output_dir), ``--configpath`` (train.draft_config), ``--lr``, ``--bs``, ``--gradient-accumulation-steps``;
 ``--set`` overrides win over them. ``--resume`` continues from the last checkpoint in train.output_dir.
+``accelerate launch --mixed_precision X`` sets the precision unless the config or ``--set`` names another
+``train.mixed_precision`` (then it is an error, not a silent override).
 ``--set train.init_from=DIR`` starts from a trained draft (its architecture, vocabulary and weights) instead of a
 new one: a second training stage, e.g. on other data, with a fresh optimizer and schedule.
 Outputs in train.output_dir: ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``checkpoints/step_N`` and
@@ -23,15 +25,18 @@ damaged checkpoint, or a non-finite loss or gradient.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
 
-from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.config import (ConfigError, JakiroConfig, _read_file, _resolve_path, add_config_arguments,
+                           config_from_args)
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 from jakiro.drafts import resolve_draft_path
 from jakiro.io import OutputExists, check_model_files, sha256_path
@@ -40,32 +45,74 @@ from jakiro.train.data import DataError, check_compatible, check_same_target, op
 from jakiro.train.trainer import TrainingError
 from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
 
-REFERENCE_FLAGS = {  # reference flag -> config key
-    "basepath": "model.base_model_path",
-    "tmpdir": "train.data_dir",
-    "cpdir": "train.output_dir",
-    "configpath": "train.draft_config",
-    "lr": "train.lr",
-    "bs": "train.batch_size",
-    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+REFERENCE_FLAGS = {  # reference flag -> (config key, what it sets)
+    "basepath": ("model.base_model_path", "target model directory or hub id (default: the config's, else the "
+                                          "embedded SmolLM2)"),
+    "tmpdir": ("train.data_dir", "feature shards from python -m jakiro.ge_data (default: the config's, data/features)"),
+    "cpdir": ("train.output_dir", "checkpoints and the trained draft (default: the config's, outputs/train)"),
+    "configpath": ("train.draft_config", "draft config.json fixing the architecture, e.g. jakiro/train/"
+                                         "vicuna_7B_config.json (default: sized from the target with draft.*)"),
+    "lr": ("train.lr", "peak AdamW learning rate (default: the config's, 9e-5)"),
+    "bs": ("train.batch_size", "sequences per process per step (default: the config's, 4)"),
+    "gradient_accumulation_steps": ("train.gradient_accumulation_steps",
+                                    "micro-batches per optimizer step (default: the config's, 1)"),
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jakiro.train.main", description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None, prog: str = "python -m jakiro.train.main",
+               epilog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=epilog)
     add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
-    parser.add_argument("--force", action="store_true", help="replace a previous run's outputs in train.output_dir")
-    for flag, key in REFERENCE_FLAGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"= --set {key}=...")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in train.output_dir (default: start a new run)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a previous run's outputs in train.output_dir (default: refuse)")
+    for flag, (key, text) in REFERENCE_FLAGS.items():
+        names = dict.fromkeys((f"--{flag.replace('_', '-')}", f"--{flag}"))
+        parser.add_argument(*names, dest=flag, default=None, help=f"{text}; = --set {key}=...")
     return parser.parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace) -> JakiroConfig:
-    reference = [f"{key}={getattr(args, flag)}" for flag, key in REFERENCE_FLAGS.items()
+def resolve_config(args: argparse.Namespace, preset: Sequence[str] = ()) -> JakiroConfig:
+    """The config file, then ``preset`` overrides (an alias's settings), the reference flags and ``--set``."""
+    reference = [f"{key}={getattr(args, flag)}" for flag, (key, _) in REFERENCE_FLAGS.items()
                  if getattr(args, flag) is not None]
-    args.overrides = reference + list(args.overrides)
-    return config_from_args(args)
+    args.overrides = list(preset) + reference + list(args.overrides)
+    cfg = config_from_args(args)
+    apply_launcher_precision(cfg, args)
+    return cfg
+
+
+def given_mixed_precision(args: argparse.Namespace) -> str | None:
+    """``train.mixed_precision`` as the config file or a ``--set`` gives it (the last one wins), None if neither."""
+    value = None
+    if args.config is not None:
+        value = _read_file(_resolve_path(args.config)).get("train", {}).get("mixed_precision")
+    for text in args.overrides:
+        key, _, raw = text.partition("=")
+        if key.strip() == "train.mixed_precision":
+            value = raw.strip()
+    return value
+
+
+def apply_launcher_precision(cfg: JakiroConfig, args: argparse.Namespace) -> None:
+    """Respect ``accelerate launch --mixed_precision X`` (the launcher exports ``ACCELERATE_MIXED_PRECISION``).
+
+    The launcher's value replaces ``train.mixed_precision`` when the config leaves it at its default or ``auto``;
+    a config file or ``--set`` that names another value is a ConfigError rather than silently overriding the
+    launcher. ``no`` is also what the launcher exports when given no flag, so it is not treated as a request.
+    """
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    if launched in ("", "no") or launched == cfg.train.mixed_precision:
+        return
+    given = given_mixed_precision(args)
+    if given not in (None, "auto"):
+        raise ConfigError(f"train.mixed_precision: {given!r} conflicts with the launcher's --mixed_precision "
+                          f"{launched}; drop one, or make them agree (--set train.mixed_precision={launched})")
+    try:
+        cfg.train = dataclasses.replace(cfg.train, mixed_precision=launched)
+    except ConfigError as err:
+        raise ConfigError(f"accelerate launch --mixed_precision {launched}: {err}") from None
 
 
 def target_path(cfg: JakiroConfig) -> str:
@@ -177,10 +224,13 @@ def build_trainer(cfg: JakiroConfig):
                                "init_from": init_digest})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m jakiro.train.main", preset: Sequence[str] = (),
+         epilog: str | None = None) -> int:
+    """Command line entry point; ``prog``, ``preset`` overrides and ``epilog`` serve the thin aliases
+    (``jakiro_star.train.main``, ``jakiro/train/main_deepspeed.py``)."""
+    args = parse_args(argv, prog, epilog)
     try:
-        cfg = resolve_config(args)
+        cfg = resolve_config(args, preset)
         trainer = build_trainer(cfg)
         out = trainer.train(resume=args.resume, force=args.force)
     except (ConfigError, DataError, TrainingError, OutputExists, OSError) as err:

@@ -1,0 +1,12 @@
+"""``python -m jakiro_star.evaluation.gen_baseline_answer_vicuna``: the reference's script name.
+
+Plain autoregressive decoding (method baseline) with the vicuna chat template: a thin alias
+(:mod:`jakiro.evaluation.family_alias`); ``--help`` lists the flags.
+"""
+
+import sys
+
+from jakiro.evaluation.family_alias import run
+
+if __name__ == "__main__":
+    sys.exit(run(__spec__.name))
