@@ -47,9 +47,9 @@ def test_resuming_answers_with_another_question_file_is_refused(tiny_dirs, tmp_p
     err = errors(capsys)
     assert len(err) == 1 and "questions:" in err[0] and "other settings" in err[0]
     assert [r["question_id"] for _, r in read_records(path)] == [81]
-    assert answer(tiny_dirs, tmp_path, QUESTIONS) == 2  # the answer file is a directory
+    assert answer(tiny_dirs, path / "answers.jsonl", QUESTIONS) == 2  # its folder is a file
     err = errors(capsys)
-    assert len(err) == 1 and "existing directory" in err[0]
+    assert len(err) == 1 and "answers.jsonl" in err[0]
 
 
 def _record(qid, method, max_new_tokens, forwards):

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON reports (from --json) to average over benches, instead of --baseline/--method "
                              "(default: none)")
     parser.add_argument("--force", action="store_true", help="replace --json / --plot files that this tool did not "
-                        "write (its own earlier outputs are replaced anyway)")
+                        "write (default: refuse; its own earlier outputs are replaced anyway)")
     args = parser.parse_args(argv)
     if args.average and (args.baseline or args.method):
         parser.error("--average takes JSON reports only, not --baseline / --method")
