@@ -45,6 +45,7 @@ from jakiro.chat_templates import (
     to_messages,
 )
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.ge_data.decode import decode_batch
 from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
 from jakiro.io import atomic_write_text
 
@@ -132,21 +133,31 @@ class Regenerator:
         return self.tokenizer(text, add_special_tokens=self.template.add_special_tokens)["input_ids"]
 
     @torch.no_grad()
+    def generate(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
+        """The new tokens answering each prompt (ending at an end token or after max_new_tokens; with
+        ``regenerate.decoder`` generate, padded after an end token)."""
+        settings, sample = self.settings, self.settings.temperature > 0
+        if settings.decoder == "static":
+            generator = torch.Generator(self.model.device).manual_seed(seed) if sample else None
+            return decode_batch(self.model, prompts, settings.max_new_tokens, self.eos_ids, self.pad_id,
+                                settings.temperature, generator)
+        input_ids, attention_mask = _left_pad(prompts, self.pad_id)
+        device = self.model.device
+        torch.manual_seed(seed)
+        output = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            max_new_tokens=settings.max_new_tokens, do_sample=sample,
+            temperature=settings.temperature if sample else None, top_p=None, top_k=None,
+            eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+        )
+        return output[:, input_ids.shape[1]:].tolist()
+
+    @torch.no_grad()
     def answer_turn(self, asking: list[Conversation], prompts: list[list[int]], seed: int) -> Counts:
         """Append one assistant answer to every conversation of ``asking`` (or mark it done); ``prompts`` are their
         tokenized prompts, each shorter than data.max_len."""
         counts = Counts()
-        input_ids, attention_mask = _left_pad(prompts, self.pad_id)
-        device = self.model.device
-        sample = self.settings.temperature > 0
-        torch.manual_seed(seed)
-        output = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            max_new_tokens=self.settings.max_new_tokens, do_sample=sample,
-            temperature=self.settings.temperature if sample else None, top_p=None, top_k=None,
-            eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
-        )
-        for conversation, new in zip(asking, output[:, input_ids.shape[1]:].tolist()):
+        for conversation, new in zip(asking, self.generate(prompts, seed)):
             end = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
             tokens = new if end is None else new[:end]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()

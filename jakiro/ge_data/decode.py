@@ -1,0 +1,152 @@
+"""Batched answer generation for self-distillation, built for CPUs: the fast path of ``jakiro.ge_data.regenerate``.
+
+``decode_batch(model, prompts, ...)`` answers B prompts together, like ``model.generate`` with left padding, but:
+
+* each prompt is prefilled alone (batch 1, no padding, ``sdpa`` causal attention), so a row's prompt state and first
+  token do not depend on the other prompts of its batch;
+* the KV cache is preallocated (:class:`StaticLayer`: [B, kv_heads, width + max_new_tokens, head_dim] per layer, the
+  prompt right-aligned at ``width``) instead of growing by ``torch.cat``, which copies the whole cache every step;
+* a decoding step attends with :func:`grouped_attention`: each key/value head is read once by its group of query heads
+  (no ``repeat_kv`` copies), softmax in float32 as ``eager``; on an AMX CPU in bf16 ``sdpa`` decoding with a padding
+  mask is several times slower than this;
+* rows that finished (an end token or ``max_new_tokens``) leave the batch, so the step cost follows the rows still
+  going instead of the longest answer.
+
+Greedy: the argmax of the float32 logits (first index on ties), as ``generate``. Sampled: softmax(logits / T) drawn
+with ``torch.multinomial`` from the caller's generator: the target's distribution, though not ``generate``'s random
+stream.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+GROUPED = "jakiro_grouped"
+
+
+def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
+    """Attention for grouped key/value heads without repeating them: query [B, H, Q, D], key/value [B, K, L, D]
+    (H = K * G), attention_mask bool [B, 1, Q, L] (True = attend) or None -> ([B, Q, H, D], None)."""
+    batch, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    q = query.reshape(batch, key.shape[1], groups * length, dim)  # rows (g, q) of each key/value head
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        mask = attention_mask.repeat(1, 1, groups, 1) if length > 1 else attention_mask
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs, value).reshape(batch, heads, length, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GROUPED, grouped_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED, sdpa_mask)
+
+
+@contextmanager
+def attention(model, name: str):
+    """Run ``model`` with attention implementation ``name`` (the model reads its config's at every forward)."""
+    configs = {id(c): c for c in (model.config, model.config.get_text_config())}.values()
+    before = [c._attn_implementation for c in configs]
+    for c in configs:
+        c._attn_implementation = name
+    try:
+        yield
+    finally:
+        for c, b in zip(configs, before):
+            c._attn_implementation = b
+
+
+class StaticLayer(DynamicLayer):
+    """One layer's KV cache in preallocated buffers [B, kv_heads, capacity, head_dim]; positions [0, length) are
+    filled (left padding included), ``update`` writes the next positions and returns views of the filled ones."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self.keys_buffer, self.values_buffer, self.length = keys, values, length
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self.keys_buffer[:, :, self.length:end] = key_states
+        self.values_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self.keys_buffer[:, :, :end], self.values_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop the other rows (a copy of the kept rows' buffers)."""
+        self.keys_buffer = self.keys_buffer.index_select(0, rows)
+        self.values_buffer = self.values_buffer.index_select(0, rows)
+        self.keys, self.values = self.keys_buffer[:, :, :self.length], self.values_buffer[:, :, :self.length]
+
+
+def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """logits [B, V] -> next tokens [B]: greedy at temperature 0, else sampled from softmax(logits / T)."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int], pad_id: int,
+                 temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
+    """The answers to ``prompts`` (token lists): each up to and including its first token of ``eos_ids``, or
+    ``max_new_tokens`` tokens long."""
+    device = model.get_input_embeddings().weight.device
+    width, capacity = max(map(len, prompts)), max(map(len, prompts)) + max_new_tokens
+    layers, first = None, []
+    with attention(model, "sdpa"):
+        for row, prompt in enumerate(prompts):
+            cache = Cache(layer_class_to_replicate=DynamicLayer)
+            out = model(input_ids=torch.tensor([prompt], device=device), past_key_values=cache, use_cache=True,
+                        logits_to_keep=1)
+            if layers is None:
+                layers = [StaticLayer(torch.zeros((len(prompts), *c.keys.shape[1:2], capacity, c.keys.shape[-1]),
+                                                  dtype=c.keys.dtype, device=device),
+                                      torch.zeros((len(prompts), *c.values.shape[1:2], capacity,
+                                                   c.values.shape[-1]), dtype=c.values.dtype, device=device), width)
+                          for c in cache.layers]
+            for layer, c in zip(layers, cache.layers):
+                layer.keys_buffer[row, :, width - len(prompt):width] = c.keys[0]
+                layer.values_buffer[row, :, width - len(prompt):width] = c.values[0]
+            first.append(_pick(out.logits[:, -1], temperature, generator))
+    cache = Cache(layers=layers)
+    answers: list[list[int]] = [[] for _ in prompts]
+    rows = torch.arange(len(prompts))  # answers index of each batch row
+    mask = torch.zeros((len(prompts), capacity), dtype=torch.int64, device=device)
+    for row, prompt in enumerate(prompts):
+        mask[row, width - len(prompt):] = 1  # the future positions are filled as decoding proceeds
+    positions = torch.tensor([len(p) for p in prompts], device=device)
+    tokens = torch.cat(first)
+    with attention(model, GROUPED):
+        for step in range(max_new_tokens):
+            going = []
+            for i, (row, token) in enumerate(zip(rows.tolist(), tokens.tolist())):
+                answers[row].append(token)
+                if token not in eos_ids and step + 1 < max_new_tokens:
+                    going.append(i)
+            if not going:
+                break
+            if len(going) < len(rows):
+                keep = torch.tensor(going, device=device)
+                for layer in layers:
+                    layer.keep_rows(keep)
+                rows, tokens, mask, positions = rows[keep.cpu()], tokens[keep], mask[keep], positions[keep]
+            length = layers[0].length + 1
+            out = model(input_ids=tokens[:, None], attention_mask=mask[:, :length], position_ids=positions[:, None],
+                        past_key_values=cache, use_cache=True)
+            tokens, positions = _pick(out.logits[:, -1], temperature, generator), positions + 1
+    return answers
