@@ -111,7 +111,7 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
     with attention(model, "sdpa"):
         for row, prompt in enumerate(prompts):
             cache = Cache(layer_class_to_replicate=DynamicLayer)
-            out = model(input_ids=torch.tensor([prompt], device=device), past_key_values=cache, use_cache=True,
+            out = model(input_ids=torch.tensor([prompt], device=device), cache=cache, use_cache=True,
                         logits_to_keep=1)
             if layers is None:
                 layers = [StaticLayer(torch.zeros((len(prompts), *c.keys.shape[1:2], capacity, c.keys.shape[-1]),
@@ -147,6 +147,6 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
                 rows, tokens, mask, positions = rows[keep.cpu()], tokens[keep], mask[keep], positions[keep]
             length = layers[0].length + 1
             out = model(input_ids=tokens[:, None], attention_mask=mask[:, :length], position_ids=positions[:, None],
-                        past_key_values=cache, use_cache=True)
+                        cache=cache, use_cache=True)
             tokens, positions = _pick(out.logits[:, -1], temperature, generator), positions + 1
     return answers
