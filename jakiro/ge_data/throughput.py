@@ -1,12 +1,14 @@
 """Data-generation throughput, previous path against the new one, alternated on the same inputs in one process.
 
     python -m jakiro.ge_data.throughput [--config regenerate_smollm2] [--prompts 48] [--max-new-tokens 64]
-                                        [--repeats 1] [--set key=value ...]
+                                        [--repeats 1] [--threads N] [--alone] [--set key=value ...]
 
 Self-distillation: the first ``--prompts`` conversations of the config's selection, first user turn, answered
 in batches of ``regenerate.batch_size`` (in order of prompt length, as a round of ``jakiro.ge_data.regenerate``)
 with ``regenerate.decoder`` generate (the previous path) and static (the new one); tokens/s counts answer tokens.
-The greedy answers of both are compared token for token and the number that differ is printed.
+The greedy answers of both are compared token for token and the number that differ is printed (``--alone``: also
+against each prompt answered by itself, batch 1 without padding, the target's own answer; in bf16 batching and
+padding change the rounding, which can flip near-tied greedy choices).
 
 Each path runs ``--repeats`` times, alternating old/new so that other jobs on the machine slow both alike. Printed:
 tokens/s of each (best repeat), the fraction of the machine's matmul throughput that reaches (2 x the linear layers'
@@ -84,8 +86,9 @@ def run_regenerate(regenerator: Regenerator, prompts: list[list[int]], decoder: 
     return answers, sum(map(len, answers)), seconds
 
 
-def compare(cfg: JakiroConfig, prompts: int, repeats: int, say=print) -> float:
-    """Alternate the previous (``generate``) and new (``static``) decoders; returns new/old tokens/s."""
+def compare(cfg: JakiroConfig, prompts: int, repeats: int, alone: bool = False, say=print) -> float:
+    """Alternate the previous (``generate``) and new (``static``) decoders; returns new/old tokens/s. ``alone``: also
+    answer each prompt by itself and count the answers of each path that differ from those."""
     regenerator, batch = first_turn_prompts(cfg, prompts)
     model = regenerator.model
     dtype = next(model.parameters()).dtype
@@ -108,6 +111,12 @@ def compare(cfg: JakiroConfig, prompts: int, repeats: int, say=print) -> float:
             "matmul throughput")
     differ = sum(a != b for a, b in zip(answers["generate"], answers["static"]))
     say(f"answers that differ between the two: {differ} of {len(batch)}")
+    if alone:  # the reference: each prompt answered by itself (batch 1, no padding)
+        regenerator.settings.batch_size = 1
+        answers["alone"] = run_regenerate(regenerator, batch, "generate")[0]
+        for name, decoder in (("old", "generate"), ("new", "static")):
+            differ = sum(a != b for a, b in zip(answers[decoder], answers["alone"]))
+            say(f"{name} answers that differ from each prompt answered alone: {differ} of {len(batch)}")
     ratio = best["static"] / best["generate"]
     say(f"ratio new/old: {ratio:.2f}")
     return ratio
@@ -120,15 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="regenerate.max_new_tokens for the measurement (default 64)")
     parser.add_argument("--repeats", type=int, default=1, help="passes of each path, alternated (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); on a machine shared with other jobs 1 thread "
+                             "measures steadier than 2")
+    parser.add_argument("--alone", action="store_true",
+                        help="also answer each prompt alone (batch 1) and count the answers that differ from those")
     args = parser.parse_args(argv)
     if args.config is None:
         args.config = "regenerate_smollm2"
     try:
-        if args.prompts < 1 or args.repeats < 1 or args.max_new_tokens < 1:
-            raise ConfigError("--prompts, --repeats and --max-new-tokens must be >= 1")
+        if min(args.prompts, args.repeats, args.max_new_tokens, args.threads or 1) < 1:
+            raise ConfigError("--prompts, --repeats, --max-new-tokens and --threads must be >= 1")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         cfg = config_from_args(args)
         cfg.regenerate.max_new_tokens = args.max_new_tokens
-        compare(cfg, args.prompts, args.repeats)
+        compare(cfg, args.prompts, args.repeats, args.alone)
     except (ConfigError, GeDataError, TemplateError, AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
