@@ -4,8 +4,9 @@
 
 * each prompt is prefilled alone (batch 1, no padding, ``sdpa`` causal attention), so a row's prompt state and first
   token do not depend on the other prompts of its batch;
-* the KV cache is preallocated (:class:`StaticLayer`: [B, kv_heads, width + max_new_tokens, head_dim] per layer, the
-  prompt right-aligned at ``width``) instead of growing by ``torch.cat``, which copies the whole cache every step;
+* the KV cache is preallocated (:class:`StaticLayer`: [B, kv_heads, longest prompt + max_new_tokens, head_dim] per
+  layer) instead of growing by ``torch.cat``, which copies the whole cache every step; each row starts at position 0
+  (padding on the right, masked), so its keys sit where they would if it were decoded alone;
 * a decoding step attends with :func:`grouped_attention`: PyTorch's SDPA kernel reading each key/value head for its
   group of query heads from the cache buffers, where transformers' ``sdpa`` and ``eager`` first copy the whole cache
   to every query head (``repeat_kv``) because a padding mask is given; one bf16 step of SmolLM2 at batch 24 after 500
@@ -62,31 +63,37 @@ def attention(model, name: str):
 
 
 class StaticLayer(DynamicLayer):
-    """One layer's KV cache in preallocated buffers [B, kv_heads, capacity, head_dim]; positions [0, length) are
-    filled (left padding included), ``update`` writes the next positions and returns views of the filled ones."""
+    """One layer's KV cache in preallocated buffers [B, kv_heads, capacity, head_dim], each row's positions from 0
+    (right padding: a row's keys sit where they would if it were decoded alone). ``slots`` [B] is where each row
+    writes its next key (= the row's length so far, set by the decoder); ``length`` is the width of the views handed
+    to attention: the longest row's length (``max(slots)`` before an update; the padding past a row's own length
+    is masked)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
         super().__init__()
         self.keys_buffer, self.values_buffer, self.length = keys, values, length
+        self.slots = torch.zeros(len(keys), dtype=torch.int64, device=keys.device)
         self.keys, self.values = keys[:, :, :length], values[:, :, :length]
         self.device, self.is_initialized = keys.device, True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        self.keys_buffer[:, :, self.length:end] = key_states
-        self.values_buffer[:, :, self.length:end] = value_states
-        self.length = end
-        self.keys, self.values = self.keys_buffer[:, :, :end], self.values_buffer[:, :, :end]
+        """key_states, value_states [B, kv_heads, 1, head_dim]: row b's go to position slots[b]."""
+        rows = torch.arange(len(self.slots), device=self.slots.device)
+        self.keys_buffer[rows, :, self.slots] = key_states[:, :, 0]
+        self.values_buffer[rows, :, self.slots] = value_states[:, :, 0]
+        self.length += 1
+        self.keys, self.values = self.keys_buffer[:, :, :self.length], self.values_buffer[:, :, :self.length]
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
         return self.length
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Drop the other rows (a copy of the kept rows' buffers)."""
+    def keep_rows(self, rows: torch.Tensor, length: int) -> None:
+        """Keep these rows (a copy of their buffers), whose longest has ``length`` positions filled."""
         self.keys_buffer = self.keys_buffer.index_select(0, rows)
         self.values_buffer = self.values_buffer.index_select(0, rows)
-        self.keys, self.values = self.keys_buffer[:, :, :self.length], self.values_buffer[:, :, :self.length]
+        self.length = length
+        self.keys, self.values = self.keys_buffer[:, :, :length], self.values_buffer[:, :, :length]
 
 
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -104,7 +111,8 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
     """The answers to ``prompts`` (token lists): each up to and including its first token of ``eos_ids``, or
     ``max_new_tokens`` tokens long."""
     device = model.get_input_embeddings().weight.device
-    width, capacity = max(map(len, prompts)), max(map(len, prompts)) + max_new_tokens
+    width = max(map(len, prompts))
+    capacity = width + max_new_tokens
     layers, first = None, []
     with attention(model, "sdpa"):
         for row, prompt in enumerate(prompts):
@@ -112,22 +120,16 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
             out = model(input_ids=torch.tensor([prompt], device=device), cache=cache, use_cache=True,
                         logits_to_keep=1)
             if layers is None:
-                layers = [StaticLayer(torch.zeros((len(prompts), *c.keys.shape[1:2], capacity, c.keys.shape[-1]),
-                                                  dtype=c.keys.dtype, device=device),
-                                      torch.zeros((len(prompts), *c.values.shape[1:2], capacity,
-                                                   c.values.shape[-1]), dtype=c.values.dtype, device=device), width)
-                          for c in cache.layers]
+                layers = [StaticLayer(*(c.keys.new_zeros((len(prompts), c.keys.shape[1], capacity, c.keys.shape[3]))
+                                        for _ in range(2)), width) for c in cache.layers]
             for layer, c in zip(layers, cache.layers):
-                layer.keys_buffer[row, :, width - len(prompt):width] = c.keys[0]
-                layer.values_buffer[row, :, width - len(prompt):width] = c.values[0]
+                layer.keys_buffer[row, :, :len(prompt)] = c.keys[0]
+                layer.values_buffer[row, :, :len(prompt)] = c.values[0]
             first.append(_pick(out.logits[:, -1], temperature, generator))
     cache = Cache(layers=layers)
     answers: list[list[int]] = [[] for _ in prompts]
     rows = torch.arange(len(prompts))  # answers index of each batch row
-    mask = torch.zeros((len(prompts), capacity), dtype=torch.int64, device=device)
-    for row, prompt in enumerate(prompts):
-        mask[row, width - len(prompt):] = 1  # the future positions are filled as decoding proceeds
-    positions = torch.tensor([len(p) for p in prompts], device=device)
+    positions = torch.tensor([len(p) for p in prompts], device=device)  # of each row's next token = its length
     tokens = torch.cat(first)
     with attention(model, GROUPED):
         for step in range(max_new_tokens):
@@ -140,11 +142,13 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
                 break
             if len(going) < len(rows):
                 keep = torch.tensor(going, device=device)
+                rows, tokens, positions = rows[keep.cpu()], tokens[keep], positions[keep]
                 for layer in layers:
-                    layer.keep_rows(keep)
-                rows, tokens, mask, positions = rows[keep.cpu()], tokens[keep], mask[keep], positions[keep]
-            length = layers[0].length + 1
-            out = model(input_ids=tokens[:, None], attention_mask=mask[:, :length], position_ids=positions[:, None],
+                    layer.keep_rows(keep, int(positions.max()))
+            for layer in layers:
+                layer.slots = positions
+            mask = torch.arange(layers[0].length + 1, device=device)[None] <= positions[:, None]
+            out = model(input_ids=tokens[:, None], attention_mask=mask.to(torch.int64), position_ids=positions[:, None],
                         cache=cache, use_cache=True)
             tokens, positions = _pick(out.logits[:, -1], temperature, generator), positions + 1
     return answers
