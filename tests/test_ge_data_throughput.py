@@ -84,10 +84,12 @@ def test_static_and_generate_decoders_write_the_same_conversations(tiny_config, 
 
 
 def test_throughput_command_output(tiny_config, capsys):
-    assert main(["--config", str(tiny_config), "--prompts", "5", "--max-new-tokens", "6", "--repeats", "2"]) == 0
+    assert main(["--config", str(tiny_config), "--prompts", "5", "--max-new-tokens", "6", "--repeats", "2",
+                 "--alone"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"ratio new/old: \d+\.\d\d", lines[-1])
-    assert lines[-2] == "answers that differ between the two: 0 of 5"
+    assert lines[-4] == "answers that differ between the two: 0 of 5"
+    assert lines[-2] == "new answers that differ from each prompt answered alone: 0 of 5"
     for name in ("old (generate)", "new (static)"):
         line = next(x for x in lines if x.startswith(name))
         assert re.fullmatch(rf"{re.escape(name)}: \d+\.\d tokens/s, \d+\.\d% of the matmul throughput", line)

@@ -1,6 +1,6 @@
 """Data-generation throughput, previous path against the new one, alternated on the same inputs in one process.
 
-    python -m jakiro.ge_data.throughput [--config regenerate_smollm2] [--prompts 48] [--max-new-tokens 64]
+    python -m jakiro.ge_data.throughput [--config regenerate_smollm2] [--prompts 48] [--max-new-tokens N]
                                         [--repeats 1] [--threads N] [--alone] [--set key=value ...]
 
 Self-distillation: the first ``--prompts`` conversations of the config's selection, first user turn, answered
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jakiro.ge_data.throughput", description=__doc__.splitlines()[0])
     add_config_arguments(parser)
     parser.add_argument("--prompts", type=int, default=48, help="prompts answered per pass (default 48)")
-    parser.add_argument("--max-new-tokens", type=int, default=64,
-                        help="regenerate.max_new_tokens for the measurement (default 64)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="regenerate.max_new_tokens for the measurement (default: the config's)")
     parser.add_argument("--repeats", type=int, default=1, help="passes of each path, alternated (default 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's); on a machine shared with other jobs 1 thread "
@@ -138,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None:
         args.config = "regenerate_smollm2"
     try:
-        if min(args.prompts, args.repeats, args.max_new_tokens, args.threads or 1) < 1:
+        if min(args.prompts, args.repeats, args.max_new_tokens or 1, args.threads or 1) < 1:
             raise ConfigError("--prompts, --repeats, --max-new-tokens and --threads must be >= 1")
         if args.threads:
             torch.set_num_threads(args.threads)
         cfg = config_from_args(args)
-        cfg.regenerate.max_new_tokens = args.max_new_tokens
+        cfg.regenerate.max_new_tokens = args.max_new_tokens or cfg.regenerate.max_new_tokens
         compare(cfg, args.prompts, args.repeats, args.alone)
     except (ConfigError, GeDataError, TemplateError, AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
