@@ -14,7 +14,8 @@ conversation keeps its user turns; assistant turn k is replaced by the target's 
 ``regenerate.max_new_tokens`` new tokens. A conversation ends early when its prompt reaches ``data.max_len``
 tokens (its features would be truncated there), when an answer is empty, or after an answer cut off at
 ``max_new_tokens``. Conversations are taken in parts of 4 batches; within a part, round r asks turn r of every
-conversation still going, ``regenerate.batch_size`` prompts at a time (left-padded, in order of prompt length).
+conversation still going, ``regenerate.batch_size`` prompts at a time (in order of prompt length), answered by
+``regenerate.decoder``: ``static`` (:mod:`jakiro.ge_data.decode`) or ``generate`` (transformers', left-padded).
 
 Output ``regenerate.output_path``: JSONL, one ShareGPT record per line, ``{"id", "source_index" (row in the input
 file), "conversations": [{"from": "human" | "gpt", "value"}, ...]}``. Each part is first written, atomically, to
