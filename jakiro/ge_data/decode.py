@@ -12,8 +12,8 @@
   to every query head (``repeat_kv``) because a padding mask is given; one bf16 step of SmolLM2 at batch 24 after 500
   tokens took 297-433 ms instead of 604-642 (``sdpa``, growing cache) and 1,167-1,230 (``eager``) on an AMX Xeon
   (1 thread, busy machine), where the linear layers alone take ~270;
-* rows that finished (an end token or ``max_new_tokens``) leave the batch, so the step cost follows the rows still
-  going instead of the longest answer.
+* rows that finished (an end token or ``max_new_tokens``) leave the batch, a quarter of it at a time, so the step
+  cost follows the rows still going instead of the longest answer.
 
 Greedy: the argmax of the float32 logits (first index on ties), as ``generate``. Sampled: softmax(logits / T) drawn
 with ``torch.multinomial`` from the caller's generator: the target's distribution, though not ``generate``'s random
@@ -31,6 +31,9 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 GROUPED = "jakiro_grouped"
+# finished rows leave the batch once they are 1 / COMPACT_EVERY of it (each time copies the cache of the rows left;
+# until then they are computed and ignored: a step costs nearly the same for a few rows more)
+COMPACT_EVERY = 4
 
 
 def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -132,17 +135,17 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
     positions = torch.tensor([len(p) for p in prompts], device=device)  # of each row's next token = its length
     tokens = torch.cat(first)
     with attention(model, GROUPED):
+        going = [True] * len(prompts)
         for step in range(max_new_tokens):
-            going = []
             for i, (row, token) in enumerate(zip(rows.tolist(), tokens.tolist())):
-                answers[row].append(token)
-                if token not in eos_ids and step + 1 < max_new_tokens:
-                    going.append(i)
-            if not going:
+                if going[i]:
+                    answers[row].append(token)
+                    going[i] = token not in eos_ids and step + 1 < max_new_tokens
+            if not any(going):
                 break
-            if len(going) < len(rows):
-                keep = torch.tensor(going, device=device)
-                rows, tokens, positions = rows[keep.cpu()], tokens[keep], positions[keep]
+            if (len(going) - sum(going)) * COMPACT_EVERY >= len(going):  # drop the finished rows
+                keep = torch.tensor([i for i, g in enumerate(going) if g], device=device)
+                rows, tokens, positions, going = rows[keep.cpu()], tokens[keep], positions[keep], [True] * len(keep)
                 for layer in layers:
                     layer.keep_rows(keep, int(positions.max()))
             for layer in layers:
