@@ -2,16 +2,18 @@
 
 ``decode_batch(model, prompts, ...)`` answers B prompts together, like ``model.generate`` with left padding, but:
 
-* each prompt is prefilled alone (batch 1, no padding, ``sdpa`` causal attention), so a row's prompt state and first
-  token do not depend on the other prompts of its batch;
+* each prompt is prefilled alone (batch 1, no padding, ``sdpa`` causal attention), as decoding it alone does;
 * the KV cache is preallocated (:class:`StaticLayer`: [B, kv_heads, longest prompt + max_new_tokens, head_dim] per
   layer) instead of growing by ``torch.cat``, which copies the whole cache every step; each row starts at position 0
-  (padding on the right, masked), so its keys sit where they would if it were decoded alone;
-* a decoding step attends with :func:`grouped_attention`: PyTorch's SDPA kernel reading each key/value head for its
-  group of query heads from the cache buffers, where transformers' ``sdpa`` and ``eager`` first copy the whole cache
-  to every query head (``repeat_kv``) because a padding mask is given; one bf16 step of SmolLM2 at batch 24 after 500
-  tokens took 297-433 ms instead of 604-642 (``sdpa``, growing cache) and 1,167-1,230 (``eager``) on an AMX Xeon
-  (1 thread, busy machine), where the linear layers alone take ~270;
+  (padding on the right), so its keys sit where they would if it were decoded alone;
+* a decoding step attends one row at a time (:func:`row_attention`: transformers' ``sdpa`` on the row's own keys,
+  read in place, no mask), with exactly the shapes of decoding the row alone. Batched attention over padded keys
+  rounds differently, and in bf16 that flipped near-tied greedy choices in 6 of 12 SmolLM2 answers of 32 tokens;
+  one row at a time none differed from ``generate`` on each prompt alone, at a cost within the noise of the
+  measurement (transformers' batched ``sdpa``/``eager`` with a padding mask copy the cache to every query head
+  first, ``repeat_kv``). The other operations of a decoder layer treat rows independently; where a linear layer's
+  kernel rounds a row differently in a batch than alone (``jakiro.exact_linear``: none of SmolLM2's in bf16 on an
+  AMX Xeon), answers can still differ;
 * rows that finished (an end token or ``max_new_tokens``) leave the batch, a quarter of it at a time, so the step
   cost follows the rows still going instead of the longest answer.
 
@@ -25,30 +27,29 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from torch.nn import functional
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-GROUPED = "jakiro_grouped"
+ROWS = "jakiro_rows"
 # finished rows leave the batch once they are 1 / COMPACT_EVERY of it (each time copies the cache of the rows left;
 # until then they are computed and ignored: a step costs nearly the same for a few rows more)
 COMPACT_EVERY = 4
 
 
-def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
-    """PyTorch's SDPA with grouped key/value heads handed to the kernel (``enable_gqa``) instead of repeated:
-    query [B, H, Q, D], key/value [B, K, L, D] (H = K * G; views of the cache buffers, not copied), attention_mask
-    bool [B, 1, Q, L] (True = attend) or None -> ([B, Q, H, D], None)."""
-    out = functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                                  is_causal=attention_mask is None and query.shape[2] > 1,
-                                                  enable_gqa=True)
-    return out.transpose(1, 2).contiguous(), None
+def row_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                  row_lengths: list[int] | None = None, **kwargs):
+    """Each row's attention computed as decoding it alone computes it: transformers' ``sdpa`` on the row's query
+    [1, H, 1, D] and its first ``row_lengths[b]`` keys/values, no mask. query [B, H, 1, D], key/value [B, K, L, D]
+    -> ([B, 1, H, D], None). Costs B kernel calls per layer instead of one."""
+    if row_lengths is None:
+        raise RuntimeError("row_attention needs the rows' lengths (decode_batch passes them)")
+    outputs = [sdpa_attention_forward(module, query[b:b + 1], key[b:b + 1, :, :n], value[b:b + 1, :, :n], None,
+                                      **kwargs)[0] for b, n in enumerate(row_lengths)]
+    return torch.cat(outputs), None
 
 
-AttentionInterface.register(GROUPED, grouped_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED, sdpa_mask)
+AttentionInterface.register(ROWS, row_attention)  # no mask function: transformers builds no mask for it
 
 
 @contextmanager
@@ -69,8 +70,8 @@ class StaticLayer(DynamicLayer):
     """One layer's KV cache in preallocated buffers [B, kv_heads, capacity, head_dim], each row's positions from 0
     (right padding: a row's keys sit where they would if it were decoded alone). ``slots`` [B] is where each row
     writes its next key (= the row's length so far, set by the decoder); ``length`` is the width of the views handed
-    to attention: the longest row's length (``max(slots)`` before an update; the padding past a row's own length
-    is masked)."""
+    to attention: the longest row's length (``max(slots)`` before an update; :func:`row_attention` reads each row's
+    own length only)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
         super().__init__()
@@ -134,7 +135,7 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
     rows = torch.arange(len(prompts))  # answers index of each batch row
     positions = torch.tensor([len(p) for p in prompts], device=device)  # of each row's next token = its length
     tokens = torch.cat(first)
-    with attention(model, GROUPED):
+    with attention(model, ROWS):
         going = [True] * len(prompts)
         for step in range(max_new_tokens):
             for i, (row, token) in enumerate(zip(rows.tolist(), tokens.tolist())):
@@ -150,8 +151,7 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
                     layer.keep_rows(keep, int(positions.max()))
             for layer in layers:
                 layer.slots = positions
-            mask = torch.arange(layers[0].length + 1, device=device)[None] <= positions[:, None]
-            out = model(input_ids=tokens[:, None], attention_mask=mask.to(torch.int64), position_ids=positions[:, None],
-                        cache=cache, use_cache=True)
+            out = model(input_ids=tokens[:, None], position_ids=positions[:, None], cache=cache, use_cache=True,
+                        row_lengths=(positions + 1).tolist())
             tokens, positions = _pick(out.logits[:, -1], temperature, generator), positions + 1
     return answers
