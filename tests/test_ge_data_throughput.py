@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from jakiro import assets
 from jakiro.config import load_config
 from jakiro.ge_data.decode import decode_batch
+from jakiro.ge_data.generate import GeDataError
 from jakiro.ge_data.regenerate import regenerate
 from jakiro.ge_data.throughput import main
 
@@ -81,6 +82,10 @@ def test_static_and_generate_decoders_write_the_same_conversations(tiny_config, 
         outputs.append(out.read_text())
     assert outputs[0] == outputs[1]
     assert sum(len(json.loads(line)["conversations"]) for line in outputs[0].splitlines()) > 14  # second turns too
+    # the decoder is one of the settings recorded with the parts: a resumed run does not mix the two
+    cfg = load_config(tiny_config, [f"regenerate.output_path={tmp_path / 'generate.jsonl'}"])
+    with pytest.raises(GeDataError, match="other settings \\(different regenerate\\)"):
+        regenerate(cfg, progress=False)
 
 
 def test_throughput_command_output(tiny_config, capsys):
