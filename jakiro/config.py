@@ -235,8 +235,12 @@ class RegenerateConfig(_Section):
     temperature: float = 0.0  # 0 = the target's greedy answers; > 0 = sampled answers
     batch_size: int = 32  # conversations answered together (left-padded)
     seed: int = 0  # sampling seed (each batch is seeded with seed + its index, so a resumed run matches)
+    # "static": jakiro.ge_data.decode (prompts prefilled one by one, preallocated KV cache, finished rows leave the
+    # batch); "generate": transformers' generate on the left-padded batch (the previous path, slower on CPUs)
+    decoder: str = "static"
 
     def validate(self) -> None:
+        self._require_choice("decoder", ("static", "generate"))
         self._require("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1")
         self._require("temperature", self.temperature >= 0, "a number >= 0")
         self._require("batch_size", self.batch_size >= 1, "an integer >= 1")

@@ -14,7 +14,8 @@ conversation keeps its user turns; assistant turn k is replaced by the target's 
 ``regenerate.max_new_tokens`` new tokens. A conversation ends early when its prompt reaches ``data.max_len``
 tokens (its features would be truncated there), when an answer is empty, or after an answer cut off at
 ``max_new_tokens``. Conversations are taken in parts of 4 batches; within a part, round r asks turn r of every
-conversation still going, ``regenerate.batch_size`` prompts at a time (left-padded, in order of prompt length).
+conversation still going, ``regenerate.batch_size`` prompts at a time (in order of prompt length), answered by
+``regenerate.decoder``: ``static`` (:mod:`jakiro.ge_data.decode`) or ``generate`` (transformers', left-padded).
 
 Output ``regenerate.output_path``: JSONL, one ShareGPT record per line, ``{"id", "source_index" (row in the input
 file), "conversations": [{"from": "human" | "gpt", "value"}, ...]}``. Each part is first written, atomically, to
@@ -46,6 +47,7 @@ from jakiro.chat_templates import (
     to_messages,
 )
 from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.ge_data.decode import decode_batch
 from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
 from jakiro.target import target_identity
 from jakiro.io import atomic_write_text, check_output, differences, sha256_path
@@ -134,21 +136,31 @@ class Regenerator:
         return self.tokenizer(text, add_special_tokens=self.template.add_special_tokens)["input_ids"]
 
     @torch.no_grad()
+    def generate(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
+        """The new tokens answering each prompt (ending at an end token or after max_new_tokens; with
+        ``regenerate.decoder`` generate, padded after an end token)."""
+        settings, sample = self.settings, self.settings.temperature > 0
+        if settings.decoder == "static":
+            generator = torch.Generator(self.model.device).manual_seed(seed) if sample else None
+            return decode_batch(self.model, prompts, settings.max_new_tokens, self.eos_ids, self.pad_id,
+                                settings.temperature, generator)
+        input_ids, attention_mask = _left_pad(prompts, self.pad_id)
+        device = self.model.device
+        torch.manual_seed(seed)
+        output = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            max_new_tokens=settings.max_new_tokens, do_sample=sample,
+            temperature=settings.temperature if sample else None, top_p=None, top_k=None,
+            eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+        )
+        return output[:, input_ids.shape[1]:].tolist()
+
+    @torch.no_grad()
     def answer_turn(self, asking: list[Conversation], prompts: list[list[int]], seed: int) -> Counts:
         """Append one assistant answer to every conversation of ``asking`` (or mark it done); ``prompts`` are their
         tokenized prompts, each shorter than data.max_len."""
         counts = Counts()
-        input_ids, attention_mask = _left_pad(prompts, self.pad_id)
-        device = self.model.device
-        sample = self.settings.temperature > 0
-        torch.manual_seed(seed)
-        output = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            max_new_tokens=self.settings.max_new_tokens, do_sample=sample,
-            temperature=self.settings.temperature if sample else None, top_p=None, top_k=None,
-            eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
-        )
-        for conversation, new in zip(asking, output[:, input_ids.shape[1]:].tolist()):
+        for conversation, new in zip(asking, self.generate(prompts, seed)):
             end = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
             tokens = new if end is None else new[:end]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
