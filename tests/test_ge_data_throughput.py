@@ -84,7 +84,7 @@ def test_static_and_generate_decoders_write_the_same_conversations(tiny_config, 
     assert sum(len(json.loads(line)["conversations"]) for line in outputs[0].splitlines()) > 14  # second turns too
     # the decoder is one of the settings recorded with the parts: a resumed run does not mix the two
     cfg = load_config(tiny_config, [f"regenerate.output_path={tmp_path / 'generate.jsonl'}"])
-    with pytest.raises(GeDataError, match="other settings \\(different regenerate\\)"):
+    with pytest.raises(GeDataError, match="regenerate.decoder: 'generate' recorded, 'static' now"):
         regenerate(cfg, progress=False)
 
 
