@@ -7,10 +7,8 @@ import re
 import pytest
 import torch
 import yaml
-from tiny_models import tiny_target
-from transformers import AutoTokenizer
+from tiny_models import save_tiny_target_with_smollm2_tokenizer, tiny_target
 
-from jakiro import assets
 from jakiro.config import load_config
 from jakiro.ge_data.decode import decode_batch
 from jakiro.ge_data.generate import GeDataError
@@ -53,11 +51,7 @@ def test_decode_batch_sampling_is_seeded():
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("throughput")
-    tokenizer = AutoTokenizer.from_pretrained(assets.ensure_smollm2(progress=False))
-    model = tiny_target("llama", vocab_size=len(tokenizer))
-    model.generation_config.eos_token_id = list(range(0, len(tokenizer), 5))
-    model.save_pretrained(root / "target")
-    tokenizer.save_pretrained(root / "target")
+    model, tokenizer = save_tiny_target_with_smollm2_tokenizer(root / "target", eos_every=5)
     records = [{"id": f"c{i}", "conversations": [{"from": "human", "value": f"Question {i}: " + "why? " * i},
                                                    {"from": "gpt", "value": "because"},
                                                    {"from": "human", "value": "And then?"},

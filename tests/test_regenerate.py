@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_models import tiny_target
-from transformers import AutoTokenizer
+from tiny_models import save_tiny_target_with_smollm2_tokenizer
 
-from jakiro import assets
 from jakiro.chat_templates import get_template, to_messages
 from jakiro.config import load_config
 from jakiro.ge_data.generate import GeDataError, generate_features
@@ -41,11 +39,7 @@ RECORDS = [
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("regen")
-    tokenizer = AutoTokenizer.from_pretrained(assets.ensure_smollm2(progress=False))
-    model = tiny_target("llama", vocab_size=len(tokenizer))
-    model.generation_config.eos_token_id = list(range(0, len(tokenizer), 3))
-    model.save_pretrained(root / "target")
-    tokenizer.save_pretrained(root / "target")
+    model, tokenizer = save_tiny_target_with_smollm2_tokenizer(root / "target", eos_every=3)
     data = root / "in.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     config = root / "regenerate.yaml"

@@ -61,3 +61,19 @@ def tiny_ea_model(family="llama", vocab_size=128, total_token=12, depth=3, top_k
     draft = tiny_draft(target, num_experts, experts_per_token, parallel_head, seed + 1, draft_vocab_size)
     return EaModel(target, draft, None, total_token, depth, top_k, sibling_mode, stop_token_ids=[],
                    exact_verification=exact_verification, lookup_tokens=lookup_tokens)
+
+
+def save_tiny_target_with_smollm2_tokenizer(directory, eos_every: int):
+    """Save a tiny random Llama with SmolLM2's tokenizer (the embedded asset) to ``directory``; every
+    ``eos_every``-th token id ends a generation, so tiny greedy answers stop early and at different lengths.
+    Returns (model, tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from jakiro import assets
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.ensure_smollm2(progress=False))
+    model = tiny_target("llama", vocab_size=len(tokenizer))
+    model.generation_config.eos_token_id = list(range(0, len(tokenizer), eos_every))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model, tokenizer
