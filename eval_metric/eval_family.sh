@@ -17,7 +17,7 @@ Answer files are resumed: questions already answered are skipped.
 
 options (environment variable in brackets, default after '='):
   --family NAME            [FAMILY=smollm2]   name used in answer files and model ids
-  --config NAME|PATH       [CONFIG=smollm2]   config file of jakiro.config (tree, dtype, chat template, ...)
+  --config NAME|PATH       [CONFIG=smollm2]   config file of jakiro.common.config (tree, dtype, chat template, ...)
   --base-model-path DIR    [BASE_MODEL_PATH=] target model; empty = the config's (embedded SmolLM2)
   --ea-model-path DIR      [EA_MODEL_PATH=]   trained draft; empty = the config's (else an untrained draft)
   --chat-template NAME     [CHAT_TEMPLATE=]   auto, llama-3 or a FastChat template; empty = the config's

@@ -1,6 +1,6 @@
 """Jakiro: lossless tree speculative decoding with a mixture-of-experts draft head.
 
-``from jakiro import EaModel`` is resolved lazily so that light modules (``jakiro.config``) import without torch.
+``from jakiro import EaModel`` is resolved lazily so that light modules (``jakiro.common.config``) import without torch.
 """
 
 __all__ = ["EaModel"]

@@ -24,7 +24,7 @@ ENTRY_POINTS = (
     ("jakiro.evaluation.tree_costs", None, "measure tree verification cost against one decoding step"),
     ("jakiro.evaluation.alternate", None, "alternate two methods question by question (paired timings)"),
     ("jakiro.evaluation.plot", None, "PNG of speedup and tau per bench and method (needs matplotlib)"),
-    ("jakiro.assets", None, "materialise the embedded assets (SmolLM2, MT-bench, ShareGPT) into the cache"),
+    ("jakiro.common.assets", None, "materialise the embedded assets (SmolLM2, MT-bench, ShareGPT) into the cache"),
 )
 ALIASES = ("reference aliases: jakiro.evaluation.gen_{ea,baseline}_answer_{vicuna,llama2chat,llama3chat}, "
            "jakiro_star.evaluation.gen_{ea,baseline}_answer[_FAMILY], jakiro_star.train.main, "

@@ -8,7 +8,7 @@ output lossless but cannot speed anything up, and the run says so), answers the 
 both methods in the same process, and prints tokens/s, speedup and τ (tokens per target forward) per question.
 
 By default (``--verification identical``) the dtype and the verification mode are the ones that give plain
-decoding's text on this hardware and still pay (:func:`jakiro.hardware.identical_text_settings`; per-CPU
+decoding's text on this hardware and still pay (:func:`jakiro.common.hardware.identical_text_settings`; per-CPU
 measurements in docs/cpu.md), unless ``--set model.dtype=...`` or ``--set generation.exact_verification=...``
 names them; ``--verification config`` takes both from the config as they are. The summary line says which ran.
 """
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from jakiro.assets import AssetError, ensure_mtbench, ensure_smollm2, load_questions
-from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
-from jakiro.hardware import identical_text_settings
+from jakiro.common.assets import AssetError, ensure_mtbench, ensure_smollm2, load_questions
+from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.common.hardware import identical_text_settings
 from jakiro.model.ea_model import EaModel
 from jakiro.model.init_draft import resolve_draft
 

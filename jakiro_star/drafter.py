@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
+from jakiro.common.masks import additive_mask
 from jakiro.model.draft import DraftCache, DraftHead, DraftOutput
 from jakiro_star.proposals import check_mode, draw_children, expert_probabilities, slot_distributions, top_children
 from jakiro_star.trees import StaticTree, get_static_tree
@@ -104,8 +105,7 @@ class StaticTreeDrafter:
             cached_nodes = torch.cat([cached_nodes, forward])
             allowed = torch.cat([torch.ones(len(forward), stable_len, dtype=torch.bool),
                                  tree.mask[forward][:, cached_nodes]], dim=1).to(device)
-            mask = torch.zeros(allowed.shape, dtype=param.dtype, device=device)
-            mask.masked_fill_(~allowed, torch.finfo(param.dtype).min)
+            mask = additive_mask(allowed, param.dtype)
             pos = torch.full((1, len(forward)), stable_len + depth - 1, device=device)
             parent_out = draft(parent_out.head1[0][rows.to(device)][None], node_tokens[forward].to(device)[None], pos,
                                attention_mask=mask[None, None], cache=self.cache, with_experts=True)

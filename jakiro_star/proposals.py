@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from jakiro.drafter import interleave_expert_rankings
-from jakiro.verify import warp_logits
+from jakiro.decoding.drafter import interleave_expert_rankings
+from jakiro.decoding.verify import warp_logits
 
 PROPOSAL_MODES = ("mixture", "per_expert")
 

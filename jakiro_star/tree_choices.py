@@ -1,6 +1,6 @@
 """The registry of Jakiro*'s static draft trees as choices lists (rank paths, see :mod:`jakiro_star.trees`).
 
-Plain data without torch, so that :mod:`jakiro.config` can validate ``tree.static_tree`` without importing it.
+Plain data without torch, so that :mod:`jakiro.common.config` can validate ``tree.static_tree`` without importing it.
 
 Registered trees (nodes per depth below the root, root excluded):
 

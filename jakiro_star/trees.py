@@ -6,7 +6,7 @@ siblings. A valid choices list is prefix-closed (every node's parent path is lis
 (rank r > 0 needs rank r - 1 beside it).
 
 Nodes are numbered breadth first (by depth, then lexicographically by path), the root being node 0, so parents
-come before children and the siblings of a node appear in rank order — the layout :mod:`jakiro.tree` uses.
+come before children and the siblings of a node appear in rank order — the layout :mod:`jakiro.decoding.tree` uses.
 
 Worked example (used by the tests)::
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jakiro.tree import DraftTree, ancestor_mask, build_tree
+from jakiro.decoding.tree import DraftTree, ancestor_mask, build_tree
 from jakiro_star.tree_choices import STATIC_TREES
 
 
@@ -88,7 +88,7 @@ class StaticTree:
             present: [n - 1] bool, False for nodes that were not drawn (their subtrees must be absent too);
                 None = all present.
         Returns:
-            A :class:`jakiro.tree.DraftTree` over the root and the present nodes, in node order.
+            A :class:`jakiro.decoding.tree.DraftTree` over the root and the present nodes, in node order.
         """
         if node_tokens.shape != (len(self) - 1,):
             raise ValueError(f"expected {len(self) - 1} node tokens for tree {self.name!r}, "

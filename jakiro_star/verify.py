@@ -1,6 +1,6 @@
 """Lossless multi-candidate speculative sampling for trees whose children were *sampled* from draft proposals.
 
-Greedy decoding (temperature 0) uses :func:`jakiro.verify.verify_greedy` unchanged. This module covers
+Greedy decoding (temperature 0) uses :func:`jakiro.decoding.verify.verify_greedy` unchanged. This module covers
 temperature > 0, where Jakiro* draws every child from a proposal distribution (:mod:`jakiro_star.proposals`).
 
 The rule (recursive rejection sampling, as in SpecInfer's multi-step speculative sampling)
@@ -37,7 +37,7 @@ along that child's path with randomness independent of this level's draws and co
 emitted token the next level starts afresh with the target's distribution at the child: every committed token
 follows the target's processed conditional distribution, the bonus token included.
 
-Deterministic candidates (the prompt-lookup branch, :mod:`jakiro.lookup`) fit the same rule: a child whose token
+Deterministic candidates (the prompt-lookup branch, :mod:`jakiro.decoding.lookup`) fit the same rule: a child whose token
 c was fixed before the step, from the committed text alone, is a draw from q_i = delta_c. It is accepted with
 probability r_i(c), and on rejection r_{i+1} is r_i with c removed, renormalised. :func:`graft_fixed_chain` adds
 such children after a node's sampled ones, so they are tried last, only where the token is not already a sibling
@@ -57,13 +57,13 @@ from dataclasses import dataclass
 
 import torch
 
-from jakiro.tree import DraftTree, graft_chain
-from jakiro.verify import Verdict, warp_logits
+from jakiro.decoding.tree import DraftTree, graft_chain
+from jakiro.decoding.verify import Verdict, warp_logits
 
 
 @dataclass
 class SampledDraftTree(DraftTree):
-    """A :class:`jakiro.tree.DraftTree` whose children were drawn from recorded proposals.
+    """A :class:`jakiro.decoding.tree.DraftTree` whose children were drawn from recorded proposals.
 
     Attributes:
         proposals: [n, V] the distribution node i's token was drawn from (row 0, the root, is unused); None for a
@@ -74,7 +74,7 @@ class SampledDraftTree(DraftTree):
 
 
 def graft_fixed_chain(tree: SampledDraftTree, chain: torch.Tensor) -> SampledDraftTree:
-    """:func:`jakiro.tree.graft_chain` for a sampled tree: the chain's new nodes get one-hot proposals (a token fixed in
+    """:func:`jakiro.decoding.tree.graft_chain` for a sampled tree: the chain's new nodes get one-hot proposals (a token fixed in
     advance is a draw from delta_token), so :func:`verify_recursive` stays lossless; they come after the old nodes
     and hence after their sampled siblings. A greedy tree (no proposals) is grafted as is.
 
@@ -129,7 +129,7 @@ def verify_recursive(
     Args:
         tree: n nodes; children of a node are tried in node order (= drawing order); ``tree.proposals`` [n, V].
         logits: [n, V] target logits at the tree nodes.
-        temperature, top_p, top_k: the target's sampling distribution (:func:`jakiro.verify.warp_logits`).
+        temperature, top_p, top_k: the target's sampling distribution (:func:`jakiro.decoding.verify.warp_logits`).
         generator: CPU torch generator for the acceptance coins and the bonus token.
     """
     if tree.proposals is None:

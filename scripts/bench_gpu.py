@@ -26,10 +26,11 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from jakiro.hardware import describe as describe_hardware
+from jakiro.common.hardware import describe as describe_hardware
 from jakiro.model.draft import DraftHead, DraftHeadConfig
-from jakiro.model.ea_model import EaModel, measure_verification_costs
-from jakiro.verify import verify_greedy
+from jakiro.model.ea_model import EaModel
+from jakiro.target.costs import measure_verification_costs
+from jakiro.decoding.verify import verify_greedy
 
 VICUNA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-6)

@@ -28,7 +28,7 @@ exact=(--arm jakiro-exact model.draft_path=shipped:smollm2-jakiro tree.lookup_to
   generation.exact_verification=true
   --greedy-only jakiro-exact jakiro-lookup-exact)
 [ "${EXACT:-1}" != 0 ] || exact=()
-python -m jakiro.assets --only smollm2,mtbench
+python -m jakiro.common.assets --only smollm2,mtbench
 python -m jakiro.evaluation.benchmark --config smollm2 --out-dir "$OUT_DIR" --plot \
   --temperatures ${TEMPERATURES:-0.0 1.0} --max-new-tokens "${MAX_NEW_TOKENS:-256}" --every "${EVERY:-1}" \
   "${questions[@]}" \

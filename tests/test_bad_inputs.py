@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from jakiro import demo
-from jakiro.config import ConfigError, load_config
+from jakiro.common.config import ConfigError, load_config
 from jakiro.evaluation import answers, speed
 from jakiro.evaluation.records import read_records
 from jakiro.model import init_draft

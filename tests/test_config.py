@@ -1,4 +1,4 @@
-"""Tests for jakiro.config: defaults, file + override merging, error messages, shipped configs, round trips, CLI."""
+"""Tests for jakiro.common.config: defaults, file + override merging, error messages, shipped configs, round trips, CLI."""
 
 import argparse
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from jakiro.config import (
+from jakiro.common.config import (
     CONFIG_DIR,
     ConfigError,
     DraftConfig,
@@ -156,7 +156,7 @@ def test_cli_arguments():
     ("AVX2", "cuda", "bfloat16"),
 ])
 def test_auto_dtype_follows_the_hardware(monkeypatch, extension, device, dtype):
-    from jakiro import hardware
+    from jakiro.common import hardware
 
     monkeypatch.setattr(hardware, "matrix_extension", lambda: extension)
     monkeypatch.setattr(hardware, "device_problem", lambda device: None)  # as if this torch had the device
@@ -169,7 +169,7 @@ def test_auto_dtype_follows_the_hardware(monkeypatch, extension, device, dtype):
     ("AMX-BF16", False, "bf16"), ("AVX512-BF16", False, "bf16"), ("AVX2", True, "bf16"),
 ])
 def test_auto_mixed_precision_follows_the_hardware(monkeypatch, extension, cuda, mixed_precision):
-    from jakiro import hardware
+    from jakiro.common import hardware
 
     monkeypatch.setattr(hardware, "matrix_extension", lambda: extension)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

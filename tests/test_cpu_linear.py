@@ -1,14 +1,14 @@
-"""Verification kernels for a CPU: few-row linear maps as W @ X^T (:mod:`jakiro.cpu_linear`) and grouped KV heads
-inside SDPA (:mod:`jakiro.gqa_attention`) give what the plain kernels give, and are used where they apply."""
+"""Verification kernels for a CPU: few-row linear maps as W @ X^T (:mod:`jakiro.common.cpu_linear`) and grouped KV heads
+inside SDPA (:mod:`jakiro.target.gqa_attention`) give what the plain kernels give, and are used where they apply."""
 
 import pytest
 import torch
 from torch.nn import functional
 
-import jakiro.gqa_attention as gqa
-from jakiro.cpu_linear import MAX_ROWS, few_row_linear
+import jakiro.target.gqa_attention as gqa
+from jakiro.common.cpu_linear import MAX_ROWS, few_row_linear
 from jakiro.target import TargetModel
-from jakiro.tree import full_tree
+from jakiro.decoding.tree import full_tree
 from tiny_models import tiny_target
 
 

@@ -1,6 +1,6 @@
 """The README demo: its identical-text settings per CPU kind, its summary line, and its note when outputs differ."""
 
-from jakiro.config import load_config
+from jakiro.common.config import load_config
 from jakiro.demo import different_output_note
 
 
@@ -16,7 +16,7 @@ def test_note_points_to_the_greedy_check_where_rounding_is_not_the_explanation()
 
 
 def test_identical_text_settings_per_cpu_kind(monkeypatch):
-    from jakiro import hardware
+    from jakiro.common import hardware
 
     expected = {"AMX-BF16": ("bfloat16", True), "AVX512-BF16": ("float32", False), "AVX2": ("float32", False),
                 None: ("float32", False)}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from jakiro.drafter import TreeDrafter
+from jakiro.decoding.drafter import TreeDrafter
 from tiny_models import tiny_draft, tiny_target
 
 HEAD1_MARK, HEAD2_MARK = 10_000, 20_000  # marker ids beyond the vocabulary (marked nodes are never fed back)

@@ -11,8 +11,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import jakiro
-import jakiro.model.ea_model as ea_module
-from jakiro.model.ea_model import TREE_SIZE_CANDIDATES, EaModel, measure_verification_costs, pick_tree_size
+import jakiro.target.costs as costs_module
+from jakiro.model.ea_model import EaModel
+from jakiro.target.costs import TREE_SIZE_CANDIDATES, measure_verification_costs, pick_tree_size
 from jakiro.target import TargetModel
 from tiny_models import tiny_draft, tiny_ea_model, tiny_target
 
@@ -234,7 +235,7 @@ def test_auto_tree_size_uses_measured_costs(monkeypatch):
         calls.append((target, tuple(sizes)))
         return {8: 1.0, 16: 1.05, 24: 1.2, 32: 1.31, 48: 2.0, 64: 3.0}
 
-    monkeypatch.setattr(ea_module, "measure_verification_costs", fake_costs)
+    monkeypatch.setattr(costs_module, "measure_verification_costs", fake_costs)
     target = tiny_target(vocab_size=VOCAB)
     model = EaModel(target, tiny_draft(target), total_token=-1, depth=3, top_k=3, stop_token_ids=[])
     assert model.drafter.total_token == 24
@@ -283,7 +284,7 @@ def test_set_tree_rejects_bad_shapes_and_keeps_the_current_tree(model, shape):
 
 
 def test_set_tree_auto_size_measures_the_target(monkeypatch):
-    monkeypatch.setattr(ea_module, "measure_verification_costs", lambda target, sizes, *a, **k: {8: 1.0, 16: 1.2})
+    monkeypatch.setattr(costs_module, "measure_verification_costs", lambda target, sizes, *a, **k: {8: 1.0, 16: 1.2})
     model = tiny_ea_model("llama", vocab_size=VOCAB, total_token=12, depth=3, top_k=3)
     model.set_tree(-1, 2, 4)
     assert (model.drafter.total_token, model.drafter.depth, model.drafter.top_k) == (16, 2, 4)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from jakiro.evaluation import answers, speed
-from jakiro.chat_templates import LLAMA2_SYSTEM_PROMPT
-from jakiro.evaluation.chat import ChatPrompter
+from jakiro.common.chat_templates import LLAMA2_SYSTEM_PROMPT
+from jakiro.common.chat_templates import ChatPrompter
 from jakiro.evaluation.records import append_record, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def test_resume_refuses_a_file_made_with_other_settings(tiny_dirs, tmp_path, cap
 
 
 def test_hardware_names_the_cpus_matrix_extension(monkeypatch, tmp_path):
-    from jakiro import hardware
+    from jakiro.common import hardware
 
     assert hardware.matrix_extension("fpu avx2 avx512f avx512_bf16") == "AVX512-BF16"
     assert hardware.matrix_extension("fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16") == "AMX-BF16"
@@ -137,7 +137,7 @@ def test_resume_refuses_a_file_from_other_hardware_or_versions(tiny_dirs, tmp_pa
     import torch
     import transformers
 
-    from jakiro.hardware import describe
+    from jakiro.common.hardware import describe
 
     path = tmp_path / "answers.jsonl"
     (first,) = generate(tiny_dirs, path, "--method", "baseline", "--question-end", "1")
@@ -225,7 +225,7 @@ def test_malformed_lines_are_named(tmp_path):
         read_records(path)
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question_id": 1, "turns": ["x"]}\n{"question_id": 2, "turns": \n')
-    from jakiro.assets import load_questions
+    from jakiro.common.assets import load_questions
 
     with pytest.raises(ValueError, match=r"q\.jsonl:2: malformed question line"):
         load_questions(questions)
@@ -575,7 +575,7 @@ def test_greedy_check_finds_every_turn_identical_and_resumes(method, tiny_dirs, 
     assert summary["tokens"] == 4 * 12 and summary["near_ties"] == summary["mismatches"] == []
     assert "questions identical (all turns): 2/2 (100.0%)" in capsys.readouterr().out
     records = greedy_check.read_results(out)
-    from jakiro.hardware import describe
+    from jakiro.common.hardware import describe
 
     assert summary["hardware"] == {describe("cpu"): 2}  # questions per machine, counted from the records
     assert all(r["hardware"] == describe("cpu") and "hardware" not in r["settings"] for r in records)

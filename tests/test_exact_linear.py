@@ -1,11 +1,11 @@
-"""Exact verification's linear layers (jakiro/exact_linear.py): finding the batch-dependent ones, running them one
+"""Exact verification's linear layers (jakiro/target/exact_linear.py): finding the batch-dependent ones, running them one
 row at a time, and the resulting bit-identity of tree verification with plain decoding."""
 
 import pytest
 import torch
 from torch import nn
 
-from jakiro.exact_linear import one_row_at_a_time, row_inconsistent_linears
+from jakiro.target.exact_linear import one_row_at_a_time, row_inconsistent_linears
 from test_lossless import prompts_for
 from tiny_models import tiny_target
 
@@ -53,7 +53,7 @@ def test_exact_verification_is_bit_identical_to_plain_steps_in_float32(family):
     """fp32 matmul kernels differ between one row and many on common CPUs; exact verification must still give every
     node plain decoding's logits, bit for bit."""
     from jakiro.target import TargetModel
-    from jakiro.tree import DraftTree
+    from jakiro.decoding.tree import DraftTree
 
     model = tiny_target(family, vocab_size=64)
     tree = DraftTree.from_parents(torch.randint(0, 64, (9,), generator=torch.Generator().manual_seed(0)),

@@ -19,13 +19,13 @@ from safetensors import safe_open
 from tiny_models import tiny_target
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from jakiro import assets
-from jakiro.config import load_config
+from jakiro.common import assets
+from jakiro.common.config import load_config
 from jakiro.ge_data import allocation
 import jakiro.ge_data.generate as gen
 from jakiro.ge_data.dataset import FeatureShards, OnlineFeatures, read_manifest
 from jakiro.ge_data.generate import GeDataError, generate_features, load_conversations, main
-from jakiro.chat_templates import encode, get_template, to_messages
+from jakiro.common.chat_templates import encode, get_template, to_messages
 
 
 def conv(*pairs):

@@ -9,7 +9,7 @@ import torch
 import yaml
 from tiny_models import save_tiny_target_with_smollm2_tokenizer, tiny_target
 
-from jakiro.config import load_config
+from jakiro.common.config import load_config
 from jakiro.ge_data.decode import decode_batch
 from jakiro.ge_data.generate import GeDataError
 from jakiro.ge_data.regenerate import regenerate

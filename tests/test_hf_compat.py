@@ -1,10 +1,10 @@
-"""jakiro/hf_compat.py: the KV-cache keyword follows the installed transformers' signatures."""
+"""jakiro/common/hf_compat.py: the KV-cache keyword follows the installed transformers' signatures."""
 
 import inspect
 
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaModel
 
-from jakiro.hf_compat import cache_keyword
+from jakiro.common.hf_compat import cache_keyword
 
 
 def test_cache_keyword_reads_the_signature():

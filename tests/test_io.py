@@ -1,8 +1,8 @@
-"""Tests of jakiro.io: atomic writes keep the old file on failure and clean up temporaries."""
+"""Tests of jakiro.common.io: atomic writes keep the old file on failure and clean up temporaries."""
 
 import pytest
 
-from jakiro.io import atomic_write, atomic_write_text
+from jakiro.common.io import atomic_write, atomic_write_text
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from imitating_draft import imitating_draft, weak_context_target
-from jakiro.config import ConfigError, load_config
+from jakiro.common.config import ConfigError, load_config
 from jakiro.evaluation import answers
 from jakiro.evaluation.records import read_records
 from jakiro.model.draft import DraftCache

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from imitating_draft import imitating_draft, weak_context_target
-from jakiro.verify import warp_logits
+from jakiro.decoding.verify import warp_logits
 from jakiro_star.drafter import StaticTreeDrafter
 from jakiro_star.model import StarEaModel
 from stats import chi_square

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from jakiro.tree import ancestor_mask
+from jakiro.decoding.tree import ancestor_mask
 from jakiro_star.tree_choices import STATIC_TREES
 from jakiro_star.trees import StaticTree, get_static_tree
 

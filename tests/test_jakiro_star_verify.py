@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 import torch
 
-from jakiro.verify import warp_logits
+from jakiro.decoding.verify import warp_logits
 from jakiro_star.proposals import check_mode, draw_children, expert_probabilities, slot_distributions, top_children
 from jakiro_star.trees import get_static_tree
 from jakiro_star.verify import (SampledDraftTree, acceptance_probability, graft_fixed_chain, rejection_residual,

@@ -1,11 +1,11 @@
-"""Prompt lookup (jakiro/lookup.py): which continuation is proposed, and the grafted branch's losslessness."""
+"""Prompt lookup (jakiro/decoding/lookup.py): which continuation is proposed, and the grafted branch's losslessness."""
 
 from collections import Counter
 
 import pytest
 import torch
 
-from jakiro.lookup import lookup_continuation
+from jakiro.decoding.lookup import lookup_continuation
 from stats import chi_square
 from test_lossless import assert_greedy_equal, exact_three_token_distribution, prompts_for
 from tiny_models import tiny_ea_model

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from jakiro.verify import warp_logits
+from jakiro.decoding.verify import warp_logits
 from stats import chi_square
 from tiny_models import tiny_ea_model
 
@@ -69,7 +69,7 @@ def test_exact_verification_computes_the_batched_function(family, attention):
     """Per-node attention and the masked batched forward are the same function (equal up to float rounding), so
     the sampling-verification guarantees carry over to exact verification unchanged."""
     from jakiro.target import TargetModel
-    from jakiro.tree import DraftTree
+    from jakiro.decoding.tree import DraftTree
 
     model = tiny_ea_model(family, vocab_size=64)
     model.base_model.config._attn_implementation = attention

@@ -1,4 +1,4 @@
-"""Oracle drafting (jakiro/oracle.py): the best tree under the target, found by search, and its losslessness."""
+"""Oracle drafting (jakiro/decoding/oracle.py): the best tree under the target, found by search, and its losslessness."""
 
 import itertools
 from collections import Counter
@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 import torch
 
-from jakiro.oracle import OracleDrafter, OracleEaModel, path_probabilities, target_probs
+from jakiro.decoding.oracle import OracleDrafter, path_probabilities, target_probs
+from jakiro.model.oracle import OracleEaModel
 from stats import chi_square
 from test_lossless import assert_greedy_equal, exact_three_token_distribution, prompts_for
 from tiny_models import tiny_draft, tiny_target

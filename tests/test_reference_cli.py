@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from jakiro.__main__ import ENTRY_POINTS
 from jakiro.__main__ import main as jakiro_main
-from jakiro.config import ConfigError
+from jakiro.common.config import ConfigError
 from jakiro.evaluation.family_alias import alias_settings
 from jakiro.evaluation.records import read_records
 from jakiro.model.draft import DraftHead, DraftHeadConfig

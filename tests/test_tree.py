@@ -3,7 +3,7 @@
 import torch
 
 from jakiro.target import TargetModel
-from jakiro.tree import (
+from jakiro.decoding.tree import (
     DraftTree,
     additive_tree_mask,
     ancestor_mask,
@@ -14,7 +14,7 @@ from jakiro.tree import (
 )
 from tiny_models import tiny_target
 
-# the worked example of jakiro/tree.py
+# the worked example of jakiro/decoding/tree.py
 PARENTS = torch.tensor([-1, 0, 0, 1, 1, 2])
 MASK = torch.tensor(
     [

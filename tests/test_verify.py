@@ -10,8 +10,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from jakiro.tree import build_tree
-from jakiro.verify import verify_greedy, verify_sampling, warp_logits
+from jakiro.decoding.tree import build_tree
+from jakiro.decoding.verify import verify_greedy, verify_sampling, warp_logits
 from stats import chi_square
 
 V = 6

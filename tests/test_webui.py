@@ -26,8 +26,8 @@ from jakiro.application.view import (
     render_text,
     stats_fields,
 )
-from jakiro.assets import ensure_smollm2
-from jakiro.config import ConfigError
+from jakiro.common.assets import ensure_smollm2
+from jakiro.common.config import ConfigError
 from jakiro.model.ea_model import EaModel
 from echo_draft import write_echo_draft
 

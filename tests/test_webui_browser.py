@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from jakiro.assets import ensure_smollm2
+from jakiro.common.assets import ensure_smollm2
 from echo_draft import write_echo_draft
 
 pytest.importorskip("gradio", reason="the web UI needs the webui extra (gradio)")

@@ -69,7 +69,7 @@ def save_tiny_target_with_smollm2_tokenizer(directory, eos_every: int):
     Returns (model, tokenizer)."""
     from transformers import AutoTokenizer
 
-    from jakiro import assets
+    from jakiro.common import assets
 
     tokenizer = AutoTokenizer.from_pretrained(assets.ensure_smollm2(progress=False))
     model = tiny_target("llama", vocab_size=len(tokenizer))

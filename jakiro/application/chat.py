@@ -1,7 +1,7 @@
 """Chat answers from an ``EaModel``, streamed step by step with the accepted draft tokens marked (no gradio here).
 
 :class:`ChatEngine` builds the prompt of a multi-turn conversation with the model's chat template
-(:class:`jakiro.evaluation.chat.ChatPrompter`), runs speculative (``ea_generate``) or plain (``naive_generate``)
+(:class:`jakiro.common.chat_templates.ChatPrompter`), runs speculative (``ea_generate``) or plain (``naive_generate``)
 decoding, and yields the growing :class:`Turn` after every step. The first ``accept_lengths[-1]`` tokens of a
 speculative step are the draft tokens the target accepted; the rest is the target's own token (the first step,
 the prefill, has none). One lock serialises every model call, so an answer that was stopped mid-step can never
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from jakiro.application.view import AnswerStats, AnswerText, Piece
-from jakiro.evaluation.chat import ChatPrompter
+from jakiro.common.chat_templates import ChatPrompter
 from jakiro.model.ea_model import EaModel
 
 

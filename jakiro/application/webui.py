@@ -29,8 +29,8 @@ from pathlib import Path
 
 from jakiro.application.chat import ChatEngine, Settings, Turn
 from jakiro.application.view import escape, render_answer, render_footer, render_text, stats_fields
-from jakiro.assets import AssetError, ensure_smollm2
-from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, load_config
+from jakiro.common.assets import AssetError, ensure_smollm2
+from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments, load_config
 from jakiro.model.ea_model import EaModel
 from jakiro.model.init_draft import resolve_draft
 

@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from jakiro.assets import AssetError, load_questions
-from jakiro.config import ConfigError, add_config_arguments, config_from_args
+from jakiro.common.assets import AssetError, load_questions
+from jakiro.common.config import ConfigError, add_config_arguments, config_from_args
 from jakiro.evaluation.answers import pick_questions, question_path
-from jakiro.evaluation.chat import ChatPrompter
+from jakiro.common.chat_templates import ChatPrompter
 from jakiro.evaluation.methods import load_method, synchronize
 
 SETTINGS = ("lookup_tokens", "lookup_ngram")  # EaModel attributes read at every generate

@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jakiro.assets import AssetError, ensure_mtbench, load_questions
-from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
-from jakiro.evaluation.chat import ChatPrompter
+from jakiro.common.assets import AssetError, ensure_mtbench, load_questions
+from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.common.chat_templates import ChatPrompter
 from jakiro.evaluation.methods import METHODS, load_method, synchronize
 from jakiro.evaluation.records import FORWARDS_COUNTING, append_record, read_records
 from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
-from jakiro.io import check_output
+from jakiro.common.io import check_output
 
 # direct flag -> (section, key, type, what it does); each also parses with underscores (the reference's spelling)
 FLAGS = {

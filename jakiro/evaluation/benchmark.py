@@ -30,16 +30,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from jakiro.assets import AssetError, load_questions
-from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, load_config
+from jakiro.common.assets import AssetError, load_questions
+from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments, load_config
 from jakiro.evaluation.answers import (answer_choice, answer_meta, answer_record, check_same_target, done_questions,
                                        pick_questions, question_path)
-from jakiro.evaluation.chat import ChatPrompter
+from jakiro.common.chat_templates import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record
 from jakiro.evaluation.run_settings import run_settings, settings
 from jakiro.evaluation.speed import build_report, format_report, load_answers
-from jakiro.io import atomic_write_text, check_output
+from jakiro.common.io import atomic_write_text, check_output
 
 ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 

@@ -31,14 +31,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jakiro.assets import AssetError, load_questions
-from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.common.assets import AssetError, load_questions
+from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
 from jakiro.evaluation.answers import pick_questions, question_path
-from jakiro.evaluation.chat import ChatPrompter
+from jakiro.common.chat_templates import ChatPrompter
 from jakiro.evaluation.methods import SPECULATIVE_METHODS, load_method
 from jakiro.evaluation.records import append_record, read_records
 from jakiro.evaluation.run_settings import check_resumable, run_settings, settings
-from jakiro.io import atomic_write_text, check_output
+from jakiro.common.io import atomic_write_text, check_output
 
 
 def _check_record(record, path: Path, number: int) -> None:

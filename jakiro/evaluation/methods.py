@@ -4,7 +4,7 @@
 * ``jakiro_star``: :meth:`jakiro_star.model.StarEaModel.eagenerate` (Jakiro*: static tree ``tree.static_tree``
   whose children are drawn from the experts' distributions, ``tree.sibling_mode``);
 * ``baseline``: :meth:`EaModel.naivegenerate` (one target forward per token);
-* ``oracle``: :class:`jakiro.oracle.OracleEaModel`, drafting the best ``tree.total_token``-node tree under the
+* ``oracle``: :class:`jakiro.decoding.oracle.OracleEaModel`, drafting the best ``tree.total_token``-node tree under the
   target itself: its tau bounds what a deterministic draft can reach at that tree size (its wall time is
   meaningless);
 * ``pld``: Hugging Face assisted generation with prompt lookup (``prompt_lookup_num_tokens``);
@@ -24,10 +24,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from jakiro.assets import ensure_smollm2
-from jakiro.config import JakiroConfig
-from jakiro.hardware import describe as describe_hardware
-from jakiro.io import check_model_files
+from jakiro.common.assets import ensure_smollm2
+from jakiro.common.config import JakiroConfig
+from jakiro.common.hardware import describe as describe_hardware
+from jakiro.common.io import check_model_files
 from jakiro.model.ea_model import EaModel, default_stop_token_ids
 from jakiro.model.init_draft import resolve_draft
 from jakiro.target import target_identity
@@ -123,7 +123,7 @@ def load_method(cfg: JakiroConfig, max_new_tokens: int):
     load = dict(dtype=getattr(torch, cfg.model.dtype), device_map=cfg.model.device)
     about = {"method": name, "base_model": Path(base).name, "dtype": cfg.model.dtype}
     if name == "oracle":
-        from jakiro.oracle import OracleEaModel
+        from jakiro.model.oracle import OracleEaModel
 
         draft, _ = resolve_draft(cfg, base)  # unused by the oracle, but an EaModel is built around a draft head
         model = OracleEaModel.from_pretrained(base, draft, total_token=cfg.tree.total_token, **load)

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from jakiro.config import JakiroConfig
+from jakiro.common.config import JakiroConfig
 from jakiro.drafts import resolve_draft_path
 from jakiro.evaluation.methods import SPECULATIVE_METHODS
-from jakiro.hardware import describe as describe_hardware
-from jakiro.io import sha256_file
+from jakiro.common.hardware import describe as describe_hardware
+from jakiro.common.io import sha256_file
 
 DRAFT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
 # settings that files written before they were recorded lack
@@ -53,7 +53,7 @@ def question_digest(cfg: JakiroConfig) -> str | None:
     if e.question_file:
         path = Path(e.question_file)
     elif e.bench_name == "mt_bench":
-        from jakiro.assets import ensure_mtbench
+        from jakiro.common.assets import ensure_mtbench
 
         path = ensure_mtbench(progress=False)
     else:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jakiro.evaluation.records import FORWARDS_COUNTING, read_records
-from jakiro.io import OutputExists, atomic_write_text, check_output
+from jakiro.common.io import OutputExists, atomic_write_text, check_output
 
 
 @dataclass

@@ -10,7 +10,7 @@ more than the few extra accepted tokens they can bring. The last line names the 
 Choose depth and top_k with the interleaved benchmark (``python -m jakiro.evaluation.benchmark``, one arm per tree).
 
 ``--compare-kernels`` instead times every size with and without batched verification's CPU kernels
-(:mod:`jakiro.cpu_linear`, :mod:`jakiro.gqa_attention`), alternating run by run so that drift hits both alike.
+(:mod:`jakiro.common.cpu_linear`, :mod:`jakiro.target.gqa_attention`), alternating run by run so that drift hits both alike.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM
 
-from jakiro.assets import AssetError, ensure_smollm2
-from jakiro.config import ConfigError, add_config_arguments, config_from_args
-from jakiro.hardware import describe as describe_hardware
-from jakiro.io import check_model_files
-from jakiro.model.ea_model import (measure_decoding_step_cost, measure_verification_costs, pick_tree_size,
-                                   random_verification_trees, seconds_of)
+from jakiro.common.assets import AssetError, ensure_smollm2
+from jakiro.common.config import ConfigError, add_config_arguments, config_from_args
+from jakiro.common.hardware import describe as describe_hardware
+from jakiro.common.io import check_model_files
+from jakiro.target.costs import (measure_decoding_step_cost, measure_verification_costs, pick_tree_size,
+                                random_verification_trees, seconds_of)
 from jakiro.target import TargetModel
 
 DEFAULT_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)

@@ -24,8 +24,8 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from jakiro.config import JakiroConfig
-from jakiro.io import check_file_hash, sha256_path
+from jakiro.common.config import JakiroConfig
+from jakiro.common.io import check_file_hash, sha256_path
 from jakiro.ge_data.generate import (
     MANIFEST,
     GeDataError,
@@ -34,7 +34,7 @@ from jakiro.ge_data.generate import (
     select,
     target_features,
 )
-from jakiro.chat_templates import ChatTemplate, SkipConversation, encode, get_template, special_tokens, to_messages
+from jakiro.common.chat_templates import ChatTemplate, SkipConversation, encode, get_template, special_tokens, to_messages
 
 
 def read_manifest(data_dir: str | Path) -> dict:
@@ -124,7 +124,7 @@ class OnlineFeatures(Dataset):
     Args:
         records: ShareGPT records (``{"conversations": [{"from", "value"}]}``), in item order.
         model, tokenizer: the target (any causal LM with ``get_decoder``) and its fast tokenizer.
-        template: how to format and mask (:func:`jakiro.chat_templates.get_template`).
+        template: how to format and mask (:func:`jakiro.common.chat_templates.get_template`).
         max_len: truncate conversations to this many tokens.
         features_dtype: dtype of the returned hidden states (the stored dataset's ``features_dtype``).
     Attributes:

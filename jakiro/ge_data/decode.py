@@ -12,7 +12,7 @@
   one row at a time none differed from ``generate`` on each prompt alone, at a cost within the noise of the
   measurement (transformers' batched ``sdpa``/``eager`` with a padding mask copy the cache to every query head
   first, ``repeat_kv``). The other operations of a decoder layer treat rows independently, but a linear layer's kernel
-  may round a row differently in a batch than alone (``jakiro.exact_linear.row_inconsistent_linears`` finds them):
+  may round a row differently in a batch than alone (``jakiro.target.exact_linear.row_inconsistent_linears`` finds them):
   on an AMX Xeon in bf16 none of SmolLM2's for up to 32 rows, all of them from 48 rows on, where 18 of 48 answers
   of 32 tokens differed from the prompts answered alone (31 of 48 with ``generate`` batched);
 * rows that finished (an end token or ``max_new_tokens``) leave the batch, a quarter of it at a time, so the step

@@ -8,9 +8,9 @@
 CPU group. ``accelerate launch --cpu`` always starts a single process.)
 
 Pipeline: load conversations (``data.input_path``: JSON list, JSONL or a ``datasets.load_from_disk`` directory;
-None = the recovered ShareGPT set of ``jakiro.assets``), shuffle with ``data.shuffle_seed``, select
+None = the recovered ShareGPT set of ``jakiro.common.assets``), shuffle with ``data.shuffle_seed``, select
 ``[start, end)``, cut into shards of ``data.shard_size`` conversations. Process ``r`` of ``N`` takes shards
-``r, r + N, ...``. Each conversation is formatted and masked (:func:`jakiro.chat_templates.encode`), truncated to
+``r, r + N, ...``. Each conversation is formatted and masked (:func:`jakiro.common.chat_templates.encode`), truncated to
 ``data.max_len`` tokens and run through the target one at a time; empty or malformed ones are skipped and counted.
 
 Shard ``shard_{i:05d}.safetensors`` (written to a temporary file, then renamed) holds, for its ``n`` kept
@@ -52,10 +52,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from jakiro.assets import AssetError, ensure_sharegpt, ensure_smollm2
-from jakiro.config import ConfigError, JakiroConfig, ModelConfig, add_config_arguments, config_from_args
+from jakiro.common.assets import AssetError, ensure_sharegpt, ensure_smollm2
+from jakiro.common.config import ConfigError, JakiroConfig, ModelConfig, add_config_arguments, config_from_args
 from jakiro.target import target_identity
-from jakiro.io import (
+from jakiro.common.io import (
     atomic_write,
     atomic_write_text,
     check_model_files,
@@ -64,7 +64,7 @@ from jakiro.io import (
     sha256_file,
     sha256_path,
 )
-from jakiro.chat_templates import (
+from jakiro.common.chat_templates import (
     SkipConversation,
     TemplateError,
     check_template_name,
@@ -110,7 +110,7 @@ def load_conversations(path: str | os.PathLike | None) -> tuple[list, str]:
             records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise GeDataError(f"{path}: not JSON: {e} (a truncated ShareGPT file can be recovered with "
-                              "jakiro.assets.recover_json_records)") from e
+                              "jakiro.common.assets.recover_json_records)") from e
         if not isinstance(records, list):
             raise GeDataError(f"{path}: expected a JSON list of conversations, got {type(records).__name__}")
     if not records:

@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from jakiro.assets import AssetError
-from jakiro.chat_templates import (
+from jakiro.common.assets import AssetError
+from jakiro.common.chat_templates import (
     Messages,
     SkipConversation,
     TemplateError,
@@ -46,11 +46,11 @@ from jakiro.chat_templates import (
     get_template,
     to_messages,
 )
-from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
 from jakiro.ge_data.decode import decode_batch
 from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
 from jakiro.target import target_identity
-from jakiro.io import atomic_write_text, check_output, differences, sha256_path
+from jakiro.common.io import atomic_write_text, check_output, differences, sha256_path
 
 PARTS_META = "settings.json"
 PART_BATCHES = 4  # a part (the unit of resumption) holds this many batches of conversations

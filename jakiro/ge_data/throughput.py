@@ -24,12 +24,12 @@ import time
 import torch
 from torch import nn
 
-from jakiro.assets import AssetError
-from jakiro.chat_templates import SkipConversation, TemplateError
-from jakiro.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
+from jakiro.common.assets import AssetError
+from jakiro.common.chat_templates import SkipConversation, TemplateError
+from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments, config_from_args
 from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
 from jakiro.ge_data.regenerate import Regenerator, start_conversation
-from jakiro.hardware import describe
+from jakiro.common.hardware import describe
 
 
 def matmul_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:

@@ -35,10 +35,11 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from jakiro.cpu_linear import few_row_linear
+from jakiro.common.cpu_linear import few_row_linear
 from jakiro.drafts import resolve_draft_path
-from jakiro.hf_compat import cache_keyword
-from jakiro.io import atomic_write
+from jakiro.common.hf_compat import cache_keyword
+from jakiro.common.io import atomic_write
+from jakiro.common.masks import additive_mask
 from jakiro.model.moe import MixtureOfExperts, MoEOutput
 
 WEIGHTS_NAME = "model.safetensors"
@@ -268,7 +269,7 @@ class DraftHead(nn.Module):
         if self.d2t is None:
             return few_row_linear(x, head.weight, head.bias) if type(head) is nn.Linear else head(x)
         weight, bias = self._restricted_weights(head)
-        return few_row_linear(x, weight, bias)  # a few rows per drafting layer: :mod:`jakiro.cpu_linear`
+        return few_row_linear(x, weight, bias)  # a few rows per drafting layer: :mod:`jakiro.common.cpu_linear`
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """[..., H] draft features -> [..., V] logits over the target vocabulary (-inf outside the draft vocabulary)."""
@@ -443,7 +444,7 @@ def packed_attention(attention: LlamaAttention, z: torch.Tensor, position_embedd
 def causal_additive_mask(new: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[1, 1, new, past + new] additive mask: new position i sees every cached position and new positions <= i."""
     allowed = torch.ones(new, past + new, dtype=torch.bool, device=device).tril(diagonal=past)
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    return additive_mask(allowed, dtype)[None, None]
 
 
 def _load_state(directory: Path) -> dict[str, torch.Tensor]:

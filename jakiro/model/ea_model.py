@@ -8,16 +8,15 @@ The import paths reference users write keep working::
     ids = model.eagenerate(input_ids, temperature=0.0, max_new_tokens=256)
 
 One speculative step: the drafter grows a tree below the last committed token (with ``lookup_tokens``, a branch
-copied by prompt lookup joins it: :mod:`jakiro.lookup`), the target verifies it in one forward, the verifier keeps
+copied by prompt lookup joins it: :mod:`jakiro.decoding.lookup`), the target verifies it in one forward, the verifier keeps
 the longest acceptable path plus one bonus token, and the target cache is compacted to that path. Output is the
 target's own greedy output at temperature 0, and the target's exact sampling distribution (temperature / top-k /
-top-p) otherwise; see :mod:`jakiro.verify`.
+top-p) otherwise; see :mod:`jakiro.decoding.verify`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,18 +25,17 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from jakiro.config import JakiroConfig
-from jakiro.drafter import TreeDrafter
-from jakiro.io import check_model_files
+from jakiro.common.config import JakiroConfig
+from jakiro.decoding.drafter import TreeDrafter
+from jakiro.common.io import check_model_files
 from jakiro.model.draft import DraftHead
-from jakiro.target import TargetModel
-from jakiro.lookup import lookup_continuation
-from jakiro.tree import full_tree, graft_chain
-from jakiro.verify import Verdict, verify_greedy, verify_sampling, warp_logits
+from jakiro.target import TargetModel, choose_tree_size
+from jakiro.decoding.lookup import lookup_continuation
+from jakiro.decoding.tree import graft_chain
+from jakiro.decoding.verify import Verdict, verify_greedy, verify_sampling, warp_logits
 
 # tokens that end an assistant turn in common chat formats, added to the EOS ids when the tokenizer knows them
 CHAT_STOP_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>")
-TREE_SIZE_CANDIDATES = (8, 16, 24, 32, 48, 64)
 
 
 @dataclass
@@ -115,10 +113,10 @@ class EaModel(nn.Module):
         directory. ``total_token=-1`` measures the target on its device and picks the tree size.
         ``exact_verification``: compute each tree node's attention as one-token decoding does, and the linear
         layers whose rows round differently inside a batch one row at a time, so that the output equals plain
-        decoding bit for bit; costs one attention call per node (:mod:`jakiro.exact_attention`,
-        :mod:`jakiro.exact_linear`). ``lookup_tokens`` > 0: every
+        decoding bit for bit; costs one attention call per node (:mod:`jakiro.target.exact_attention`,
+        :mod:`jakiro.target.exact_linear`). ``lookup_tokens`` > 0: every
         step also verifies up to that many tokens copied from an earlier occurrence of the text's last
-        ``lookup_ngram``-gram (:mod:`jakiro.lookup`), one extra branch of the tree."""
+        ``lookup_ngram``-gram (:mod:`jakiro.decoding.lookup`), one extra branch of the tree."""
         if "torch_dtype" in hf_kwargs:  # the name reference users write; transformers 5 calls it dtype
             hf_kwargs["dtype"] = hf_kwargs.pop("torch_dtype")
         draft = DraftHead.from_pretrained(ea_model_path)
@@ -352,73 +350,3 @@ def default_stop_token_ids(model: PreTrainedModel, tokenizer=None) -> list[int]:
         vocab = tokenizer.get_vocab()
         ids.extend(vocab[token] for token in CHAT_STOP_TOKENS if token in vocab)
     return sorted(set(ids))
-
-
-def choose_tree_size(target: TargetModel, candidates=TREE_SIZE_CANDIDATES, context_len: int = 128,
-                     repeats: int = 3, slack: float = 1.3) -> int:
-    """Pick the tree size (``total_token``) by measuring verification cost on the target's device.
-
-    Times the verification of an n-node tree after a cached context for each candidate n and returns the largest n whose cost stays within
-    ``slack`` times the cost of the smallest candidate: beyond that knee, extra nodes cost more than the few
-    extra accepted tokens they can add.
-    """
-    costs = measure_verification_costs(target, candidates, context_len, repeats)
-    return pick_tree_size(costs, slack)
-
-
-def pick_tree_size(costs: dict[int, float], slack: float = 1.3) -> int:
-    """Largest size whose measured cost is at most ``slack`` x the cost of the smallest size."""
-    smallest = min(costs)
-    return max(n for n, cost in costs.items() if cost <= slack * costs[smallest])
-
-
-def seconds_of(device: torch.device, run) -> float:
-    """Wall time of one ``run()`` on ``device`` (CUDA work synchronised before and after)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    begin = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - begin
-
-
-def _median_seconds(device: torch.device, run, repeats: int, reset) -> float:
-    """Median wall time of ``run()`` over ``repeats`` timed calls after one warm-up, ``reset()`` after each call."""
-    timings = []
-    for _ in range(repeats + 1):
-        timings.append(seconds_of(device, run))
-        reset()
-    return statistics.median(timings[1:])
-
-
-@torch.inference_mode()
-def measure_verification_costs(target: TargetModel, sizes, context_len: int = 128, repeats: int = 3) -> dict:
-    """Median seconds of ``target.verify`` over a 4-ary tree of n nodes (LM head included) after a cached context of
-    ``context_len`` random tokens, per n."""
-    costs = {}
-    for n, tree in random_verification_trees(target, sizes, context_len):
-        costs[n] = _median_seconds(target.device, lambda: target.verify(tree), repeats,
-                                   lambda: target.crop(context_len))
-    return costs
-
-
-def random_verification_trees(target: TargetModel, sizes, context_len: int):
-    """Prefill ``context_len`` random tokens (seeded), then yield (n, a 4-ary tree of n random tokens) per size; the
-    target's cache is dropped once all are consumed."""
-    vocab = target.lm_head.weight.shape[0]
-    generator = torch.Generator().manual_seed(0)
-    target.prefill(torch.randint(0, vocab, (1, context_len), generator=generator))
-    for n in sizes:
-        yield n, full_tree(torch.randint(0, vocab, (n,), generator=generator))
-    target.cache = None
-
-
-@torch.inference_mode()
-def measure_decoding_step_cost(target: TargetModel, context_len: int = 128, repeats: int = 3) -> float:
-    """Median seconds of one plain decoding step (``target.step``) after ``context_len`` cached random tokens."""
-    vocab = target.lm_head.weight.shape[0]
-    target.prefill(torch.randint(0, vocab, (1, context_len), generator=torch.Generator().manual_seed(1)))
-    cost = _median_seconds(target.device, lambda: target.step(0), repeats, lambda: target.crop(context_len))
-    target.cache = None
-    return cost

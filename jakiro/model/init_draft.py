@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from jakiro.assets import cache_dir
-from jakiro.io import check_output
+from jakiro.common.assets import cache_dir
+from jakiro.common.io import check_output
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 
 
@@ -37,7 +37,7 @@ def init_draft(
 ) -> DraftHead:
     """Create, save and return a randomly initialised draft head for the target at ``base_model_path``.
 
-    Raises ValueError (:class:`jakiro.io.OutputExists`) if ``out`` is a file, or a non-empty directory and not
+    Raises ValueError (:class:`jakiro.common.io.OutputExists`) if ``out`` is a file, or a non-empty directory and not
     ``force``."""
     check_output(out, "dir", force)
     try:

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from jakiro.io import atomic_write, atomic_write_text, sha256_file
+from jakiro.common.io import atomic_write, atomic_write_text, sha256_file
 
 FORMAT = "jakiro-train-checkpoint/1"
 MODEL, OPTIMIZER, STATE = "model.safetensors", "optimizer.safetensors", "state.json"

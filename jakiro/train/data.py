@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, Sampler, Subset
 
 from jakiro.ge_data.dataset import FeatureShards, OnlineFeatures, read_manifest
 from jakiro.ge_data.generate import MANIFEST, GeDataError
-from jakiro.io import sha256_file
+from jakiro.common.io import sha256_file
 
 ONLINE = "online"  # train.data_dir value selecting features computed on the fly
 

@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from jakiro.config import (ConfigError, JakiroConfig, _read_file, _resolve_path, add_config_arguments,
+from jakiro.common.config import (ConfigError, JakiroConfig, _read_file, _resolve_path, add_config_arguments,
                            config_from_args)
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 from jakiro.drafts import resolve_draft_path
-from jakiro.io import OutputExists, check_model_files, sha256_path
+from jakiro.common.io import OutputExists, check_model_files, sha256_path
 from jakiro.target import target_identity
 from jakiro.train.data import DataError, check_compatible, check_same_target, open_dataset, split_indices
 from jakiro.train.trainer import TrainingError
@@ -119,7 +119,7 @@ def target_path(cfg: JakiroConfig) -> str:
     """``model.base_model_path``, or the embedded SmolLM2 directory when it is null."""
     if cfg.model.base_model_path is not None:
         return cfg.model.base_model_path
-    from jakiro.assets import AssetError, ensure_smollm2
+    from jakiro.common.assets import AssetError, ensure_smollm2
 
     try:
         return str(ensure_smollm2())

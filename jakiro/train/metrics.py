@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from jakiro.common.masks import additive_mask
 from jakiro.model.draft import DraftCache
 
 ROW_CHUNK = 1024  # rows per LM-head call when only the argmax is needed (bounds the [rows, V] memory)
@@ -49,9 +50,7 @@ def chain_mask(length: int, step: int, dtype: torch.dtype, device: torch.device)
     context = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     own = torch.eye(length, dtype=torch.bool, device=device).repeat(1, step)
     allowed = torch.cat([context, own], dim=1)
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[
-        None, None
-    ]
+    return additive_mask(allowed, dtype)[None, None]
 
 
 def _ahead(x: torch.Tensor, k: int, fill) -> torch.Tensor:

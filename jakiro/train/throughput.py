@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from jakiro.config import ConfigError, add_config_arguments, config_from_args
-from jakiro.hardware import cpu_name
+from jakiro.common.config import ConfigError, add_config_arguments, config_from_args
+from jakiro.common.hardware import cpu_name
 from jakiro.model.draft import DraftHeadConfig
 from jakiro.train.data import DataError, ShardedBatchSampler, TokenBudgetSampler, check_compatible, open_dataset
 

@@ -50,8 +50,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from jakiro.config import ConfigError, JakiroConfig, save_config, to_dict
-from jakiro.io import atomic_write_text, differences
+from jakiro.common.config import ConfigError, JakiroConfig, save_config, to_dict
+from jakiro.common.io import atomic_write_text, differences
 from jakiro.train import checkpoint as ckpt
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,

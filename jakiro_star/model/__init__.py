@@ -11,7 +11,7 @@ Same API as ``EaModel`` (``from_pretrained``, ``eagenerate``, ``naivegenerate``,
 Per step: :class:`jakiro_star.drafter.StaticTreeDrafter` draws the static tree's nodes from the experts'
 distributions (with ``lookup_tokens``, a prompt-lookup branch joins them as fixed candidates), the target verifies
 the tree in one forward (the ``jakiro`` target adapter and KV compaction), and the verdict comes from
-:func:`jakiro.verify.verify_greedy` at temperature 0 or
+:func:`jakiro.decoding.verify.verify_greedy` at temperature 0 or
 :func:`jakiro_star.verify.verify_recursive` (lossless recursive rejection sampling) otherwise.
 """
 
@@ -22,10 +22,10 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from jakiro.io import check_model_files
+from jakiro.common.io import check_model_files
 from jakiro.model.draft import DraftHead
 from jakiro.model.ea_model import EaModel
-from jakiro.verify import Verdict, verify_greedy
+from jakiro.decoding.verify import Verdict, verify_greedy
 from jakiro_star.drafter import StaticTreeDrafter
 from jakiro_star.proposals import check_mode
 from jakiro_star.trees import StaticTree, get_static_tree

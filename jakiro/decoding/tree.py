@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from jakiro.common.masks import additive_mask
+
 
 @dataclass
 class DraftTree:
@@ -216,6 +218,4 @@ def additive_tree_mask(tree_mask: torch.Tensor, prefix_len: int, dtype: torch.dt
     allowed = torch.cat(
         [torch.ones(n, prefix_len, dtype=torch.bool, device=tree_mask.device), tree_mask], dim=1
     )
-    out = torch.zeros(allowed.shape, dtype=dtype, device=tree_mask.device)
-    out.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return out[None, None]
+    return additive_mask(allowed, dtype)[None, None]

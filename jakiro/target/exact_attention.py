@@ -5,7 +5,7 @@ A batched tree forward gives the same logits as one-token decoding only up to ro
 differently (in bfloat16 the features differ by ~0.1 after 30 layers, enough to flip near-tied greedy choices). The
 other operations of a decoder layer (linear layers, norms, rotary embeddings, activations) treat the rows of a batch
 independently; they give a row the same bits whatever the batch shape where their kernels do, and the linear
-layers whose kernels do not are run one row at a time during exact verification (:mod:`jakiro.exact_linear`).
+layers whose kernels do not are run one row at a time during exact verification (:mod:`jakiro.target.exact_linear`).
 
 So, inside :func:`exact_tree_attention`, the model's own attention function (``sdpa``, ``eager``, ...) is called
 once per tree node with that node's query alone and the keys / values of exactly the positions it would see when

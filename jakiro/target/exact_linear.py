@@ -9,7 +9,7 @@ projection (1536 -> 576) only.
 
 :func:`row_inconsistent_linears` finds those layers by probing one layer of each shape with random rows, alone and
 in batches; :func:`one_row_at_a_time` makes them compute a batch of rows as single rows, the shape ``[..., 1, in]``
-one-token decoding gives them. Exact verification (:mod:`jakiro.exact_attention` for attention) uses both, paying
+one-token decoding gives them. Exact verification (:mod:`jakiro.target.exact_attention` for attention) uses both, paying
 one matrix-vector product per node for the affected layers only.
 """
 

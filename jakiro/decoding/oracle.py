@@ -1,6 +1,6 @@
 """Oracle drafting: the tree a perfect draft (the target itself) would propose, to measure a target's headroom.
 
-With lossless verification of deterministic candidates (:mod:`jakiro.verify`) the accepted path is distributed
+With lossless verification of deterministic candidates (:mod:`jakiro.decoding.verify`) the accepted path is distributed
 exactly as a path sampled from the target, so a tree's expected number of accepted draft tokens is
 
     E[accepted] = sum over its non-root nodes v of P(v),   P(v) = product of the target's (warped) probabilities
@@ -23,10 +23,10 @@ as target forwards and cost far more than any draft, so only tau is meaningful, 
 from __future__ import annotations
 
 import torch
-from jakiro.model.ea_model import EaModel, choose_tree_size
+
+from jakiro.decoding.tree import DraftTree
+from jakiro.decoding.verify import warp_logits
 from jakiro.target import TargetModel
-from jakiro.tree import DraftTree
-from jakiro.verify import warp_logits
 
 
 def target_probs(logits: torch.Tensor, sampling: dict) -> torch.Tensor:
@@ -105,23 +105,3 @@ class OracleDrafter:
         # most probable first; on a tie the shorter path first, so every chosen path's prefix is chosen too
         ranked = sorted(candidates, key=lambda path: (-candidates[path], len(path)))
         return [path for path in ranked[:wanted] if candidates[path] > 0]
-
-
-class OracleEaModel(EaModel):
-    """:class:`EaModel` whose draft tree comes from :class:`OracleDrafter`; the draft head, ``depth`` and ``top_k``
-    are not used (construct it like an EaModel, e.g. ``OracleEaModel.from_pretrained(base, any_draft,
-    total_token=8)``).
-
-    Its output is as lossless as any speculative run (the oracle tree is just another deterministic candidate
-    set); its tau is the most a deterministic ``total_token``-node tree can reach on this target with this sampling
-    setting.
-    """
-
-    def set_tree(self, total_token: int, depth: int = 0, top_k: int = 0) -> None:
-        """Only ``total_token`` shapes the oracle tree (-1 = measure the target and pick, as for EaModel)."""
-        if total_token == -1:
-            total_token = choose_tree_size(self.target)
-        self.drafter = OracleDrafter(self.target, total_token)
-
-    def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict, generator: torch.Generator):
-        return self.drafter.draft_tree(int(tokens[-1]), sampling)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jakiro.tree import DraftTree
+from jakiro.decoding.tree import DraftTree
 
 
 @dataclass

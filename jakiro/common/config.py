@@ -26,9 +26,9 @@ from typing import Any, ClassVar, Sequence
 
 import yaml
 
-from jakiro.io import atomic_write_text
+from jakiro.common.io import atomic_write_text
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -121,7 +121,7 @@ class ModelConfig(_Section):
 
     def validate(self) -> None:
         self._require("device", bool(self.device), "a non-empty device string")
-        from jakiro.hardware import device_problem
+        from jakiro.common.hardware import device_problem
 
         problem = device_problem(self.device)
         if problem:
@@ -132,7 +132,7 @@ class ModelConfig(_Section):
                 what = "not a directory" if Path(path).expanduser().exists() else "not found"
                 raise ConfigError(f"model.{name}: {path} is {what} (give a model directory, a hub id, or null)")
         if self.dtype == "auto":  # resolved here, so every user of the config (and every record) sees the real dtype
-            from jakiro.hardware import auto_dtype
+            from jakiro.common.hardware import auto_dtype
 
             self.dtype = auto_dtype(self.device)
         self._require_choice("dtype", (*DTYPES, "auto"))
@@ -305,7 +305,7 @@ class TrainConfig(_Section):
         self._require_choice("grad_clip_mode", ("value", "norm"))
         self._require_choice("noise", ("uniform", "gaussian", "none"))
         if self.mixed_precision == "auto":  # resolved here, like model.dtype, so records carry what ran
-            from jakiro.hardware import auto_dtype
+            from jakiro.common.hardware import auto_dtype
 
             self.mixed_precision = "bf16" if auto_dtype("auto") == "bfloat16" else "no"  # "auto": GPU if any, else CPU
         self._require_choice("mixed_precision", ("no", "bf16", "fp16", "auto"))

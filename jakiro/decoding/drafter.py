@@ -14,7 +14,7 @@ One round, with k = top_k and D = depth (root = layer 0, candidate layers 1 .. D
    here every candidate hangs under a child of the node whose head 2 proposed it.)
    Draft forwards per round: D with CEPD, D + 1 without, for the same D + 1 candidate layers.
 3. Global rerank: the best ``total_token - 1`` of all k + D*k*k candidates by cumulative score form the tree
-   (ancestor-closed, see :func:`jakiro.tree.select_candidates`), below the root.
+   (ancestor-closed, see :func:`jakiro.decoding.tree.select_candidates`), below the root.
 
 Sibling modes (how a node's k children are proposed):
 
@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import torch
 
+from jakiro.common.masks import additive_mask
 from jakiro.model.draft import DraftCache, DraftHead, DraftOutput
-from jakiro.tree import DraftTree, build_tree, select_candidates
+from jakiro.decoding.tree import DraftTree, build_tree, select_candidates
 
 SIBLING_MODES = ("mixture", "per_expert")
 
@@ -105,8 +106,7 @@ class TreeDrafter:
             else:
                 rows = torch.cat([beam_rows, torch.eye(k, dtype=torch.bool, device=param.device)], dim=1)
                 mask = torch.cat([torch.ones(k, stable_len, dtype=torch.bool, device=param.device), rows], dim=1)
-                additive = torch.zeros(mask.shape, dtype=param.dtype, device=param.device)
-                additive.masked_fill_(~mask, torch.finfo(param.dtype).min)
+                additive = additive_mask(mask, param.dtype)
                 pos = torch.full((1, k), stable_len + layer - 1, device=param.device)
                 want_head2 = self.cepd and layer == depth - 1
                 out = draft(

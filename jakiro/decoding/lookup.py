@@ -2,7 +2,7 @@
 
 Chat answers often repeat stretches of the prompt or of themselves (code, names, lists, a looping small model). The
 speculative loop can graft such a continuation onto the draft tree as one extra branch
-(:func:`jakiro.tree.graft_chain`, ``tree.lookup_tokens``): it costs no draft forward, only a few more verified
+(:func:`jakiro.decoding.tree.graft_chain`, ``tree.lookup_tokens``): it costs no draft forward, only a few more verified
 nodes, and the verifier treats it like any other deterministic candidate, so output stays exactly the target's.
 """
 

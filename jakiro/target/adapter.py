@@ -5,10 +5,10 @@ It runs transformers' own model code (Llama, Qwen2, Mistral, Mixtral, ...) with 
 * ``prefill``: the prompt, causally; returns the last position's logits and every position's feature.
 * ``verify``: a whole draft tree in one forward, with an additive float 4D mask (prefix + ancestors) and explicit
   position ids ``prefix_len + depth`` (on a CPU, grouped KV heads go to the attention kernel uncopied:
-  :mod:`jakiro.gqa_attention`).
+  :mod:`jakiro.target.gqa_attention`).
   With ``exact_verification``, each node's attention is instead computed as one-token decoding computes it
-  (:mod:`jakiro.exact_attention`), and the linear layers whose kernels round a row differently inside a batch
-  compute one row at a time (:mod:`jakiro.exact_linear`), so verification reproduces plain decoding bit for bit.
+  (:mod:`jakiro.target.exact_attention`), and the linear layers whose kernels round a row differently inside a batch
+  compute one row at a time (:mod:`jakiro.target.exact_linear`), so verification reproduces plain decoding bit for bit.
 * ``commit``: KV-cache compaction — keep the prefix plus the accepted root-to-node path, drop the rejected nodes,
   with no re-prefill.
 
@@ -24,12 +24,12 @@ import json
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from jakiro.cpu_linear import few_row_linear
-from jakiro.exact_attention import exact_tree_attention_for
-from jakiro.exact_linear import one_row_at_a_time, row_inconsistent_linears
-from jakiro.gqa_attention import gqa_tree_attention_for
-from jakiro.hf_compat import cache_keyword
-from jakiro.tree import DraftTree, additive_tree_mask, root_paths
+from jakiro.common.cpu_linear import few_row_linear
+from jakiro.target.exact_attention import exact_tree_attention_for
+from jakiro.target.exact_linear import one_row_at_a_time, row_inconsistent_linears
+from jakiro.target.gqa_attention import gqa_tree_attention_for
+from jakiro.common.hf_compat import cache_keyword
+from jakiro.decoding.tree import DraftTree, additive_tree_mask, root_paths
 
 
 _VOLATILE_CONFIG_KEYS = ("dtype", "torch_dtype", "transformers_version", "use_cache")
@@ -68,7 +68,7 @@ class TargetModel:
                              f"{self.sliding_window}); use the default batched verification")
         # probed once: the layers exact verification runs one row at a time on this device
         self.row_by_row = row_inconsistent_linears(model) if exact_verification else []
-        # batched verification's CPU kernels (jakiro.cpu_linear, jakiro.gqa_attention); off only to measure them
+        # batched verification's CPU kernels (jakiro.common.cpu_linear, jakiro.target.gqa_attention); off only to measure them
         self.cpu_kernels = True
 
     @property
@@ -94,7 +94,7 @@ class TargetModel:
         return out.last_hidden_state
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """[..., H] features -> [..., V] float32 logits (a tree's rows on a CPU: :mod:`jakiro.cpu_linear`; exact
+        """[..., H] features -> [..., V] float32 logits (a tree's rows on a CPU: :mod:`jakiro.common.cpu_linear`; exact
         verification keeps the head's own kernel, row by row where it must)."""
         features = features.to(self.lm_head.weight.device)
         if type(self.lm_head) is torch.nn.Linear and self.cpu_kernels and not self.exact_verification:

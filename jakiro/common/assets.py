@@ -16,7 +16,7 @@ Every output is written atomically (temporary sibling, then rename), so a finish
 a second call is a cheap no-op. Cache directory: the ``cache`` argument, else ``$JAKIRO_CACHE``, else
 ``~/.cache/jakiro``. Command line::
 
-    python -m jakiro.assets [--cache-dir DIR] [--with-qwen] [--only smollm2,mtbench,sharegpt]
+    python -m jakiro.common.assets [--cache-dir DIR] [--with-qwen] [--only smollm2,mtbench,sharegpt]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def _say(message: str) -> None:
-    print(f"[jakiro.assets] {message}", flush=True)
+    print(f"[jakiro.common.assets] {message}", flush=True)
 
 
 def _normalise(name: str) -> str:
@@ -391,7 +391,7 @@ ASSETS = {"smollm2": ensure_smollm2, "mtbench": ensure_mtbench, "sharegpt": ensu
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point: materialise the default assets, print their paths."""
-    parser = argparse.ArgumentParser(prog="python -m jakiro.assets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m jakiro.common.assets", description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", help="cache directory (default: $JAKIRO_CACHE or ~/.cache/jakiro)")
     parser.add_argument("--with-qwen", action="store_true",
                         help="also build Qwen2.5-Coder-0.5B-Instruct (478 MB download, 2.4 GB on disk; default: off)")

@@ -1,0 +1,30 @@
+"""``OracleEaModel``: :class:`EaModel` drafting with :class:`jakiro.decoding.oracle.OracleDrafter`, to measure how
+much a perfect deterministic draft could gain on a target (see :mod:`jakiro.decoding.oracle`)."""
+
+from __future__ import annotations
+
+import torch
+
+from jakiro.decoding.oracle import OracleDrafter
+from jakiro.model.ea_model import EaModel
+from jakiro.target import choose_tree_size
+
+
+class OracleEaModel(EaModel):
+    """:class:`EaModel` whose draft tree comes from :class:`OracleDrafter`; the draft head, ``depth`` and ``top_k``
+    are not used (construct it like an EaModel, e.g. ``OracleEaModel.from_pretrained(base, any_draft,
+    total_token=8)``).
+
+    Its output is as lossless as any speculative run (the oracle tree is just another deterministic candidate
+    set); its tau is the most a deterministic ``total_token``-node tree can reach on this target with this sampling
+    setting.
+    """
+
+    def set_tree(self, total_token: int, depth: int = 0, top_k: int = 0) -> None:
+        """Only ``total_token`` shapes the oracle tree (-1 = measure the target and pick, as for EaModel)."""
+        if total_token == -1:
+            total_token = choose_tree_size(self.target)
+        self.drafter = OracleDrafter(self.target, total_token)
+
+    def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict, generator: torch.Generator):
+        return self.drafter.draft_tree(int(tokens[-1]), sampling)
