@@ -191,18 +191,20 @@ RESUME = ["train.num_epochs=3", "train.batch_size=8", "train.warmup_steps=3", "t
           "train.save_every=2", "train.checkpoint_steps=4"]
 
 
-def test_resume_is_bit_identical(tiny, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.unroll_steps=2", "train.packing=true"]], ids=["plain", "unrolled"])
+def test_resume_is_bit_identical(tiny, tmp_path, extra):
+    """``unrolled``: training-time test (2 draft steps per position) on packed batches resumes bit-exactly too."""
     data = dict(train=tiny["train"][:48], test=tiny["test"][:8])  # 6 steps per epoch, 18 in all
-    whole = make_trainer(tiny, tmp_path / "whole", RESUME, **data)
+    whole = make_trainer(tiny, tmp_path / "whole", [*RESUME, *extra], **data)
     whole.train()
     # a run stopped at step 10 (checkpoints at steps 4, 8, 10), then "killed" after step 8's checkpoint: step_10
     # is lost, metrics.jsonl has records past step 8
     cut = tmp_path / "cut"
-    make_trainer(tiny, cut, [*RESUME, "train.stop_after_steps=10"], **data).train()
+    make_trainer(tiny, cut, [*RESUME, *extra, "train.stop_after_steps=10"], **data).train()
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_10", "step_4", "step_8"]
     shutil.rmtree(cut / "checkpoints" / "step_10")
     assert latest_checkpoint(cut).name == "step_8"
-    make_trainer(tiny, cut, RESUME, **data).train(resume=True)
+    make_trainer(tiny, cut, [*RESUME, *extra], **data).train(resume=True)
     want, got = load_file(tmp_path / "whole" / EXPORT / "model.safetensors"), load_file(cut / EXPORT /
                                                                                           "model.safetensors")
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
@@ -212,6 +214,8 @@ def test_resume_is_bit_identical(tiny, tmp_path):
         return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in lines]
 
     assert comparable(cut) == comparable(tmp_path / "whole")  # same log, no duplicated records
+    if extra:
+        assert all("unroll1_loss" in r for r in comparable(cut) if r["type"] == "step")
 
 
 # --- processes --------------------------------------------------------------------------------------------------------
@@ -243,15 +247,29 @@ def one_process(tiny, tmp_path_factory):
     return records(out)
 
 
+UNROLL = ["train.unroll_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_unrolled(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_unrolled")
+    with one_thread():
+        assert main(cli_args(tiny, out, 4, UNROLL)) == 0
+    reset_accelerate()
+    return records(out)
+
+
 def torchrun():
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
             str(29600 + os.getpid() % 300)]
 
 
-@pytest.mark.parametrize("mode", ["gloo", "deepspeed_zero2", "gloo_packed"])
-def test_two_processes_match_one(tiny, one_process, tmp_path, mode):
+@pytest.mark.parametrize("mode", ["gloo", "deepspeed_zero2", "gloo_packed", "gloo_packed_unrolled",
+                                  "deepspeed_zero2_unrolled"])
+def test_two_processes_match_one(tiny, request, tmp_path, mode):
     """Same global batch (2 x 2 vs 1 x 4): same loss curve, to float32 summation-order differences. ``gloo_packed``:
-    the two processes pack their conversations (``train.packing``), the one process pads them.
+    the two processes pack their conversations (``train.packing``), the one process pads them. ``_unrolled``:
+    training-time test (``train.unroll_steps=2``) in both, its per-step losses compared too.
 
     Tolerance: the runs differ only in the order of float32 sums (one 4-sequence batch vs an all-reduce of two
     halves, DeepSpeed's flat partitions), i.e. rounding at ~1e-7 relative per step that Adam can amplify; measured
@@ -259,15 +277,19 @@ def test_two_processes_match_one(tiny, one_process, tmp_path, mode):
     normalisation, a missing all-reduce or another batch order moves the loss by 1e-3 or more.
     """
     extra = {"gloo": [], "gloo_packed": ["train.packing=true"],
-             "deepspeed_zero2": ["train.deepspeed_config=configs/deepspeed_zero2.json"]}[mode]
+             "deepspeed_zero2": ["train.deepspeed_config=configs/deepspeed_zero2.json"]}[mode.removesuffix("_unrolled")]
+    unrolled = mode.endswith("_unrolled")
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port",
                 str(29300 + os.getpid() % 300)] if mode.startswith("gloo") else torchrun()
-    result = launch(cli_args(tiny, tmp_path, 2, extra), launcher)
+    result = launch(cli_args(tiny, tmp_path, 2, [*extra, *(UNROLL if unrolled else [])]), launcher)
     two = records(tmp_path)
-    assert len(two) == len(one_process) == 10
-    for a, b in zip(one_process, two):
+    one = request.getfixturevalue("one_process_unrolled" if unrolled else "one_process")
+    assert len(two) == len(one) == 10
+    for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
+        if unrolled:
+            assert b["unroll1_loss"] == pytest.approx(a["unroll1_loss"], rel=1e-5) and a["unroll1_loss"] > 0
         assert b["tokens"] == a["tokens"] and b["head1_top1"] == pytest.approx(a["head1_top1"], abs=1e-6)
     assert "trained draft" in result.stdout
     DraftHead.from_pretrained(tmp_path / EXPORT)
