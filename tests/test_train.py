@@ -27,7 +27,7 @@ from jakiro.io import sha256_file
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices
-from jakiro.train.main import main, parse_args, resolve_config
+from jakiro.train.main import build_trainer, main, parse_args, resolve_config
 from jakiro.train.trainer import EXPORT, METRICS, Trainer, deepspeed_settings, latest_checkpoint
 from tiny_models import tiny_target
 
@@ -416,3 +416,24 @@ def test_deepspeed_zero3_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     want = load_file(tmp_path / "whole" / EXPORT / "model.safetensors")
     got = load_file(cut / EXPORT / "model.safetensors")
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_init_from_target_starts_from_the_targets_last_layer(tiny, tmp_path, capsys):
+    """draft.init_from_target: the new draft's attention, norm and (equal-width) experts are the target's last
+    layer's at the start of training, a log line says what was copied; train.init_from excludes it."""
+    base = ["--basepath", str(tiny["root"] / "target"), "--tmpdir", str(tiny["features"]), "--cpdir",
+            str(tmp_path / "out"), *[a for o in ("draft.init_from_target=true", "draft.expert_intermediate_size=128",
+                                                 "model.dtype=float32", "train.test_fraction=0.25")
+                                     for a in ("--set", o)]]
+    trainer = build_trainer(resolve_config(parse_args(base)))
+    assert "draft.init_from_target: copied 11 tensors from target layer 1" in capsys.readouterr().out
+    layer, mine = tiny["target"].model.layers[-1], trainer.draft.layers[0]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert torch.equal(getattr(mine.self_attn, name).weight, getattr(layer.self_attn, name).weight)
+    assert torch.equal(mine.post_attention_layernorm.weight, layer.post_attention_layernorm.weight)
+    assert all(torch.equal(expert.down_proj.weight, layer.mlp.down_proj.weight) for expert in mine.mlp_moe.experts)
+    assert trainer.identity["config"]["draft"]["init_from_target"] is True  # a resume with another setting is refused
+    reset_accelerate()
+    code, err = run_cli(capsys, [*base, "--set", f"train.init_from={tmp_path}"])
+    assert code == 2 and err == ["error: train.init_from and draft.init_from_target both set the initial weights; "
+                                 "set only one"]

@@ -55,6 +55,7 @@ from jakiro.config import ConfigError, JakiroConfig, save_config, to_dict
 from jakiro.io import atomic_write_text, differences
 from jakiro.train import checkpoint as ckpt
 from jakiro.model.draft import DraftHead, DraftHeadConfig
+from jakiro.model.target_init import init_from_target_layer
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
                                mix_seed, sequence_lengths)
 from jakiro.train.losses import EPS, draft_losses, head2_mask, load_balancing_loss
@@ -244,12 +245,14 @@ class Trainer:
         initial_weights: a draft state dict (``train.init_from``) to start from instead of a fresh initialization.
         run_inputs: JSON-ready digests of what else decides the result (training data, target), recorded in
             ``run.json`` and compared on resume.
+        target_layer: (index, state dict) of the target's last decoder layer, copied into the new draft's layer
+            where shapes match (``draft.init_from_target``; :mod:`jakiro.model.target_init`), or None.
     """
 
     def __init__(self, cfg: JakiroConfig, draft_config: DraftHeadConfig, embed_tokens: torch.nn.Module,
                  lm_head: torch.nn.Module, train_set: Dataset, test_set: Dataset,
                  draft_vocabulary: torch.Tensor | None = None, initial_weights: dict | None = None,
-                 run_inputs: dict | None = None):
+                 run_inputs: dict | None = None, target_layer: tuple[int, dict] | None = None):
         self.cfg, self.train_cfg = cfg, cfg.train
         train = self.train_cfg
         self.accelerator = acc = make_accelerator(cfg, draft_config)
@@ -263,8 +266,12 @@ class Trainer:
             raise ValueError("pass draft_vocabulary exactly when the draft config sets draft_vocab_size")
         if draft_vocabulary is not None:
             draft.set_draft_vocabulary(draft_vocabulary)
+        if initial_weights is not None and target_layer is not None:
+            raise ValueError("pass initial_weights or target_layer, not both")
         if initial_weights is not None:
             draft.load_state_dict(initial_weights)
+        if target_layer is not None:
+            self._say(init_from_target_layer(draft, target_layer[1], target_layer[0]).summary())
         draft.to(acc.device).bind_target_modules(self.embed_tokens, self.lm_head)
         self.draft, self.draft_config = draft, draft_config
         self.with_head2 = draft_config.parallel_head
