@@ -218,6 +218,22 @@ def test_resume_is_bit_identical(tiny, tmp_path, extra):
         assert all("unroll1_loss" in r for r in comparable(cut) if r["type"] == "step")
 
 
+def test_resume_of_a_run_recorded_before_a_setting_existed(tiny, tmp_path):
+    """A run.json written before train.unroll_steps / unroll_decay and draft.init_from_target existed resumes
+    when they are at their defaults (what the older code did) and is refused when they are not."""
+    data = dict(train=tiny["train"][:16], test=tiny["test"][:4])
+    settings = ["train.num_epochs=1", "train.batch_size=4", "train.checkpoint_steps=2", "train.stop_after_steps=2"]
+    make_trainer(tiny, tmp_path, settings, **data).train()
+    record = json.loads((tmp_path / "run.json").read_text())
+    for section, key in (("train", "unroll_steps"), ("train", "unroll_decay"), ("draft", "init_from_target")):
+        del record["config"][section][key]
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"train.unroll_steps: 1 recorded, 2 now"):
+        make_trainer(tiny, tmp_path, [*settings[:-1], "train.unroll_steps=2"], **data).train(resume=True)
+    make_trainer(tiny, tmp_path, settings[:-1], **data).train(resume=True)
+    assert [r["step"] for r in records(tmp_path)] == [1, 2, 3, 4]
+
+
 # --- processes --------------------------------------------------------------------------------------------------------
 EQUIVALENCE = ["train.num_epochs=2", "train.warmup_steps=2", "train.lr=2e-3", "train.mixed_precision=no",
                "train.grad_clip_mode=norm", "train.grad_clip=0.5", "train.test_fraction=0.25",

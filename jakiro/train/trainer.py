@@ -504,6 +504,12 @@ class Trainer:
                                   "train.output_dir")
             return None
         recorded = self._read_record()
+        # a setting added after the run was recorded reads as its default, which is what the older code did
+        for section, values in run_identity(JakiroConfig(), None)["config"].items():
+            kept = recorded.get("config", {}).get(section)
+            if isinstance(kept, dict):
+                for key, value in values.items():
+                    kept.setdefault(key, value)
         changed = differences({k: recorded.get(k) for k in self.identity}, self.identity)
         if changed:
             raise ConfigError(f"--resume: {out} was trained with other settings or inputs ({'; '.join(changed)}); "
