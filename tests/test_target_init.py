@@ -57,8 +57,9 @@ def test_experts_of_another_width_are_left_and_named():
     report = init_from_target_layer(draft, last_decoder_layer(target)[1].state_dict(), 1)
     check_copied_and_untouched(draft, before, report,
                                [f"self_attn.{n}.weight" for n in ATTENTION] + ["post_attention_layernorm.weight"])
-    assert report.skipped["layers.0.mlp_moe.experts"] == ("64 wide, the target's MLP is 128 wide "
-                                                         "(draft.expert_intermediate_size)")
+    assert report.skipped["layers.0.mlp_moe.experts"] == ("64 wide, the target's MLP 128: "
+                                                         "draft.expert_intermediate_size=128 copies it")
+    assert report.skipped["layers.0.mlp_moe.gate.weight"] == "the target's MLP is dense: no router"
     assert "layers.0.mlp_moe.experts (64 wide" in report.summary()
 
 
@@ -98,7 +99,7 @@ def test_fused_mixture_of_experts_expert_by_expert():
     assert torch.equal(draft.layers[0].mlp_moe.experts[1].down_proj.weight, small_layer.mlp.experts.down_proj[1])
     assert torch.equal(draft.layers[0].mlp_moe.experts[2].down_proj.weight, down[2])  # left as it was
     assert report.skipped["layers.0.mlp_moe.experts.2-3"] == "the target has only 2 experts"
-    assert "layers.0.mlp_moe.gate.weight" in report.skipped  # a 2-expert router does not fit 4 experts
+    assert report.skipped["layers.0.mlp_moe.gate.weight"] == "the target's router has 2 experts"
 
 
 def test_init_draft_command_line(tmp_path, capsys):

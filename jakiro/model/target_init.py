@@ -84,12 +84,12 @@ def init_from_target_layer(draft: nn.Module, layer_state: dict[str, torch.Tensor
 
     moe = draft.layers[0].mlp_moe
     width = moe.experts[0].gate_proj.weight.shape[0]
-    router_copied = False
+    router_copied, no_router = False, "the target's MLP is dense: no router"
     if "mlp.gate_proj.weight" in layer_state:  # a dense MLP: into every expert
         target_width = layer_state["mlp.gate_proj.weight"].shape[0]
         if target_width != width:
-            report.skipped[f"{prefix}mlp_moe.experts"] = (f"{width} wide, the target's MLP is {target_width} wide "
-                                                          "(draft.expert_intermediate_size)")
+            report.skipped[f"{prefix}mlp_moe.experts"] = (f"{width} wide, the target's MLP {target_width}: "
+                                                          f"draft.expert_intermediate_size={target_width} copies it")
         else:
             for e in range(moe.num_experts):
                 for proj in _PROJECTIONS:
@@ -99,8 +99,8 @@ def init_from_target_layer(draft: nn.Module, layer_state: dict[str, torch.Tensor
         gate_up, down = layer_state["mlp.experts.gate_up_proj"], layer_state["mlp.experts.down_proj"]
         count, target_width = gate_up.shape[0], gate_up.shape[1] // 2
         if target_width != width:
-            report.skipped[f"{prefix}mlp_moe.experts"] = (f"{width} wide, the target's experts are {target_width} "
-                                                          "wide (draft.expert_intermediate_size)")
+            report.skipped[f"{prefix}mlp_moe.experts"] = (f"{width} wide, the target's experts {target_width}: "
+                                                          f"draft.expert_intermediate_size={target_width} copies them")
         else:
             for e in range(min(moe.num_experts, count)):
                 source = f"mlp.experts[{e}]"
@@ -111,14 +111,16 @@ def init_from_target_layer(draft: nn.Module, layer_state: dict[str, torch.Tensor
                 report.skipped[f"{prefix}mlp_moe.experts.{count}-{moe.num_experts - 1}"] = (
                     f"the target has only {count} experts")
         router = layer_state.get("mlp.gate.weight")
+        no_router = f"the target's router has {count} experts"
         if moe.gate is not None and router is not None and router.shape[0] == moe.num_experts:
             moe.gate.weight[: moe.num_experts].copy_(router.to(moe.gate.weight.dtype))
             report.copied.append(f"{prefix}mlp_moe.gate.weight[:{moe.num_experts}]")
             router_copied = True
     else:
         report.skipped[f"{prefix}mlp_moe.experts"] = "the target's MLP layout is not recognised"
+        no_router = "the target's MLP layout is not recognised"
     if moe.gate is not None and not router_copied:
-        report.skipped[f"{prefix}mlp_moe.gate.weight"] = "the router has no counterpart of its size in the target"
+        report.skipped[f"{prefix}mlp_moe.gate.weight"] = no_router
     elif moe.gate is not None and moe.parallel_head:
         report.skipped[f"{prefix}mlp_moe.gate.weight[{moe.num_experts}:]"] = "the CEPD router has no counterpart"
     report.skipped["fc"] = "no counterpart in the target"
