@@ -13,7 +13,9 @@ What a run does (``cfg.train`` holds every number):
   which gives the same losses without computing padding (:mod:`jakiro.train.data`). Evaluation uses padded rows.
 * Each micro-batch: noise on the input features, draft forward (both heads), the losses of
   :mod:`jakiro.train.losses` normalised by the loss-weight sum of the *global* batch, so N processes with batch b
-  compute the same update as one process with batch N b.
+  compute the same update as one process with batch N b. ``train.unroll_steps`` K > 1 (training-time test): the
+  draft also runs K - 1 steps on its own outputs (:mod:`jakiro.train.unroll`), each with those losses, weighted
+  ``unroll_decay ** j``.
 * A checkpoint (:mod:`jakiro.train.checkpoint`: tensors and JSON, no pickles; DeepSpeed: ``accelerator.save_state``
   with every file's hash recorded) to ``output_dir/checkpoints/step_N`` every ``checkpoint_steps`` optimizer
   steps, at evaluation epochs and at the end (written to a temporary folder, then renamed, so a killed run never
