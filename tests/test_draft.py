@@ -534,3 +534,47 @@ def test_bf16_draft_forward(num_experts, k, parallel_head):
         out = draft(features.to(torch.bfloat16), ids, positions, with_head2=parallel_head, with_experts=True)
     assert out.head1.dtype == torch.bfloat16 and out.expert_weights.dtype == torch.float32
     assert torch.isfinite(draft.logits(out.head1).float()).all()
+
+
+# -- expert width (draft.expert_intermediate_size) -------------------------------------------------------------------
+@pytest.mark.parametrize("width", [None, 96, 128])
+def test_expert_width_shapes_forward_backward_and_config_json(tmp_path, width):
+    """Experts of any width: the reference's hidden-size experts (None), or as wide as the target's MLP (128 here,
+    EAGLE-2's width); recorded in config.json, and the draft trains (every parameter gets a finite gradient)."""
+    target = tiny_target("llama", 64)
+    config = DraftHeadConfig.for_target(target.config, expert_intermediate_size=width)
+    inner = width or target.config.hidden_size
+    torch.manual_seed(0)
+    draft = DraftHead(config)
+    draft.bind_target_modules(target.get_input_embeddings(), target.get_output_embeddings())
+    for expert in draft.layers[0].mlp_moe.experts:
+        assert expert.gate_proj.weight.shape == expert.up_proj.weight.shape == (inner, 64)
+        assert expert.down_proj.weight.shape == (64, inner)
+    features, ids = torch.randn(2, 5, 64), torch.randint(0, 64, (2, 5))
+    out = draft(features, ids, torch.arange(5).expand(2, 5), with_head2=True)
+    assert out.head1.shape == out.head2.shape == (2, 5, 64)
+    (out.head1.square().mean() + out.head2.square().mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+               for p in draft.parameters())
+    draft.save_pretrained(tmp_path / "d")
+    assert '"expert_intermediate_size": %d' % inner in (tmp_path / "d" / "config.json").read_text()
+    assert DraftHead.from_pretrained(tmp_path / "d").layers[0].mlp_moe.experts[0].down_proj.weight.shape == (64, inner)
+
+
+def test_expert_width_from_the_config_and_equal_parameter_count():
+    """draft.expert_intermediate_size sizes the draft trained from a config; two experts of half EAGLE-2's width have
+    EAGLE-2's MLP parameter count; a bad width is a ConfigError naming the key."""
+    from jakiro.common.config import ConfigError, load_config
+    from jakiro.train.main import draft_architecture
+
+    target = tiny_target("llama", 64)
+    config = draft_architecture(load_config(None, ["draft.expert_intermediate_size=64"]), target.config)
+    eagle2 = draft_architecture(load_config("eagle2", ["draft.expert_intermediate_size=128"]), target.config)
+    assert config.expert_intermediate_size == 64 and eagle2.expert_intermediate_size == 128
+
+    def mlp_parameters(c):
+        return sum(p.numel() for p in DraftHead(c).layers[0].mlp_moe.experts.parameters())
+
+    assert mlp_parameters(config) == mlp_parameters(eagle2) == 3 * 64 * 128
+    with pytest.raises(ConfigError, match=r"draft.expert_intermediate_size: expected null or an integer >= 1, got 0"):
+        load_config(None, ["draft.expert_intermediate_size=0"])

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "jakiro.common": 0, "jakiro.drafts": 0, "jakiro_star.tree_choices": 0,  # foundations and data
     "jakiro.decoding.tree": 1, "jakiro.model.draft": 1, "jakiro.model.moe": 1, "jakiro.model.init_draft": 1,
+    "jakiro.model.target_init": 1,
     "jakiro.target": 2,
     "jakiro.decoding": 3, "jakiro_star": 3,
     "jakiro.model": 4, "jakiro_star.model": 4, "jakiro.__init__": 4,

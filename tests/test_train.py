@@ -27,7 +27,7 @@ from jakiro.common.io import sha256_file
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices
-from jakiro.train.main import main, parse_args, resolve_config
+from jakiro.train.main import build_trainer, main, parse_args, resolve_config
 from jakiro.train.trainer import EXPORT, METRICS, Trainer, deepspeed_settings, latest_checkpoint
 from tiny_models import tiny_target
 
@@ -191,18 +191,20 @@ RESUME = ["train.num_epochs=3", "train.batch_size=8", "train.warmup_steps=3", "t
           "train.save_every=2", "train.checkpoint_steps=4"]
 
 
-def test_resume_is_bit_identical(tiny, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.unroll_steps=2", "train.packing=true"]], ids=["plain", "unrolled"])
+def test_resume_is_bit_identical(tiny, tmp_path, extra):
+    """``unrolled``: training-time test (2 draft steps per position) on packed batches resumes bit-exactly too."""
     data = dict(train=tiny["train"][:48], test=tiny["test"][:8])  # 6 steps per epoch, 18 in all
-    whole = make_trainer(tiny, tmp_path / "whole", RESUME, **data)
+    whole = make_trainer(tiny, tmp_path / "whole", [*RESUME, *extra], **data)
     whole.train()
     # a run stopped at step 10 (checkpoints at steps 4, 8, 10), then "killed" after step 8's checkpoint: step_10
     # is lost, metrics.jsonl has records past step 8
     cut = tmp_path / "cut"
-    make_trainer(tiny, cut, [*RESUME, "train.stop_after_steps=10"], **data).train()
+    make_trainer(tiny, cut, [*RESUME, *extra, "train.stop_after_steps=10"], **data).train()
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_10", "step_4", "step_8"]
     shutil.rmtree(cut / "checkpoints" / "step_10")
     assert latest_checkpoint(cut).name == "step_8"
-    make_trainer(tiny, cut, RESUME, **data).train(resume=True)
+    make_trainer(tiny, cut, [*RESUME, *extra], **data).train(resume=True)
     want, got = load_file(tmp_path / "whole" / EXPORT / "model.safetensors"), load_file(cut / EXPORT /
                                                                                           "model.safetensors")
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
@@ -212,6 +214,24 @@ def test_resume_is_bit_identical(tiny, tmp_path):
         return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in lines]
 
     assert comparable(cut) == comparable(tmp_path / "whole")  # same log, no duplicated records
+    if extra:
+        assert all("unroll1_loss" in r for r in comparable(cut) if r["type"] == "step")
+
+
+def test_resume_of_a_run_recorded_before_a_setting_existed(tiny, tmp_path):
+    """A run.json written before train.unroll_steps / unroll_decay and draft.init_from_target existed resumes
+    when they are at their defaults (what the older code did) and is refused when they are not."""
+    data = dict(train=tiny["train"][:16], test=tiny["test"][:4])
+    settings = ["train.num_epochs=1", "train.batch_size=4", "train.checkpoint_steps=2", "train.stop_after_steps=2"]
+    make_trainer(tiny, tmp_path, settings, **data).train()
+    record = json.loads((tmp_path / "run.json").read_text())
+    for section, key in (("train", "unroll_steps"), ("train", "unroll_decay"), ("draft", "init_from_target")):
+        del record["config"][section][key]
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"train.unroll_steps: 1 recorded, 2 now"):
+        make_trainer(tiny, tmp_path, [*settings[:-1], "train.unroll_steps=2"], **data).train(resume=True)
+    make_trainer(tiny, tmp_path, settings[:-1], **data).train(resume=True)
+    assert [r["step"] for r in records(tmp_path)] == [1, 2, 3, 4]
 
 
 # --- processes --------------------------------------------------------------------------------------------------------
@@ -243,15 +263,29 @@ def one_process(tiny, tmp_path_factory):
     return records(out)
 
 
+UNROLL = ["train.unroll_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_unrolled(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_unrolled")
+    with one_thread():
+        assert main(cli_args(tiny, out, 4, UNROLL)) == 0
+    reset_accelerate()
+    return records(out)
+
+
 def torchrun():
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
             str(29600 + os.getpid() % 300)]
 
 
-@pytest.mark.parametrize("mode", ["gloo", "deepspeed_zero2", "gloo_packed"])
-def test_two_processes_match_one(tiny, one_process, tmp_path, mode):
+@pytest.mark.parametrize("mode", ["gloo", "deepspeed_zero2", "gloo_packed", "gloo_packed_unrolled",
+                                  "deepspeed_zero2_unrolled"])
+def test_two_processes_match_one(tiny, request, tmp_path, mode):
     """Same global batch (2 x 2 vs 1 x 4): same loss curve, to float32 summation-order differences. ``gloo_packed``:
-    the two processes pack their conversations (``train.packing``), the one process pads them.
+    the two processes pack their conversations (``train.packing``), the one process pads them. ``_unrolled``:
+    training-time test (``train.unroll_steps=2``) in both, its per-step losses compared too.
 
     Tolerance: the runs differ only in the order of float32 sums (one 4-sequence batch vs an all-reduce of two
     halves, DeepSpeed's flat partitions), i.e. rounding at ~1e-7 relative per step that Adam can amplify; measured
@@ -259,15 +293,19 @@ def test_two_processes_match_one(tiny, one_process, tmp_path, mode):
     normalisation, a missing all-reduce or another batch order moves the loss by 1e-3 or more.
     """
     extra = {"gloo": [], "gloo_packed": ["train.packing=true"],
-             "deepspeed_zero2": ["train.deepspeed_config=configs/deepspeed_zero2.json"]}[mode]
+             "deepspeed_zero2": ["train.deepspeed_config=configs/deepspeed_zero2.json"]}[mode.removesuffix("_unrolled")]
+    unrolled = mode.endswith("_unrolled")
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port",
                 str(29300 + os.getpid() % 300)] if mode.startswith("gloo") else torchrun()
-    result = launch(cli_args(tiny, tmp_path, 2, extra), launcher)
+    result = launch(cli_args(tiny, tmp_path, 2, [*extra, *(UNROLL if unrolled else [])]), launcher)
     two = records(tmp_path)
-    assert len(two) == len(one_process) == 10
-    for a, b in zip(one_process, two):
+    one = request.getfixturevalue("one_process_unrolled" if unrolled else "one_process")
+    assert len(two) == len(one) == 10
+    for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
+        if unrolled:
+            assert b["unroll1_loss"] == pytest.approx(a["unroll1_loss"], rel=1e-5) and a["unroll1_loss"] > 0
         assert b["tokens"] == a["tokens"] and b["head1_top1"] == pytest.approx(a["head1_top1"], abs=1e-6)
     assert "trained draft" in result.stdout
     DraftHead.from_pretrained(tmp_path / EXPORT)
@@ -394,3 +432,24 @@ def test_deepspeed_zero3_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     want = load_file(tmp_path / "whole" / EXPORT / "model.safetensors")
     got = load_file(cut / EXPORT / "model.safetensors")
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_init_from_target_starts_from_the_targets_last_layer(tiny, tmp_path, capsys):
+    """draft.init_from_target: the new draft's attention, norm and (equal-width) experts are the target's last
+    layer's at the start of training, a log line says what was copied; train.init_from excludes it."""
+    base = ["--basepath", str(tiny["root"] / "target"), "--tmpdir", str(tiny["features"]), "--cpdir",
+            str(tmp_path / "out"), *[a for o in ("draft.init_from_target=true", "draft.expert_intermediate_size=128",
+                                                 "model.dtype=float32", "train.test_fraction=0.25")
+                                     for a in ("--set", o)]]
+    trainer = build_trainer(resolve_config(parse_args(base)))
+    assert "draft.init_from_target: copied 11 tensors from target layer 1" in capsys.readouterr().out
+    layer, mine = tiny["target"].model.layers[-1], trainer.draft.layers[0]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert torch.equal(getattr(mine.self_attn, name).weight, getattr(layer.self_attn, name).weight)
+    assert torch.equal(mine.post_attention_layernorm.weight, layer.post_attention_layernorm.weight)
+    assert all(torch.equal(expert.down_proj.weight, layer.mlp.down_proj.weight) for expert in mine.mlp_moe.experts)
+    assert trainer.identity["config"]["draft"]["init_from_target"] is True  # a resume with another setting is refused
+    reset_accelerate()
+    code, err = run_cli(capsys, [*base, "--set", f"train.init_from={tmp_path}"])
+    assert code == 2 and err == ["error: train.init_from and draft.init_from_target both set the initial weights; "
+                                 "set only one"]

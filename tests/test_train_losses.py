@@ -15,7 +15,8 @@ from jakiro.train.losses import (
     soft_cross_entropy,
     weighted_sum,
 )
-from jakiro.train.metrics import chain_mask, draft_chain, topk_correct
+from jakiro.train.metrics import draft_chain, topk_correct
+from jakiro.train.unroll import chain_mask
 
 
 def identity_head(x):

@@ -138,25 +138,35 @@ def trainer(target, tmp_path, packing, extra=()):
     return Trainer(cfg, config, target.get_input_embeddings(), target.get_output_embeddings(), data, data[:2])
 
 
-def test_packed_and_padded_batches_give_the_same_loss_and_gradients(target, tmp_path):
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_packed_and_padded_batches_give_the_same_loss_and_gradients(target, tmp_path, unroll):
     """The acceptance check of packing: one micro-step's losses, accuracies and gradients agree to float32
-    summation order (measured: ~1e-7 relative), the same update from the same data."""
+    summation order (measured: ~1e-7 relative), the same update from the same data. ``unroll`` 3 (training-time
+    test): every unrolled step too, so no step's attention, target or head-2 pair crosses into another
+    conversation."""
     results = []
     for packing in (False, True):
-        tr = trainer(target, tmp_path, packing, ["train.load_balance_w=0.01", "train.batch_size=6"])
+        tr = trainer(target, tmp_path, packing, ["train.load_balance_w=0.01", "train.batch_size=6",
+                                                 f"train.unroll_steps={unroll}"])
         batch = next(iter(tr._loader(tr.train_set, tr.train_sampler, packing)))
         assert ("segments" in batch) == packing
         inputs = tr._inputs(batch, epoch=0)
-        terms, scores = tr._losses(tr.model, inputs, tr._global_normalizers(inputs["mask"], inputs["positions"]))
+        terms, scores, later = tr._losses(tr.model, inputs, tr._global_normalizers(inputs["mask"],
+                                                                                   inputs["positions"]))
+        assert len(later) == unroll - 1
         terms.total.backward()
         grads = {n: p.grad.clone() for n, p in tr.draft.named_parameters() if p.grad is not None}
         sums = Sums()
         tr._add_scores(sums, terms, scores)
-        results.append((terms, grads, sums.values, inputs["tokens"]))
-    (a, grads_a, sums_a, tokens_a), (b, grads_b, sums_b, tokens_b) = results
+        results.append((terms, grads, sums.values, inputs["tokens"], [t for t, _ in later]))
+    (a, grads_a, sums_a, tokens_a, later_a), (b, grads_b, sums_b, tokens_b, later_b) = results
     assert tokens_a == tokens_b == 81
     for name in ("total", "v1", "p1", "v2", "p2", "balance"):
         torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-5, atol=1e-7)
+    for step_a, step_b in zip(later_a, later_b):
+        assert step_a.v1 > 0 and step_a.v2 > 0
+        for name in ("total", "v1", "p1", "v2", "p2"):
+            torch.testing.assert_close(getattr(step_b, name), getattr(step_a, name), rtol=1e-5, atol=1e-7)
     assert a.v2 > 0 and a.balance > 0
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 5
     for name in grads_a:

@@ -144,10 +144,13 @@ class DraftConfig(_Section):
     SECTION: ClassVar[str] = "draft"
     num_experts: int = 2  # experts in the draft's MoE block (1 = a dense EAGLE-2 style draft)
     experts_per_token: int = 2  # experts routed per token (top-k of the router)
-    expert_intermediate_size: int | None = None  # expert MLP width; None = the target's hidden size (reference)
+    expert_intermediate_size: int | None = None  # width of each expert's SwiGLU MLP; None = the target's hidden
+    # size (the reference's choice); the target's intermediate_size gives EAGLE-2's width (docs/training.md)
     parallel_head: bool = True  # second (contrastive / CEPD) head predicting the token after next
     bias: bool = True  # biases in the draft's fc and attention projections (reference: false for LLaMA-3)
     vocab_size: int | None = None  # draft vocabulary: the N most frequent training tokens; None = the target's own
+    init_from_target: bool = False  # a new draft's decoder layer starts from the target's last decoder layer
+    # (attention, post-attention norm; experts where the shapes match); false = random initialization
 
     def validate(self) -> None:
         self._require("num_experts", self.num_experts >= 1, "an integer >= 1")
@@ -287,6 +290,9 @@ class TrainConfig(_Section):
     stop_after_steps: int = 0  # stop (with a checkpoint) after this many optimizer steps; 0 = run every epoch
     load_balance_w: float = 0.0  # weight of the Switch load-balancing loss on head-1 routing; 0 = off
     eval_draft_steps: int = 4  # autoregressive draft steps k = 0..n-1 scored on the test set
+    unroll_steps: int = 1  # training-time test: the draft runs this many steps per training position, every step
+    # after the first on its own previous output (as when drafting), with a loss at each; 1 = no unrolling
+    unroll_decay: float = 0.8  # loss weight of unrolled step j (0-based) = unroll_decay ** j (step 0 weighs 1)
     report_to: str = "none"  # accelerate trackers: "none", "tensorboard", "wandb" or "tensorboard,wandb"
 
     def validate(self) -> None:
@@ -296,12 +302,15 @@ class TrainConfig(_Section):
         self._require_choice("schedule", ("cosine", "linear", "constant"))
         for name in ("warmup_steps", "num_workers"):
             self._require(name, getattr(self, name) >= 0, "an integer >= 0")
-        for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "max_len", "save_every"):
+        for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "max_len", "save_every",
+                     "unroll_steps"):
             self._require(name, getattr(self, name) >= 1, "an integer >= 1")
         for name in ("checkpoint_steps", "stop_after_steps", "eval_draft_steps", "batch_tokens"):
             self._require(name, getattr(self, name) >= 0, "an integer >= 0")
         for name in ("v_w", "p_w", "parallel_w", "grad_clip", "noise_std", "load_balance_w"):
             self._require(name, getattr(self, name) >= 0, "a number >= 0")
+        self._require("unroll_decay", self.unroll_decay > 0, "a number > 0 (step j's loss weight is "
+                      "unroll_decay ** j)")
         self._require_choice("grad_clip_mode", ("value", "norm"))
         self._require_choice("noise", ("uniform", "gaussian", "none"))
         if self.mixed_precision == "auto":  # resolved here, like model.dtype, so records carry what ran

@@ -1,13 +1,15 @@
 """Write an untrained draft directory sized from a target model's config.
 
     python -m jakiro.model.init_draft --base-model-path DIR --out DIR [--num-experts N] [--experts-per-token K]
-                                      [--no-parallel-head] [--expert-intermediate-size I] [--no-bias] [--seed S]
-                                      [--force]
+                                      [--no-parallel-head] [--expert-intermediate-size I] [--no-bias]
+                                      [--init-from-target] [--seed S] [--force]
 
 An existing ``--out`` (a draft, trained or not, or any other non-empty directory) is replaced only with ``--force``.
 
-Only the target's ``config.json`` is read. The result loads with ``EaModel.from_pretrained`` (speculative decoding
-stays lossless with any draft, trained or not) and is the starting point of training.
+Only the target's ``config.json`` is read, unless ``--init-from-target`` (``draft.init_from_target``) starts the
+draft's decoder layer from the target's last one (:mod:`jakiro.model.target_init`). The result loads with
+``EaModel.from_pretrained`` (speculative decoding stays lossless with any draft, trained or not) and is the starting
+point of training.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers import AutoConfig
 from jakiro.common.assets import cache_dir
 from jakiro.common.io import check_output
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
+from jakiro.model.target_init import init_from_target_layer, last_decoder_layer
 
 
 def init_draft(
@@ -34,8 +37,10 @@ def init_draft(
     bias: bool = True,
     seed: int = 0,
     force: bool = False,
+    init_from_target: bool = False,
 ) -> DraftHead:
-    """Create, save and return a randomly initialised draft head for the target at ``base_model_path``.
+    """Create, save and return a randomly initialised draft head for the target at ``base_model_path``;
+    ``init_from_target``: its decoder layer copied from the target's last one where shapes match (printed to stderr).
 
     Raises ValueError (:class:`jakiro.common.io.OutputExists`) if ``out`` is a file, or a non-empty directory and not
     ``force``."""
@@ -49,6 +54,15 @@ def init_draft(
     )
     torch.manual_seed(seed)
     draft = DraftHead(config)
+    if init_from_target:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            target = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot load the target's weights from {base_model_path}: {err}") from None
+        index, layer = last_decoder_layer(target)
+        print(init_from_target_layer(draft, layer.state_dict(), index).summary(), file=sys.stderr)
     draft.save_pretrained(out)
     return draft
 
@@ -60,10 +74,13 @@ def resolve_draft(cfg, base_model_path: str) -> tuple[str, bool]:
         return cfg.model.draft_path, True
     d = cfg.draft
     shape = f"e{d.num_experts}k{d.experts_per_token}{'-cepd' if d.parallel_head else ''}"
+    shape += "".join(suffix for suffix, on in ((f"-w{d.expert_intermediate_size}", d.expert_intermediate_size),
+                                               ("-nobias", not d.bias), ("-tinit", d.init_from_target)) if on)
     untrained = cache_dir() / "drafts" / f"untrained-{Path(base_model_path).name}-{shape}"
     if not (untrained / CONFIG_NAME).is_file():
         init_draft(base_model_path, str(untrained), d.num_experts, d.experts_per_token, d.parallel_head,
-                   d.expert_intermediate_size, d.bias, force=True)  # the cache's own (maybe half-written) dir
+                   d.expert_intermediate_size, d.bias, force=True,  # the cache's own (maybe half-written) dir
+                   init_from_target=d.init_from_target)
     return str(untrained), False
 
 
@@ -83,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="expert MLP width (default: the target's hidden size)")
     parser.add_argument("--no-bias", action="store_true",
                         help="no bias in the fc fusion layer (default: a bias, as the reference)")
+    parser.add_argument("--init-from-target", action="store_true",
+                        help="start the decoder layer from the target's last one where shapes match (loads the "
+                             "target's weights; default: random)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random initialisation (default 0)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out directory (default: refuse)")
@@ -91,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         draft = init_draft(
             args.base_model_path, args.out, args.num_experts, args.experts_per_token or args.num_experts, parallel,
-            args.expert_intermediate_size, not args.no_bias, args.seed, args.force,
+            args.expert_intermediate_size, not args.no_bias, args.seed, args.force, args.init_from_target,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

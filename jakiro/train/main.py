@@ -14,6 +14,8 @@ The reference's flags work too: ``--basepath`` (model.base_model_path), ``--tmpd
 ``train.mixed_precision`` (then it is an error, not a silent override).
 ``--set train.init_from=DIR`` starts from a trained draft (its architecture, vocabulary and weights) instead of a
 new one: a second training stage, e.g. on other data, with a fresh optimizer and schedule.
+``--set draft.init_from_target=true`` starts a new draft's decoder layer from the target's last one (logged: what
+was copied, what was not); ``--set train.unroll_steps=K`` trains with training-time test (docs/training.md).
 Outputs in train.output_dir: ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``checkpoints/step_N`` and
 the trained draft directory ``draft/`` (loads with ``EaModel.from_pretrained(base, ea_model_path=...)``).
 Exit code 2 with a one-line message for a bad config key or value, missing / empty / foreign / corrupted training
@@ -38,6 +40,7 @@ from torch.utils.data import Subset
 from jakiro.common.config import (ConfigError, JakiroConfig, _read_file, _resolve_path, add_config_arguments,
                            config_from_args)
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
+from jakiro.model.target_init import last_decoder_layer
 from jakiro.drafts import resolve_draft_path
 from jakiro.common.io import OutputExists, check_model_files, sha256_path
 from jakiro.target import target_identity
@@ -140,15 +143,20 @@ def target_config(path: str):
                           f"{str(err).splitlines()[0]}") from None
 
 
-def load_target_modules(cfg: JakiroConfig, path: str):
-    """The target's (input embedding, LM head) as float32 modules; the rest of the model is dropped."""
+def load_target(cfg: JakiroConfig, path: str):
+    """The target causal LM in ``model.dtype``."""
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.model.dtype))
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.model.dtype))
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.base_model_path: cannot load a causal LM from {path}: "
                           f"{str(err).splitlines()[0]}") from None
+
+
+def load_target_modules(cfg: JakiroConfig, path: str):
+    """The target's (input embedding, LM head) as float32 modules; the rest of the model is dropped."""
+    model = load_target(cfg, path)
     return model.get_input_embeddings().float(), model.get_output_embeddings().float()
 
 
@@ -182,6 +190,8 @@ def initial_draft(cfg: JakiroConfig, text_config) -> DraftHead | None:
         return None
     if cfg.train.draft_config is not None:
         raise ConfigError("train.init_from and train.draft_config both fix the architecture; set only one")
+    if cfg.draft.init_from_target:
+        raise ConfigError("train.init_from and draft.init_from_target both set the initial weights; set only one")
     try:
         draft = DraftHead.from_pretrained(source)
     except ValueError as err:
@@ -203,7 +213,13 @@ def build_trainer(cfg: JakiroConfig):
     check_compatible(info, text_config.hidden_size, text_config.vocab_size, path)
     init = initial_draft(cfg, text_config)
     draft_config = draft_architecture(cfg, text_config) if init is None else init.config
-    embed, head = load_target_modules(cfg, path)
+    model = load_target(cfg, path)
+    embed, head = model.get_input_embeddings().float(), model.get_output_embeddings().float()
+    target_layer = None
+    if cfg.draft.init_from_target:
+        index, layer = last_decoder_layer(model)
+        target_layer = (index, {k: v.float() for k, v in layer.state_dict().items()})
+    del model
     identity = target_identity(text_config, head.weight)
     check_same_target(info, identity, path)
     train_idx, test_idx = split_indices(len(dataset), cfg.train.test_fraction, cfg.train.seed)
@@ -221,7 +237,7 @@ def build_trainer(cfg: JakiroConfig):
     return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary,
                    None if init is None else init.state_dict(),
                    run_inputs={"data_sha256": info["data_sha256"], "target_identity": identity,
-                               "init_from": init_digest})
+                               "init_from": init_digest}, target_layer=target_layer)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m jakiro.train.main", preset: Sequence[str] = (),

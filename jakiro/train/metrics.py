@@ -17,8 +17,7 @@ from typing import Callable
 
 import torch
 
-from jakiro.common.masks import additive_mask
-from jakiro.model.draft import DraftCache
+from jakiro.train.unroll import ahead, run_chain
 
 ROW_CHUNK = 1024  # rows per LM-head call when only the argmax is needed (bounds the [rows, V] memory)
 
@@ -41,49 +40,30 @@ def greedy_tokens(lm_head: Callable[[torch.Tensor], torch.Tensor], features: tor
     return torch.cat(out).reshape(features.shape[:-1]) if out else features.new_zeros(features.shape[:-1]).long()
 
 
-def chain_mask(length: int, step: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[1, 1, S, S * (step + 1)] additive mask for chain step ``step`` >= 1 of all S start positions at once.
-
-    The cache holds the S context positions, then one block of S chain nodes per earlier step. The node of start t
-    sees context positions <= t and its own chain nodes (position t of every block, itself included).
-    """
-    context = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    own = torch.eye(length, dtype=torch.bool, device=device).repeat(1, step)
-    allowed = torch.cat([context, own], dim=1)
-    return additive_mask(allowed, dtype)[None, None]
-
-
-def _ahead(x: torch.Tensor, k: int, fill) -> torch.Tensor:
-    """[B, S] -> [B, S] with out[:, t] = x[:, t + k] (``fill`` past the end)."""
-    if k == 0:
-        return x
-    pad = torch.full_like(x[:, :k], fill)
-    return torch.cat([x[:, k:], pad], dim=1)
-
-
 @torch.no_grad()
 def draft_chain(draft, features: torch.Tensor, input_ids: torch.Tensor, steps: int) -> torch.Tensor:
     """[steps, B, S] greedy tokens of the draft's autoregressive steps from every start position at once.
 
     Step 0 at start t is the draft's token after its head-1 feature at t (true inputs 0..t); step k >= 1 feeds the
     draft its own previous feature and token at position t + k, attending to the true context <= t and to its own
-    chain (one block of S cache entries per step, masked by :func:`chain_mask`).
+    chain (:func:`jakiro.train.unroll.run_chain`).
 
     Args:
         draft: a :class:`DraftHead` with bound target modules.
         features: [B, S, H] true features f_t (model dtype); input_ids: [B, S] tokens x_{t+1}.
     """
     b, s, _ = features.shape
-    positions = torch.arange(s, device=features.device).expand(b, s)
-    cache = DraftCache()
-    out = draft(features, input_ids, positions, cache=cache).head1
+    if steps == 0:
+        return input_ids.new_zeros(0, b, s)
     tokens = []
-    for k in range(steps):
-        tokens.append(greedy_tokens(draft.logits, out))
-        if k + 1 < steps:
-            attention = chain_mask(s, k + 1, out.dtype, out.device)
-            out = draft(out, tokens[-1], positions + k + 1, attention_mask=attention, cache=cache).head1
-    return torch.stack(tokens) if tokens else input_ids.new_zeros(0, b, s)
+
+    def own_tokens(k: int, previous) -> torch.Tensor:  # the draft's greedy token after its previous feature
+        tokens.append(greedy_tokens(draft.logits, previous.head1))
+        return tokens[-1]
+
+    last = run_chain(draft, features, input_ids, steps, own_tokens)[-1]
+    tokens.append(greedy_tokens(draft.logits, last.head1))
+    return torch.stack(tokens)
 
 
 @torch.no_grad()
@@ -110,8 +90,8 @@ def draft_chain_accuracy(draft, features: torch.Tensor, input_ids: torch.Tensor,
     scored = torch.ones_like(on_greedy)
     alive = torch.ones_like(on_greedy)
     for k in range(steps):
-        scored &= _ahead(on_greedy, k, False)
-        alive &= chain[k] == _ahead(target_tokens, k, -1)
+        scored &= ahead(on_greedy, k, False)
+        alive &= chain[k] == ahead(target_tokens, k, -1)
         total[k] = scored.sum().item()
         correct[k] = (alive & scored).sum().item()
     return correct, total

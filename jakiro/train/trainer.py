@@ -13,7 +13,9 @@ What a run does (``cfg.train`` holds every number):
   which gives the same losses without computing padding (:mod:`jakiro.train.data`). Evaluation uses padded rows.
 * Each micro-batch: noise on the input features, draft forward (both heads), the losses of
   :mod:`jakiro.train.losses` normalised by the loss-weight sum of the *global* batch, so N processes with batch b
-  compute the same update as one process with batch N b.
+  compute the same update as one process with batch N b. ``train.unroll_steps`` K > 1 (training-time test): the
+  draft also runs K - 1 steps on its own outputs (:mod:`jakiro.train.unroll`), each with those losses, weighted
+  ``unroll_decay ** j``.
 * A checkpoint (:mod:`jakiro.train.checkpoint`: tensors and JSON, no pickles; DeepSpeed: ``accelerator.save_state``
   with every file's hash recorded) to ``output_dir/checkpoints/step_N`` every ``checkpoint_steps`` optimizer
   steps, at evaluation epochs and at the end (written to a temporary folder, then renamed, so a killed run never
@@ -34,6 +36,7 @@ train config. On a machine without CUDA the processes talk over gloo.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -54,10 +57,12 @@ from jakiro.common.config import ConfigError, JakiroConfig, save_config, to_dict
 from jakiro.common.io import atomic_write_text, differences
 from jakiro.train import checkpoint as ckpt
 from jakiro.model.draft import DraftHead, DraftHeadConfig
+from jakiro.model.target_init import init_from_target_layer
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
                                mix_seed, sequence_lengths)
 from jakiro.train.losses import EPS, draft_losses, head2_mask, load_balancing_loss
 from jakiro.train.metrics import JsonlLog, Sums, draft_chain_accuracy, ratio, topk_correct
+from jakiro.train.unroll import ahead, run_chain, step_targets
 
 CHECKPOINTS = "checkpoints"
 EXPORT = "draft"
@@ -88,25 +93,42 @@ def run_identity(cfg: JakiroConfig, inputs: dict | None) -> dict:
 
 
 class HeadsForward(torch.nn.Module):
-    """The module accelerate prepares: the draft forward returning a tuple of tensors (head1, head2, router logits),
-    which DDP's unused-parameter search and ZeRO-3's backward hooks can follow (they do not look into dataclasses).
-    head1 / head2 are [B, S, H], router logits [B, S, E]; head2 and the router logits are left out when not used.
-    ``segments``: the conversation lengths of a packed batch (a list of ints), or None for padded rows."""
+    """The module accelerate prepares: the draft forward returning a tuple of tensors (head1, head2, router logits)
+    per draft step, which DDP's unused-parameter search and ZeRO-3's backward hooks can follow (they do not look into
+    dataclasses). head1 / head2 are [B, S, H], router logits [B, S, E]; head2 and the router logits are left out when
+    not used. ``segments``: the conversation lengths of a packed batch (a list of ints), or None for padded rows.
+    ``steps`` > 1 (training-time test, ``train.unroll_steps``): the draft also runs steps 1..steps-1 on its own
+    outputs with the true next tokens (:func:`jakiro.train.unroll.run_chain`), all inside this one forward (DDP
+    expects one forward per backward); outputs are indexed by start position. ``steps`` = 1 is the plain forward."""
 
-    def __init__(self, draft: DraftHead, with_head2: bool, with_router: bool):
+    def __init__(self, draft: DraftHead, with_head2: bool, with_router: bool, steps: int = 1):
         super().__init__()
-        self.draft, self.with_head2, self.with_router = draft, with_head2, with_router
+        self.draft, self.with_head2, self.with_router, self.steps = draft, with_head2, with_router, steps
 
-    def forward(self, features, input_ids, position_ids, segments=None):
-        out = self.draft(features, input_ids, position_ids, with_head2=self.with_head2, segments=segments)
-        return (out.head1,) + ((out.head2,) if self.with_head2 else ()) + ((out.router_logits,) if self.with_router
-                                                                           else ())
+    def forward(self, features, input_ids, position_ids, segments=None, steps=None):
+        steps = self.steps if steps is None else steps
+        if steps == 1:
+            outputs = [self.draft(features, input_ids, position_ids, with_head2=self.with_head2, segments=segments)]
+        else:
+            def true_tokens(k: int, previous) -> torch.Tensor:  # the token at position t + k of start t
+                return ahead(input_ids, k, 0)
 
-    def unpack(self, outputs: tuple) -> tuple:
-        """(head1, head2 or None, router logits or None) from :meth:`forward`'s tuple."""
-        rest = list(outputs[1:])
-        head2 = rest.pop(0) if self.with_head2 else None
-        return outputs[0], head2, rest.pop(0) if self.with_router else None
+            outputs = run_chain(self.draft, features, input_ids, steps, true_tokens, position_ids,
+                                packed=segments is not None, with_head2=self.with_head2)
+        flat = ()
+        for out in outputs:
+            flat += (out.head1,) + ((out.head2,) if self.with_head2 else ()) + (
+                (out.router_logits,) if self.with_router else ())
+        return flat
+
+    def unpack(self, outputs: tuple) -> list[tuple]:
+        """[(head1, head2 or None, router logits or None) per step] from :meth:`forward`'s tuple."""
+        rest, steps = list(outputs), []
+        while rest:
+            head1 = rest.pop(0)
+            head2 = rest.pop(0) if self.with_head2 else None
+            steps.append((head1, head2, rest.pop(0) if self.with_router else None))
+        return steps
 
 
 class TrainState:
@@ -225,12 +247,14 @@ class Trainer:
         initial_weights: a draft state dict (``train.init_from``) to start from instead of a fresh initialization.
         run_inputs: JSON-ready digests of what else decides the result (training data, target), recorded in
             ``run.json`` and compared on resume.
+        target_layer: (index, state dict) of the target's last decoder layer, copied into the new draft's layer
+            where shapes match (``draft.init_from_target``; :mod:`jakiro.model.target_init`), or None.
     """
 
     def __init__(self, cfg: JakiroConfig, draft_config: DraftHeadConfig, embed_tokens: torch.nn.Module,
                  lm_head: torch.nn.Module, train_set: Dataset, test_set: Dataset,
                  draft_vocabulary: torch.Tensor | None = None, initial_weights: dict | None = None,
-                 run_inputs: dict | None = None):
+                 run_inputs: dict | None = None, target_layer: tuple[int, dict] | None = None):
         self.cfg, self.train_cfg = cfg, cfg.train
         train = self.train_cfg
         self.accelerator = acc = make_accelerator(cfg, draft_config)
@@ -244,8 +268,12 @@ class Trainer:
             raise ValueError("pass draft_vocabulary exactly when the draft config sets draft_vocab_size")
         if draft_vocabulary is not None:
             draft.set_draft_vocabulary(draft_vocabulary)
+        if initial_weights is not None and target_layer is not None:
+            raise ValueError("pass initial_weights or target_layer, not both")
         if initial_weights is not None:
             draft.load_state_dict(initial_weights)
+        if target_layer is not None:
+            self._say(init_from_target_layer(draft, target_layer[1], target_layer[0]).summary())
         draft.to(acc.device).bind_target_modules(self.embed_tokens, self.lm_head)
         self.draft, self.draft_config = draft, draft_config
         self.with_head2 = draft_config.parallel_head
@@ -265,7 +293,7 @@ class Trainer:
         self.total_steps = sum(batches) // train.gradient_accumulation_steps
         self.scheduler = get_scheduler(SCHEDULES[train.schedule], optimizer, num_warmup_steps=train.warmup_steps,
                                        num_training_steps=self.total_steps)
-        heads = HeadsForward(draft, self.with_head2, self.balance)
+        heads = HeadsForward(draft, self.with_head2, self.balance, train.unroll_steps)
         plugin = acc.state.deepspeed_plugin
         self.zero3 = plugin is not None and plugin.zero_stage == 3
         if self.zero3:
@@ -331,20 +359,34 @@ class Trainer:
         return self.draft.compact_logits(x)
 
     # -- one forward ------------------------------------------------------------------------------------------------
-    def _losses(self, model, inputs: dict, normalizers):
-        """Forward of ``model`` (a :class:`HeadsForward`, prepared or not) + losses, inside autocast; returns
-        (LossTerms, HeadScores)."""
+    def _losses(self, model, inputs: dict, normalizers, steps: int | None = None):
+        """Forward of ``model`` (a :class:`HeadsForward`, prepared or not) + losses, inside autocast.
+
+        ``normalizers``: one (head 1, head 2) pair per draft step; ``steps``: None = ``train.unroll_steps``.
+        Returns (LossTerms, HeadScores) of step 0, whose ``total`` is the whole loss sum_j unroll_decay^j L_j, and
+        [(LossTerms, HeadScores)] of the unrolled steps 1.. (empty without unrolling)."""
         train = self.train_cfg
-        mask = inputs["mask"]
+        mask, positions = inputs["mask"], inputs["positions"]
+        steps = train.unroll_steps if steps is None else steps
         with self.accelerator.autocast():
-            head1, head2, router_logits = self.heads.unpack(model(inputs["features"], inputs["input_ids"],
-                                                                  inputs["positions"], inputs["segments"]))
-            balance = None
-            if self.balance:
-                rows = mask > 0
-                balance = load_balancing_loss(router_logits[rows], mask[rows], self.draft_config.num_experts_per_tok)
-            return draft_losses(head1, head2, inputs["target"], mask, self._head, train.v_w, train.p_w,
-                                train.parallel_w, normalizers, balance, train.load_balance_w, inputs["positions"])
+            outputs = self.heads.unpack(model(inputs["features"], inputs["input_ids"], positions,
+                                              inputs["segments"], steps))
+            results = []
+            for k, (head1, head2, router_logits) in enumerate(outputs):
+                target, weights = step_targets(inputs["target"], mask, positions, k)
+                balance = None
+                if self.balance and k == 0:
+                    rows = mask > 0
+                    balance = load_balancing_loss(router_logits[rows], mask[rows],
+                                                  self.draft_config.num_experts_per_tok)
+                results.append(draft_losses(head1, head2, target, weights, self._head, train.v_w, train.p_w,
+                                            train.parallel_w, normalizers[k], balance, train.load_balance_w,
+                                            positions))
+        (first, scores), later = results[0], results[1:]
+        if later:
+            total = first.total + sum(train.unroll_decay ** k * terms.total for k, (terms, _) in enumerate(later, 1))
+            first = dataclasses.replace(first, total=total)
+        return first, scores, later
 
     @staticmethod
     def _add_scores(sums: Sums, terms, scores) -> None:
@@ -358,13 +400,19 @@ class Trainer:
                 sums.add(f"head{head}_top{k}_hits", hits)
             sums.add(f"head{head}_count", weights.sum())
 
-    def _global_normalizers(self, mask: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of head-1 weights + eps, sum of head-2 weights + eps) over all processes, divided by their number."""
-        counts = torch.stack([mask.sum(), head2_mask(mask, positions).sum()]).double()
+    def _global_normalizers(self, mask: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor,
+                                                                                            torch.Tensor]]:
+        """Per draft step, (sum of head-1 weights + eps, sum of head-2 weights + eps) over all processes, divided by
+        their number."""
+        counts = []
+        for k in range(self.train_cfg.unroll_steps):
+            weights = step_targets(mask, mask, positions, k)[1]
+            counts += [weights.sum(), head2_mask(weights, positions).sum()]
+        counts = torch.stack(counts).double()
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
-        normal = (counts + EPS) / self.accelerator.num_processes
-        return normal[0].float(), normal[1].float()
+        normal = ((counts + EPS) / self.accelerator.num_processes).float()
+        return [(normal[2 * k], normal[2 * k + 1]) for k in range(self.train_cfg.unroll_steps)]
 
     # -- training ---------------------------------------------------------------------------------------------------
     def train(self, resume: bool = False, force: bool = False) -> Path:
@@ -458,6 +506,12 @@ class Trainer:
                                   "train.output_dir")
             return None
         recorded = self._read_record()
+        # a setting added after the run was recorded reads as its default, which is what the older code did
+        for section, values in run_identity(JakiroConfig(), None)["config"].items():
+            kept = recorded.get("config", {}).get(section)
+            if isinstance(kept, dict):
+                for key, value in values.items():
+                    kept.setdefault(key, value)
         changed = differences({k: recorded.get(k) for k in self.identity}, self.identity)
         if changed:
             raise ConfigError(f"--resume: {out} was trained with other settings or inputs ({'; '.join(changed)}); "
@@ -509,8 +563,8 @@ class Trainer:
         acc, train = self.accelerator, self.train_cfg
         inputs = self._inputs(batch, self.state.epoch)
         with acc.accumulate(self.model):
-            terms, scores = self._losses(self.model, inputs, self._global_normalizers(inputs["mask"],
-                                                                                      inputs["positions"]))
+            terms, scores, later = self._losses(self.model, inputs, self._global_normalizers(inputs["mask"],
+                                                                                             inputs["positions"]))
             acc.backward(terms.total)
             self._check_finite(terms.total, batch)
             if acc.sync_gradients and train.grad_clip > 0 and not train.deepspeed_config:
@@ -521,6 +575,11 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad()
         self._add_scores(sums, terms, scores)
+        for j, (step_terms, step_scores) in enumerate(later, 1):  # unrolled steps: their loss and head-1 top-1
+            sums.add(f"unroll{j}_total", step_terms.total.detach())
+            sums.add(f"unroll{j}_top1_hits", topk_correct(step_scores.logits1, step_scores.labels1,
+                                                          step_scores.weights1, (1,))[0])
+            sums.add(f"unroll{j}_count", step_scores.weights1.sum())
         sums.add("tokens", inputs["tokens"])
 
     def _step_record(self, sums: dict, micro: int, seconds: float) -> dict:
@@ -530,26 +589,41 @@ class Trainer:
         per = micro * self.accelerator.num_processes
         record["loss"] = sums["total"] / per
         record.update({name: sums[name] / per for name in ("v1", "p1", "v2", "p2", "balance")})
+        record.update({f"unroll{j}_loss": sums[f"unroll{j}_total"] / per for j in self._unrolled})
         record.update(self._accuracies(sums))
         record["tokens"] = sums["tokens"]
         record["tokens_per_s"] = sums["tokens"] / max(seconds, 1e-9)
-        for name in ("loss", "v1", "p1", "v2", "p2", "balance", "tokens"):
+        for name in (*self._loss_names, "tokens"):
             state.epoch_sums[name] = state.epoch_sums.get(name, 0.0) + record[name]
         for name, value in sums.items():
-            if name.startswith("head"):
+            if name.startswith("head") or name.endswith(("_hits", "_count")):
                 state.epoch_sums[name] = state.epoch_sums.get(name, 0.0) + value
         state.epoch_sums["steps"] = state.epoch_sums.get("steps", 0.0) + 1
         return record
 
-    @staticmethod
-    def _accuracies(sums: dict) -> dict:
-        """head{h}_top{k} = weighted top-k hits / weighted count, for the heads that were scored."""
+    @property
+    def _unrolled(self) -> range:
+        """The unrolled draft steps j >= 1 of training-time test (empty without it)."""
+        return range(1, self.train_cfg.unroll_steps)
+
+    @property
+    def _loss_names(self) -> tuple[str, ...]:
+        """The loss entries of a step or epoch record."""
+        return ("loss", "v1", "p1", "v2", "p2", "balance", *(f"unroll{j}_loss" for j in self._unrolled))
+
+    def _accuracies(self, sums: dict) -> dict:
+        """head{h}_top{k} = weighted top-k hits / weighted count, for the heads that were scored; unroll{j}_top1 the
+        same for head 1 at unrolled step j."""
         out = {}
         for head in (1, 2):
             for k in KS:
                 value = ratio(sums, f"head{head}_top{k}_hits", f"head{head}_count")
                 if value is not None:
                     out[f"head{head}_top{k}"] = value
+        for j in self._unrolled:
+            value = ratio(sums, f"unroll{j}_top1_hits", f"unroll{j}_count")
+            if value is not None:
+                out[f"unroll{j}_top1"] = value
         return out
 
     def _end_epoch(self) -> None:
@@ -557,7 +631,7 @@ class Trainer:
         sums = state.epoch_sums
         steps = max(sums.get("steps", 0.0), 1.0)
         record = {"type": "epoch", "step": state.step, "epoch": state.epoch}
-        record.update({name: sums.get(name, 0.0) / steps for name in ("loss", "v1", "p1", "v2", "p2", "balance")})
+        record.update({name: sums.get(name, 0.0) / steps for name in self._loss_names})
         record.update(self._accuracies(sums))
         record["tokens"] = sums.get("tokens", 0.0)
         self._log(record, say=True)
@@ -580,7 +654,9 @@ class Trainer:
         for batch in self._loader(self.test_set, self.test_sampler, packed=False):  # the k-step chains need rows
             inputs = self._inputs(batch, None)
             with self._full_parameters():
-                terms, scores = self._losses(model, inputs, (1.0, 1.0))  # weighted sums, normalised after reduce
+                # step 0 only (the k-step accuracy below measures the later steps); weighted sums, normalised after
+                # the reduce
+                terms, scores, _ = self._losses(model, inputs, [(1.0, 1.0)], steps=1)
                 with acc.autocast():
                     correct, total = draft_chain_accuracy(self.draft, inputs["features"], inputs["input_ids"],
                                                           inputs["target"], inputs["mask"], train.eval_draft_steps)
