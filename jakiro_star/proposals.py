@@ -33,10 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
+from jakiro.common.config import SIBLING_MODES
 from jakiro.decoding.drafter import interleave_expert_rankings
 from jakiro.decoding.verify import warp_logits
-
-PROPOSAL_MODES = ("mixture", "per_expert")
 
 
 @dataclass
@@ -55,8 +54,8 @@ class ChildDraws:
 
 
 def check_mode(mode: str) -> None:
-    if mode not in PROPOSAL_MODES:
-        raise ValueError(f"proposal mode must be one of {PROPOSAL_MODES}, got {mode!r}")
+    if mode not in SIBLING_MODES:
+        raise ValueError(f"sibling_mode must be one of {SIBLING_MODES}, got {mode!r}")
 
 
 def expert_probabilities(expert_logits: torch.Tensor, sampling: dict) -> torch.Tensor:

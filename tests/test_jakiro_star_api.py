@@ -115,7 +115,7 @@ def test_drafter_errors():
     with pytest.raises(ValueError, match="more than the draft vocabulary size 3"):  # a 64-token target, 3 drafted
         StaticTreeDrafter(tiny_draft(tiny_target("llama", vocab_size=64), parallel_head=False, draft_vocab_size=3),
                           "mc_sim_7b_63")
-    with pytest.raises(ValueError, match="proposal mode"):
+    with pytest.raises(ValueError, match="sibling_mode must be one of"):
         StaticTreeDrafter(draft, "cpu8", "joint")
     with pytest.raises(ValueError, match="unknown static tree"):
         StaticTreeDrafter(draft, "mc_sim_7b_26")
@@ -130,7 +130,7 @@ def test_from_pretrained_and_generate_api(tmp_path):
     imitating_draft(target).save_pretrained(tmp_path / "draft")
     with pytest.raises(ValueError, match="pass static_tree"):
         StarEaModel.from_pretrained(str(tmp_path / "target"), str(tmp_path / "draft"), total_token=60)
-    with pytest.raises(ValueError, match="proposal mode"):
+    with pytest.raises(ValueError, match="sibling_mode must be one of"):
         StarEaModel.from_pretrained(str(tmp_path / "target"), str(tmp_path / "draft"), sibling_mode="joint")
 
     model = StarEaModel(target, imitating_draft(target), None, "cpu12", stop_token_ids=[])

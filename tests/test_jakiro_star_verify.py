@@ -259,7 +259,7 @@ def test_slot_distributions():
     per_expert = slot_distributions(probs, weights, 4, "per_expert")
     for slot in range(4):
         assert torch.equal(per_expert[0, slot], probs[0, slot % E])  # round robin, strongest expert first
-    with pytest.raises(ValueError, match="proposal mode"):
+    with pytest.raises(ValueError, match="sibling_mode must be one of"):
         slot_distributions(probs, weights, 4, "joint")
     with pytest.raises(ValueError, match="per_expert"):
         check_mode("experts")

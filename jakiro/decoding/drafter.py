@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import torch
 
+from jakiro.common.config import SIBLING_MODES
 from jakiro.common.masks import additive_mask
 from jakiro.model.draft import DraftCache, DraftHead, DraftOutput
 from jakiro.decoding.tree import DraftTree, build_tree, select_candidates
-
-SIBLING_MODES = ("mixture", "per_expert")
 
 
 class TreeDrafter:
