@@ -16,7 +16,7 @@ tokens not drawn yet and renormalised:
 
     q_j(v) = s_j(v) * [v not in {x_0 .. x_{j-1}}] / (1 - s_j({x_0 .. x_{j-1}}))
 
-That recorded q_j is what the verifier (:mod:`jakiro_star.verify`) needs to stay lossless. A slot whose
+That recorded q_j is what the verifier (:mod:`jakiro.decoding.verify`) needs to stay lossless. A slot whose
 distribution has no mass left (possible after top-k / top-p warping) is not drawn: the child and its subtree are
 absent this round. That decision depends on draft-side quantities only, which keeps verification exact.
 

@@ -11,7 +11,7 @@ from transformers.generation.logits_process import (
 )
 
 from jakiro.decoding.tree import build_tree
-from jakiro.decoding.verify import verify_greedy, verify_sampling, warp_logits
+from jakiro.decoding.verify import verify, verify_greedy, warp_logits
 from stats import chi_square
 
 V = 6
@@ -73,7 +73,7 @@ def test_sampling_rule_reproduces_the_target_distribution(sampling):
     off_tree = logits.shape[0] - 1
     probs = warp_logits(logits, **sampling).softmax(-1)
     for _ in range(draws):
-        verdict = verify_sampling(tree, logits[:-1], generator=generator, **sampling)
+        verdict = verify(tree, logits[:-1], sampling, generator)
         emitted = tree.tokens[verdict.accepted_nodes].tolist() + [verdict.next_token]
         if len(emitted) == 1:  # first token rejected everywhere: the second would come from an off-tree step
             emitted.append(int(torch.multinomial(probs[off_tree], 1, generator=generator)))
@@ -114,7 +114,7 @@ def test_sampling_is_reproducible_from_a_seed():
 
     def draws(seed):
         generator = torch.Generator().manual_seed(seed)
-        return [verify_sampling(tree, logits, 1.0, generator=generator).next_token for _ in range(50)]
+        return [verify(tree, logits, dict(temperature=1.0), generator).next_token for _ in range(50)]
 
     assert draws(7) == draws(7)
     assert draws(7) != draws(8)
