@@ -11,8 +11,9 @@ One round, for a static tree of depth D (:mod:`jakiro_star.trees`):
    attends to the stable cache plus its own ancestors' tree entries (ancestor mask), and sits at draft position
    ``stable_len + d - 1``. Leaves are never forwarded. Draft forwards per round: D (context pass + depths
    1 .. D-1).
-3. The tree entries are cropped from the draft cache; the result is a :class:`SampledDraftTree` over the root and
-   the drawn nodes, carrying each node's recorded proposal for :func:`jakiro_star.verify.verify_recursive`.
+3. The tree entries are cropped from the draft cache; the result is a :class:`jakiro.decoding.tree.DraftTree` over
+   the root and the drawn nodes, carrying each node's recorded proposal (``proposals``; None at temperature 0) for
+   the recursive rejection sampling of :func:`jakiro.decoding.verify.verify`.
 
 Children are drawn over the draft's own vocabulary (its ``compact_logits``: V_d token ids, all V for a
 full-vocabulary draft), which keeps the per-expert distributions and draws V / V_d times smaller; only the kept
@@ -28,10 +29,11 @@ from collections.abc import Sequence
 import torch
 
 from jakiro.common.masks import additive_mask
+from jakiro.decoding.drafting import DraftState
+from jakiro.decoding.tree import DraftTree
 from jakiro.model.draft import DraftCache, DraftHead, DraftOutput
 from jakiro_star.proposals import check_mode, draw_children, expert_probabilities, slot_distributions, top_children
 from jakiro_star.trees import StaticTree, get_static_tree
-from jakiro_star.verify import SampledDraftTree
 
 
 class _Level:
@@ -47,7 +49,8 @@ class _Level:
 
 
 class StaticTreeDrafter:
-    """Drafts one static tree per round; owns the draft KV cache of one generation."""
+    """Drafts one static tree per round; owns the draft KV cache of one generation. A
+    :class:`jakiro.decoding.drafting.Drafter`."""
 
     def __init__(self, draft: DraftHead, tree: str | Sequence[Sequence[int]] | StaticTree, proposal: str = "mixture"):
         check_mode(proposal)
@@ -68,21 +71,17 @@ class StaticTreeDrafter:
         self.cache = DraftCache()
 
     @torch.inference_mode()
-    def draft_tree(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict,
-                   generator: torch.Generator | None) -> SampledDraftTree:
-        """Extend the draft context and draft the static tree below the last token.
-
-        Args:
-            features: [S, H] target features of the newly committed positions.
-            tokens: [S] the token that follows each of those positions; ``tokens[-1]`` is the tree root.
-            sampling: ``temperature`` (0 = greedy), ``top_p``, ``top_k`` — the target's sampling settings.
-            generator: CPU generator for the children's draws (unused at temperature 0).
-        """
+    def propose(self, state: DraftState) -> DraftTree:
+        """Extend the draft context with the newly committed positions (``state.features`` [S, H],
+        ``state.tokens`` [S]) and draft the static tree below ``state.tokens[-1]``: children drawn with
+        ``state.generator`` from the experts' distributions warped by ``state.sampling`` (``proposals`` [n, V]
+        recorded), or deterministic top candidates at temperature 0 (no ``proposals``)."""
         draft, tree = self.draft, self.tree
+        sampling, generator = state.sampling, state.generator
         param = draft.fc.weight
         device = param.device
-        features = features.to(device, param.dtype)
-        tokens = tokens.to(device)
+        features = state.features.to(device, param.dtype)
+        tokens = state.tokens.to(device)
         start = len(self.cache)
         positions = torch.arange(start, start + tokens.shape[0], device=device)[None]
         # the context pass evaluates its last position only: one output row, the root's
@@ -114,8 +113,8 @@ class StaticTreeDrafter:
         node_tokens = node_tokens.to(device)
         built = tree.to_draft_tree(node_tokens[0], node_tokens[1:], present[1:])
         kept = present.nonzero().squeeze(1)  # the root and the drawn nodes, in node order
-        return SampledDraftTree(built.tokens, built.parents, built.depths, built.mask, built.retrieve_indices,
-                                None if proposals is None else self._to_target_vocabulary(proposals[kept]))
+        built.proposals = None if proposals is None else self._to_target_vocabulary(proposals[kept])
+        return built
 
     def _to_target_vocabulary(self, proposals: torch.Tensor) -> torch.Tensor:
         """[k, V_d] proposals over the draft vocabulary -> [k, V] over the target's (zero outside the draft's)."""

@@ -16,7 +16,7 @@ tokens not drawn yet and renormalised:
 
     q_j(v) = s_j(v) * [v not in {x_0 .. x_{j-1}}] / (1 - s_j({x_0 .. x_{j-1}}))
 
-That recorded q_j is what the verifier (:mod:`jakiro_star.verify`) needs to stay lossless. A slot whose
+That recorded q_j is what the verifier (:mod:`jakiro.decoding.verify`) needs to stay lossless. A slot whose
 distribution has no mass left (possible after top-k / top-p warping) is not drawn: the child and its subtree are
 absent this round. That decision depends on draft-side quantities only, which keeps verification exact.
 
@@ -33,10 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
+from jakiro.common.config import SIBLING_MODES
 from jakiro.decoding.drafter import interleave_expert_rankings
 from jakiro.decoding.verify import warp_logits
-
-PROPOSAL_MODES = ("mixture", "per_expert")
 
 
 @dataclass
@@ -55,8 +54,8 @@ class ChildDraws:
 
 
 def check_mode(mode: str) -> None:
-    if mode not in PROPOSAL_MODES:
-        raise ValueError(f"proposal mode must be one of {PROPOSAL_MODES}, got {mode!r}")
+    if mode not in SIBLING_MODES:
+        raise ValueError(f"sibling_mode must be one of {SIBLING_MODES}, got {mode!r}")
 
 
 def expert_probabilities(expert_logits: torch.Tensor, sampling: dict) -> torch.Tensor:

@@ -9,7 +9,7 @@ vocabulary 32000) and random fp16 weights: timings do not depend on the weights'
 1. Verification cost curve: the median time of ``TargetModel.verify`` over a tree of n = 1, 2, 4, ..., 128 nodes
    (a 4-ary tree, additive tree mask) after a cached context of ``--context`` tokens.
 2. One speculative cycle, with an untrained 2-expert CEPD draft (acceptance is near 0, the costs are not): median
-   times of ``draft_tree``, ``target.verify`` and the bookkeeping (``verify_greedy`` + KV ``commit`` + next inputs)
+   times of ``drafter.propose``, ``target.verify`` and the bookkeeping (``verify_greedy`` + KV ``commit`` + next inputs)
    over ``--steps`` cycles, each also relative to one target forward (the n = 1 point of the curve).
 
 Prints markdown tables with the hardware, dtype and batch size (1).
@@ -30,6 +30,7 @@ from jakiro.common.hardware import describe as describe_hardware
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 from jakiro.target.costs import measure_verification_costs
+from jakiro.decoding.drafting import DraftState
 from jakiro.decoding.verify import verify_greedy
 
 VICUNA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -62,15 +63,16 @@ def cycle_costs(model: EaModel, context: int, steps: int) -> tuple[dict[str, flo
     prompt = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(1)).to(device)
     logits, features = target.prefill(prompt)
     drafter.reset()
-    new_features = features
-    new_tokens = torch.cat([prompt[0, 1:], logits.argmax().reshape(1)])
-    parts = {"draft_tree": [], "target.verify": [], "verify_greedy + commit": []}
+    greedy = dict(temperature=0.0, top_p=1.0, top_k=0)
+    tokens = torch.cat([prompt[0, 1:], logits.argmax().reshape(1)])
+    state = DraftState(features, tokens, torch.cat([prompt[0], tokens[-1:]]), greedy)
+    parts = {"drafter.propose": [], "target.verify": [], "verify_greedy + commit": []}
     accepted = []
     warmup = min(5, steps // 4)
     for step in range(steps + warmup):
         sync(device)
         t0 = time.perf_counter()
-        tree = drafter.draft_tree(new_features, new_tokens)
+        tree = drafter.propose(state)
         sync(device)
         t1 = time.perf_counter()
         prefix_len = len(target)
@@ -80,8 +82,8 @@ def cycle_costs(model: EaModel, context: int, steps: int) -> tuple[dict[str, flo
         verdict = verify_greedy(tree, tree_logits)
         path = torch.cat([torch.zeros(1, dtype=torch.long), verdict.accepted_nodes]).to(tree_features.device)
         target.commit(prefix_len, path)
-        new_features = tree_features[path]
-        new_tokens = torch.tensor(tree.tokens[verdict.accepted_nodes].tolist() + [verdict.next_token], device=device)
+        tokens = torch.tensor(tree.tokens[verdict.accepted_nodes].tolist() + [verdict.next_token], device=device)
+        state = DraftState(tree_features[path], tokens, torch.cat([state.history, tokens]), greedy)
         sync(device)
         t3 = time.perf_counter()
         if step >= warmup:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from jakiro.decoding.drafter import TreeDrafter
-from tiny_models import tiny_draft, tiny_target
+from tiny_models import draft_state, tiny_draft, tiny_target
 
 HEAD1_MARK, HEAD2_MARK = 10_000, 20_000  # marker ids beyond the vocabulary (marked nodes are never fed back)
 
@@ -26,7 +26,7 @@ def context(target, length=6):
 @pytest.mark.parametrize("parallel_head", [True, False])
 def test_full_tree_has_expected_size_and_depth(parallel_head):
     target, drafter = drafter_for(depth=3, top_k=3, total_token=1000, parallel_head=parallel_head)
-    tree = drafter.draft_tree(*context(target))
+    tree = drafter.propose(draft_state(*context(target)))
     # all k + D*k*k candidates fit: 3 + 3*9 = 30 nodes + root
     assert len(tree) == 31
     assert int(tree.depths.max()) == 4  # D + 1 candidate layers
@@ -36,7 +36,7 @@ def test_full_tree_has_expected_size_and_depth(parallel_head):
 
 def test_total_token_caps_the_tree():
     target, drafter = drafter_for(total_token=7)
-    tree = drafter.draft_tree(*context(target))
+    tree = drafter.propose(draft_state(*context(target)))
     assert len(tree) == 7
 
 
@@ -61,7 +61,7 @@ def test_cepd_candidates_hang_under_a_child_of_their_source(depth, monkeypatch):
         return tokens, logp
 
     monkeypatch.setattr(TreeDrafter, "_propose", spy)
-    tree = drafter.draft_tree(*context(target))
+    tree = drafter.propose(draft_state(*context(target)))
     last_layer = (tree.depths == depth + 1).nonzero().squeeze(1)
     assert len(last_layer) == k * k
     for node in last_layer.tolist():

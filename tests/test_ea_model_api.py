@@ -75,7 +75,7 @@ BAD_GENERATION_ARGS = [
 def test_bad_generation_arguments_raise_before_any_work(model, monkeypatch, method, kwargs, match):
     calls = []
     monkeypatch.setattr(model.target, "_features", lambda *a, **k: calls.append("target"))
-    monkeypatch.setattr(model.drafter, "draft_tree", lambda *a, **k: calls.append("draft"))
+    monkeypatch.setattr(model.drafter, "propose", lambda *a, **k: calls.append("draft"))
     kwargs = {"input_ids": PROMPT, **kwargs}
     with pytest.raises(ValueError, match=match):
         getattr(model, method)(**kwargs)  # streaming methods must raise at the call, not on next()
@@ -264,13 +264,13 @@ def test_set_tree_changes_the_tree_of_later_generations_and_stays_lossless():
     trees = []
     model.set_tree(5, 2, 2)
     assert (model.drafter.total_token, model.drafter.depth, model.drafter.top_k) == (5, 2, 2)
-    draft_tree = model.drafter.draft_tree
+    propose = model.drafter.propose
 
-    def recording_draft_tree(*args):
-        trees.append(draft_tree(*args))
+    def recording_propose(state):
+        trees.append(propose(state))
         return trees[-1]
 
-    model.drafter.draft_tree = recording_draft_tree
+    model.drafter.propose = recording_propose
     assert torch.equal(model.eagenerate(PROMPT, max_new_tokens=12), greedy_reference(model.base_model, PROMPT, 12))
     assert trees and all(t.tokens.numel() == 5 and int(t.depths.max()) <= 3 for t in trees)
 

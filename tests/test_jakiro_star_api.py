@@ -18,7 +18,7 @@ from jakiro_star.drafter import StaticTreeDrafter
 from jakiro_star.model import StarEaModel
 from jakiro_star.proposals import expert_probabilities, top_children
 from test_evaluation import QUESTIONS
-from tiny_models import tiny_draft, tiny_target
+from tiny_models import draft_state, tiny_draft, tiny_target
 
 GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0)
 SAMPLING = dict(temperature=0.8, top_p=0.95, top_k=0)
@@ -48,7 +48,7 @@ def test_drafted_tree_has_the_static_shape(sampling, mode):
     static = drafter.tree
     forwards = []
     drafter.draft.register_forward_hook(lambda module, args, out: forwards.append(args[1].shape[1]))
-    tree = drafter.draft_tree(*context(target), sampling, torch.Generator().manual_seed(0))
+    tree = drafter.propose(draft_state(*context(target), sampling, torch.Generator().manual_seed(0)))
     assert len(tree) == 27 and torch.equal(tree.parents, static.parents) and torch.equal(tree.depths, static.depths)
     assert tree.tokens[0] == 42
     # context pass (6 positions), then one forward per depth 1..5 over the nodes that have children
@@ -69,7 +69,7 @@ def test_greedy_children_follow_each_nodes_own_chain():
     """Drafting node by node along a path with a plain causal draft gives the same children as the tree drafter."""
     target, drafter = drafter_for(tree="cpu16", mode="per_expert")
     features, tokens = context(target)
-    tree = drafter.draft_tree(features, tokens, GREEDY, None)
+    tree = drafter.propose(draft_state(features, tokens, GREEDY))
     draft, static = drafter.draft, drafter.tree
     for node in range(len(static)):
         if static.num_children[node] == 0:
@@ -94,15 +94,16 @@ def test_sibling_modes_propose_differently():
     target, mixture = drafter_for(mode="mixture")
     _, per_expert = drafter_for(mode="per_expert")
     features, tokens = context(target)
-    a = mixture.draft_tree(features, tokens, GREEDY, None)
-    b = per_expert.draft_tree(features, tokens, GREEDY, None)
+    a = mixture.propose(draft_state(features, tokens, GREEDY))
+    b = per_expert.propose(draft_state(features, tokens, GREEDY))
     assert not torch.equal(a.tokens, b.tokens)
 
 
 def test_sampled_drafts_are_reproducible_from_the_generator():
     target, drafter = drafter_for()
     features, tokens = context(target)
-    trees = [drafter.draft_tree(features, tokens, SAMPLING, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    trees = [drafter.propose(draft_state(features, tokens, SAMPLING, torch.Generator().manual_seed(seed)))
+             for seed in (1, 1, 2)]
     assert torch.equal(trees[0].tokens, trees[1].tokens)
     assert not torch.equal(trees[0].tokens, trees[2].tokens)
 
@@ -115,7 +116,7 @@ def test_drafter_errors():
     with pytest.raises(ValueError, match="more than the draft vocabulary size 3"):  # a 64-token target, 3 drafted
         StaticTreeDrafter(tiny_draft(tiny_target("llama", vocab_size=64), parallel_head=False, draft_vocab_size=3),
                           "mc_sim_7b_63")
-    with pytest.raises(ValueError, match="proposal mode"):
+    with pytest.raises(ValueError, match="sibling_mode must be one of"):
         StaticTreeDrafter(draft, "cpu8", "joint")
     with pytest.raises(ValueError, match="unknown static tree"):
         StaticTreeDrafter(draft, "mc_sim_7b_26")
@@ -130,7 +131,7 @@ def test_from_pretrained_and_generate_api(tmp_path):
     imitating_draft(target).save_pretrained(tmp_path / "draft")
     with pytest.raises(ValueError, match="pass static_tree"):
         StarEaModel.from_pretrained(str(tmp_path / "target"), str(tmp_path / "draft"), total_token=60)
-    with pytest.raises(ValueError, match="proposal mode"):
+    with pytest.raises(ValueError, match="sibling_mode must be one of"):
         StarEaModel.from_pretrained(str(tmp_path / "target"), str(tmp_path / "draft"), sibling_mode="joint")
 
     model = StarEaModel(target, imitating_draft(target), None, "cpu12", stop_token_ids=[])

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from imitating_draft import imitating_draft, weak_context_target
+from jakiro.decoding import loop
 from jakiro.decoding.verify import warp_logits
 from jakiro_star.drafter import StaticTreeDrafter
 from jakiro_star.model import StarEaModel
 from stats import chi_square
 from test_lossless import exact_three_token_distribution
-from tiny_models import tiny_draft
+from tiny_models import draft_state, tiny_draft
 
 PROMPT = torch.tensor([[1, 5, 2]])
 RUNS = 3000
@@ -63,8 +64,8 @@ def test_reduced_draft_vocabulary_stays_lossless(target, sibling_mode):
     sampling = dict(temperature=1.0)
     draft = imitating_draft(target, draft_vocab_size=6)
     model = StarEaModel(target, draft, None, "cpu8", sibling_mode, stop_token_ids=[])
-    tree = model.drafter.draft_tree(torch.randn(3, target.config.hidden_size), PROMPT[0], sampling,
-                                    torch.Generator().manual_seed(0))
+    tree = model.drafter.propose(draft_state(torch.randn(3, target.config.hidden_size), PROMPT[0], sampling,
+                                             torch.Generator().manual_seed(0)))
     outside = torch.ones(target.config.vocab_size, dtype=torch.bool)
     outside[draft.d2t] = False
     assert tree.proposals.shape[1] == target.config.vocab_size and tree.proposals[:, outside].sum() == 0
@@ -75,7 +76,7 @@ def test_reduced_draft_vocabulary_stays_lossless(target, sibling_mode):
     assert statistic < critical, f"chi2={statistic:.1f} >= {critical:.1f} (dof {dof})"
 
 
-def test_sampling_with_the_lookup_branch_matches_target_distribution():
+def test_sampling_with_the_lookup_branch_matches_target_distribution(monkeypatch):
     """One drawn child per step (static tree [[0]], untrained draft), so the looked-up branch competes as fixed
     candidates after the drawn child, against the residual its rejection leaves; the prompt makes the lookup propose
     the target's likely continuation. Counts the steps that accepted a grafted node."""
@@ -85,11 +86,12 @@ def test_sampling_with_the_lookup_branch_matches_target_distribution():
     likely = model.naivegenerate(PROMPT, max_new_tokens=3)[0, PROMPT.shape[1]:].tolist()
     prompt = torch.tensor([[*PROMPT[0].tolist(), *likely, *PROMPT[0].tolist()]])
     drafted_sizes, grafted_wins = [], 0
-    graft, verify = model._graft, model._verify
+    propose, verify = model.drafter.propose, loop.verify
 
-    def recording_graft(tree, chain):
+    def recording_propose(state):  # the static drafter's tree, before prompt lookup grafts its branch
+        tree = propose(state)
         drafted_sizes.append(len(tree))
-        return graft(tree, chain)
+        return tree
 
     def counting_verify(tree, logits, sampling, generator):
         nonlocal grafted_wins
@@ -97,7 +99,8 @@ def test_sampling_with_the_lookup_branch_matches_target_distribution():
         grafted_wins += bool((verdict.accepted_nodes >= drafted_sizes[-1]).any())  # grafted nodes come last
         return verdict
 
-    model._graft, model._verify = recording_graft, counting_verify
+    model.drafter.propose = recording_propose
+    monkeypatch.setattr(loop, "verify", counting_verify)
     counts = Counter()
     for seed in range(RUNS):
         ids = model.eagenerate(prompt, max_new_tokens=3, seed=seed, **sampling)

@@ -4,7 +4,8 @@ The exact distribution of the token leaving a node is computed by enumerating ev
 (with its probability) and, for each, the verifier's acceptance chances and residuals — built from the library's
 own ``acceptance_probability`` / ``rejection_residual``. It must equal the target distribution to 1e-9 with the
 true proposals, and must differ with the reference Jakiro*'s wrong ones. The sampler itself
-(``draw_children`` + ``verify_recursive``) is then checked against the target with a chi-square test.
+(``draw_children`` + :func:`jakiro.decoding.verify.verify`) is then checked against the target with a chi-square
+test.
 """
 
 import itertools
@@ -13,11 +14,10 @@ from collections import Counter
 import pytest
 import torch
 
-from jakiro.decoding.verify import warp_logits
+from jakiro.decoding.tree import DraftTree, graft_chain
+from jakiro.decoding.verify import acceptance_probability, rejection_residual, verify, warp_logits
 from jakiro_star.proposals import check_mode, draw_children, expert_probabilities, slot_distributions, top_children
 from jakiro_star.trees import get_static_tree
-from jakiro_star.verify import (SampledDraftTree, acceptance_probability, graft_fixed_chain, rejection_residual,
-                                verify_recursive)
 from stats import chi_square
 from tiny_models import tiny_draft, tiny_target
 
@@ -110,15 +110,14 @@ def test_exact_emission_with_a_fixed_candidate_after_the_sampled_ones(sampling, 
 
 def test_grafted_chain_gets_one_hot_proposals_and_keeps_the_drawn_ones():
     proposals = torch.rand(3, V).softmax(-1)  # root (unused), two drawn children 2 and 4
-    tree = SampledDraftTree.from_parents(torch.tensor([0, 2, 4]), torch.tensor([-1, 0, 0]))
-    tree.proposals = proposals
-    grafted = graft_fixed_chain(tree, torch.tensor([4, 1, 3]))  # merges into node 2, then appends 1 and 3
+    tree = DraftTree.from_parents(torch.tensor([0, 2, 4]), torch.tensor([-1, 0, 0]), proposals)
+    grafted = graft_chain(tree, torch.tensor([4, 1, 3]))  # merges into node 2, then appends 1 and 3
     assert grafted.tokens.tolist() == [0, 2, 4, 1, 3] and grafted.parents.tolist() == [-1, 0, 0, 2, 3]
     torch.testing.assert_close(grafted.proposals[:3], proposals)
     assert grafted.proposals[3:].tolist() == torch.eye(V)[[1, 3]].tolist()
-    assert graft_fixed_chain(tree, torch.tensor([2])) is tree  # nothing new
-    tree.proposals = None  # a greedy tree
-    assert graft_fixed_chain(tree, torch.tensor([1])).proposals is None
+    assert graft_chain(tree, torch.tensor([2])) is tree  # nothing new
+    tree.proposals = None  # a deterministic tree stays one
+    assert graft_chain(tree, torch.tensor([1])).proposals is None
 
 
 def test_enumeration_covers_exhausted_slots():
@@ -201,13 +200,13 @@ def test_reference_emulation_is_exact_when_given_true_proposals():
 
 
 def one_level_tree(draws):
-    """Root with the drawn children (leaves) as a SampledDraftTree (row 0 of the proposals is the root's)."""
+    """Root with the drawn children (leaves) as a DraftTree with proposals (row 0 is the root's)."""
     present = draws.present[0]
     tokens = torch.cat([torch.tensor([0]), draws.tokens[0][present]])
     children = int(present.sum())
     tree = get_static_tree([[rank] for rank in range(children)]).to_draft_tree(tokens[0], tokens[1:])
-    proposals = torch.cat([torch.zeros(1, V), draws.proposals[0][present]])
-    return SampledDraftTree(tree.tokens, tree.parents, tree.depths, tree.mask, tree.retrieve_indices, proposals)
+    tree.proposals = torch.cat([torch.zeros(1, V), draws.proposals[0][present]])
+    return tree
 
 
 @pytest.mark.parametrize("mode, sampling", [("mixture", dict(temperature=1.0)),
@@ -222,7 +221,7 @@ def test_sampler_matches_the_target(mode, sampling):
     for _ in range(6000):
         tree = one_level_tree(draw_children(slot_dists, torch.tensor([C]), generator))
         logits = target_logits.expand(len(tree), V)  # the children's rows only matter for the bonus token
-        verdict = verify_recursive(tree, logits, generator=generator, **sampling)
+        verdict = verify(tree, logits, sampling, generator)
         first = int(tree.tokens[verdict.accepted_nodes[0]]) if len(verdict.accepted_nodes) else verdict.next_token
         counts[first] += 1
         accepted += len(verdict.accepted_nodes)
@@ -234,17 +233,13 @@ def test_sampler_matches_the_target(mode, sampling):
 def test_verifier_input_errors():
     tree = get_static_tree([[0]]).to_draft_tree(0, torch.tensor([3]))
     logits = torch.zeros(2, V)
-    with pytest.raises(ValueError, match="verify it greedily"):
-        verify_recursive(SampledDraftTree(tree.tokens, tree.parents, tree.depths, tree.mask,
-                                          tree.retrieve_indices), logits, 1.0)
+    sampling = dict(temperature=1.0)
     with pytest.raises(ValueError, match="differ in shape"):
-        verify_recursive(SampledDraftTree(tree.tokens, tree.parents, tree.depths, tree.mask, tree.retrieve_indices,
-                                          torch.zeros(2, V + 1)), logits, 1.0)
+        verify(DraftTree.from_parents(tree.tokens, tree.parents, torch.zeros(2, V + 1)), logits, sampling)
     no_mass = torch.zeros(2, V)
     no_mass[1, 0] = 1.0  # token 3 has proposal probability 0
     with pytest.raises(ValueError, match="cannot have been drawn"):
-        verify_recursive(SampledDraftTree(tree.tokens, tree.parents, tree.depths, tree.mask, tree.retrieve_indices,
-                                          no_mass), logits, 1.0)
+        verify(DraftTree.from_parents(tree.tokens, tree.parents, no_mass), logits, sampling)
 
 
 # -- proposals ---------------------------------------------------------------------------------------------------
@@ -259,7 +254,7 @@ def test_slot_distributions():
     per_expert = slot_distributions(probs, weights, 4, "per_expert")
     for slot in range(4):
         assert torch.equal(per_expert[0, slot], probs[0, slot % E])  # round robin, strongest expert first
-    with pytest.raises(ValueError, match="proposal mode"):
+    with pytest.raises(ValueError, match="sibling_mode must be one of"):
         slot_distributions(probs, weights, 4, "joint")
     with pytest.raises(ValueError, match="per_expert"):
         check_mode("experts")

@@ -10,7 +10,7 @@ from jakiro.decoding.oracle import OracleDrafter, path_probabilities, target_pro
 from jakiro.model.oracle import OracleEaModel
 from stats import chi_square
 from test_lossless import assert_greedy_equal, exact_three_token_distribution, prompts_for
-from tiny_models import tiny_draft, tiny_target
+from tiny_models import draft_state, tiny_draft, tiny_target
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
@@ -44,7 +44,7 @@ def test_oracle_tree_holds_the_most_probable_paths(sampling):
     prompt = [1, 4, 2, 0]
     target = model.target
     target.prefill(torch.tensor([prompt[:-1]]))  # the root (last prompt token) is not cached yet
-    tree = model.drafter.draft_tree(prompt[-1], sampling)
+    tree = model.drafter.propose(draft_state(None, torch.tensor(prompt), sampling))
     assert len(target) == len(prompt) - 1, "the search must leave the target cache as it found it"
     assert len(tree) == 5
     with torch.no_grad():

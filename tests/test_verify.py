@@ -11,7 +11,7 @@ from transformers.generation.logits_process import (
 )
 
 from jakiro.decoding.tree import build_tree
-from jakiro.decoding.verify import verify_greedy, verify_sampling, warp_logits
+from jakiro.decoding.verify import acceptance_probability, rejection_residual, verify, verify_greedy, warp_logits
 from stats import chi_square
 
 V = 6
@@ -73,7 +73,7 @@ def test_sampling_rule_reproduces_the_target_distribution(sampling):
     off_tree = logits.shape[0] - 1
     probs = warp_logits(logits, **sampling).softmax(-1)
     for _ in range(draws):
-        verdict = verify_sampling(tree, logits[:-1], generator=generator, **sampling)
+        verdict = verify(tree, logits[:-1], sampling, generator)
         emitted = tree.tokens[verdict.accepted_nodes].tolist() + [verdict.next_token]
         if len(emitted) == 1:  # first token rejected everywhere: the second would come from an off-tree step
             emitted.append(int(torch.multinomial(probs[off_tree], 1, generator=generator)))
@@ -108,13 +108,28 @@ def test_chi_square_detects_a_biased_verifier():
     assert statistic > critical
 
 
+@pytest.mark.parametrize("token", range(V))
+def test_one_hot_arithmetic_is_the_recursive_rule_with_a_delta_proposal(token):
+    """A tree without proposals is walked in float32 on the unnormalised residual r: accept x iff u * sum(r) < r(x),
+    zero r(x) on rejection. That is recursive rejection sampling with q = delta_x: acceptance min(1, r(x)/q(x)) and
+    residual (r - q)^+ renormalised, on the normalised residual."""
+    r = torch.rand(V, generator=torch.Generator().manual_seed(token))
+    normalised = (r / r.sum()).double()
+    delta = torch.zeros(V, dtype=torch.float64)
+    delta[token] = 1.0
+    assert acceptance_probability(normalised, delta, token) == pytest.approx(float(r[token] / r.sum()), rel=1e-6)
+    zeroed = r.clone()
+    zeroed[token] = 0.0
+    torch.testing.assert_close(rejection_residual(normalised, delta), (zeroed / zeroed.sum()).double())
+
+
 def test_sampling_is_reproducible_from_a_seed():
     tree = example_tree()
     logits = torch.randn(len(tree), V)
 
     def draws(seed):
         generator = torch.Generator().manual_seed(seed)
-        return [verify_sampling(tree, logits, 1.0, generator=generator).next_token for _ in range(50)]
+        return [verify(tree, logits, dict(temperature=1.0), generator).next_token for _ in range(50)]
 
     assert draws(7) == draws(7)
     assert draws(7) != draws(8)

@@ -14,6 +14,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from jakiro.decoding.drafting import DraftState
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 
@@ -61,6 +62,13 @@ def tiny_ea_model(family="llama", vocab_size=128, total_token=12, depth=3, top_k
     draft = tiny_draft(target, num_experts, experts_per_token, parallel_head, seed + 1, draft_vocab_size)
     return EaModel(target, draft, None, total_token, depth, top_k, sibling_mode, stop_token_ids=[],
                    exact_verification=exact_verification, lookup_tokens=lookup_tokens)
+
+
+def draft_state(features, tokens, sampling=None, generator=None) -> DraftState:
+    """A drafter's first-round input for tests: features [S, H] and tokens [S] of the context (history = tokens),
+    greedy unless ``sampling`` is given."""
+    sampling = sampling or dict(temperature=0.0, top_p=1.0, top_k=0)
+    return DraftState(features, tokens, tokens, sampling, generator)
 
 
 def save_tiny_target_with_smollm2_tokenizer(directory, eos_every: int):

@@ -30,6 +30,9 @@ from jakiro.common.io import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
+# how a node's children are proposed by the draft's experts (tree.sibling_mode): the merged mixture's top-k, or each
+# routed expert its own share (the dynamic tree, jakiro.decoding.drafter; Jakiro*'s draws, jakiro_star.proposals)
+SIBLING_MODES = ("mixture", "per_expert")
 
 
 class ConfigError(ValueError):
@@ -184,7 +187,7 @@ class TreeConfig(_Section):
         self._require("top_k", self.top_k >= 1, "an integer >= 1")
         self._require("lookup_tokens", self.lookup_tokens >= 0, "an integer >= 0 (0 = off)")
         self._require("lookup_ngram", self.lookup_ngram >= 1, "an integer >= 1")
-        self._require_choice("sibling_mode", ("mixture", "per_expert"))
+        self._require_choice("sibling_mode", SIBLING_MODES)
         self._require_choice("static_tree", tuple(STATIC_TREES))
 
 

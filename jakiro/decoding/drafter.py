@@ -24,22 +24,23 @@ Sibling modes (how a node's k children are proposed):
   the first k kept. A child's score is its log-prob under the expert that proposed it. Children still carry the
   mixture feature h1 of their parent into the next forward, as in training.
 
-Drafting is deterministic (no temperature, no sampling), which is what makes verification lossless with q = 1.
+Drafting is deterministic (no temperature, no sampling): every candidate is a one-hot proposal for the verifier.
 """
 
 from __future__ import annotations
 
 import torch
 
+from jakiro.common.config import SIBLING_MODES
 from jakiro.common.masks import additive_mask
 from jakiro.model.draft import DraftCache, DraftHead, DraftOutput
+from jakiro.decoding.drafting import DraftState
 from jakiro.decoding.tree import DraftTree, build_tree, select_candidates
-
-SIBLING_MODES = ("mixture", "per_expert")
 
 
 class TreeDrafter:
-    """Builds one draft tree per decoding round; owns the draft KV cache of one generation."""
+    """Builds one draft tree per decoding round; owns the draft KV cache of one generation. A
+    :class:`jakiro.decoding.drafting.Drafter`."""
 
     def __init__(self, draft: DraftHead, total_token: int, depth: int, top_k: int, sibling_mode: str = "mixture"):
         if total_token < 2:
@@ -64,17 +65,13 @@ class TreeDrafter:
         self.cache = DraftCache()
 
     @torch.inference_mode()
-    def draft_tree(self, features: torch.Tensor, tokens: torch.Tensor) -> DraftTree:
-        """Extend the draft context and draft a tree below the last token.
-
-        Args:
-            features: [S, H] target features of the newly committed positions.
-            tokens: [S] the token that follows each of those positions; ``tokens[-1]`` is the tree root.
-        """
+    def propose(self, state: DraftState) -> DraftTree:
+        """Extend the draft context with the newly committed positions (``state.features`` [S, H],
+        ``state.tokens`` [S]) and draft a deterministic tree below ``state.tokens[-1]`` (no ``proposals``)."""
         draft, k, depth = self.draft, self.top_k, self.depth
         param = draft.fc.weight
-        features = features.to(param.device, param.dtype)
-        tokens = tokens.to(param.device)
+        features = state.features.to(param.device, param.dtype)
+        tokens = state.tokens.to(param.device)
         start = len(self.cache)
         positions = torch.arange(start, start + tokens.shape[0], device=param.device)[None]
         ctx = draft(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from jakiro.decoding.drafting import DraftState
 from jakiro.decoding.tree import DraftTree
 from jakiro.decoding.verify import warp_logits
 from jakiro.target import TargetModel
@@ -55,7 +56,8 @@ def path_probabilities(tree: DraftTree, probs: torch.Tensor) -> list[float]:
 
 
 class OracleDrafter:
-    """Drafts, below each committed token, the n-node tree with the highest expected acceptance under the target."""
+    """Drafts, below each committed token, the n-node tree with the highest expected acceptance under the target.
+    A :class:`jakiro.decoding.drafting.Drafter`."""
 
     def __init__(self, target: TargetModel, total_token: int):
         if total_token < 2:
@@ -67,8 +69,10 @@ class OracleDrafter:
         """Nothing is kept between generations."""
 
     @torch.inference_mode()
-    def draft_tree(self, root: int, sampling: dict) -> DraftTree:
-        """The best ``total_token``-node tree below ``root`` (the last committed token, not yet in the cache)."""
+    def propose(self, state: DraftState) -> DraftTree:
+        """The best ``total_token``-node tree below the last committed token ``state.tokens[-1]`` (not yet in the
+        target's cache) under the target's ``state.sampling`` distribution; deterministic (no ``proposals``)."""
+        root, sampling = int(state.tokens[-1]), state.sampling
         paths: list[tuple[int, ...]] = []
         # each round fixes at least one more tree layer, so total_token rounds suffice; the cap only matters if
         # numerical noise between forwards over differently shaped trees keeps swapping two near-equal paths

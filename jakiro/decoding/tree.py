@@ -48,6 +48,10 @@ class DraftTree:
         depths: [n] distance from the root; the target position of node i is ``prefix_len + depths[i]``.
         mask: [n, n] bool ancestor-or-self matrix.
         retrieve_indices: [leaves, max_depth + 1] node indices from root to each leaf, -1 padded.
+        proposals: [n, V] float, row i the distribution node i's token was drawn from (row 0, the root's, is
+            unused), over the target's vocabulary; None when every node is deterministic (chosen without
+            randomness, e.g. a top-k). Siblings count as drawn in node order, each row conditioned on the earlier
+            siblings (see :mod:`jakiro.decoding.verify`).
     """
 
     tokens: torch.Tensor
@@ -55,17 +59,19 @@ class DraftTree:
     depths: torch.Tensor
     mask: torch.Tensor
     retrieve_indices: torch.Tensor
+    proposals: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
     @classmethod
-    def from_parents(cls, tokens: torch.Tensor, parents: torch.Tensor) -> "DraftTree":
-        """The tree with these nodes: tokens [n] and parents [n] (-1 for the root, ``parents[i] < i``); mask, depths
-        and root-to-leaf paths follow from the parents."""
+    def from_parents(cls, tokens: torch.Tensor, parents: torch.Tensor,
+                     proposals: torch.Tensor | None = None) -> "DraftTree":
+        """The tree with these nodes: tokens [n] and parents [n] (-1 for the root, ``parents[i] < i``), and for a
+        sampled tree the [n, V] proposals; mask, depths and root-to-leaf paths follow from the parents."""
         mask = ancestor_mask(parents)
         depths = mask.sum(dim=1) - 1
-        return cls(tokens, parents, depths, mask, retrieve_indices(mask, depths))
+        return cls(tokens, parents, depths, mask, retrieve_indices(mask, depths), proposals)
 
 
 def select_candidates(scores: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -120,13 +126,17 @@ def graft_chain(tree: DraftTree, chain: torch.Tensor) -> DraftTree:
 
     The chain is merged like a word into a trie: it follows existing nodes while their tokens match and appends the
     rest as a new path, so siblings stay distinct (which sampling verification requires) and a chain the drafter
-    already proposed adds no node. New nodes come after the old ones, so ``parents[i] < i`` still holds.
+    already proposed adds no node. New nodes come after the old ones, so ``parents[i] < i`` still holds, and they
+    are tried after their drawn siblings. In a sampled tree (``proposals`` set) the new nodes get one-hot rows: a
+    token fixed before the step from the committed text alone is a draw from delta_token, which keeps recursive
+    rejection sampling lossless (:mod:`jakiro.decoding.verify`).
 
     Args:
-        tree: a draft tree with n nodes.
+        tree: a draft tree with n nodes (``proposals`` [n, V] or None).
         chain: [m] token ids proposed after the root, in order.
     Returns:
-        A tree with n + (unmatched part of the chain) nodes; the old nodes keep their indices.
+        A tree with n + (unmatched part of the chain) nodes (proposals [n + new, V] or None); the old nodes keep
+        their indices. The tree itself when the chain adds no node.
     """
     tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
     child_of = {(parents[i], tokens[i]): i for i in range(1, len(tokens))}
@@ -140,8 +150,14 @@ def graft_chain(tree: DraftTree, chain: torch.Tensor) -> DraftTree:
     if len(tokens) == len(tree):
         return tree
     device = tree.tokens.device
+    proposals = tree.proposals
+    if proposals is not None:
+        fixed = torch.zeros(len(tokens) - len(tree), proposals.shape[1], dtype=proposals.dtype,
+                            device=proposals.device)
+        fixed[torch.arange(fixed.shape[0]), torch.tensor(tokens[len(tree):], device=proposals.device)] = 1.0
+        proposals = torch.cat([proposals, fixed])
     return DraftTree.from_parents(torch.tensor(tokens, dtype=tree.tokens.dtype, device=device),
-                                  torch.tensor(parents, dtype=torch.long, device=device))
+                                  torch.tensor(parents, dtype=torch.long, device=device), proposals)
 
 
 def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:

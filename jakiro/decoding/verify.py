@@ -1,22 +1,72 @@
-"""Verification of a draft tree against the target's logits: greedy and lossless sampling. Pure tensor functions.
+"""Verification of a draft tree against the target's logits: one entry, :func:`verify`. Pure tensor functions.
 
-The lossless contract
----------------------
-Greedy (temperature 0): the committed tokens are exactly the target's argmax chain — a draft token is accepted only
-if it equals the target's argmax at its parent, and the bonus token is the argmax after the last accepted node.
+Greedy (temperature 0)
+----------------------
+The committed tokens are exactly the target's argmax chain: a draft token is accepted only if it equals the
+target's argmax at its parent, and the bonus token is the argmax after the last accepted node
+(:func:`verify_greedy`).
 
-Sampling (temperature > 0): drafts are *deterministic* (top-k of the draft, no randomness), i.e. the proposal puts
-probability q(x) = 1 on each candidate. At a node with target distribution p and children x_1, x_2, ... (distinct):
+Sampling (temperature > 0): recursive rejection sampling
+--------------------------------------------------------
+At a node with target distribution p (the target's logits warped by temperature / top-k / top-p, exactly as in
+plain sampling, :func:`warp_logits`) and children x_1 .. x_K in node order, where child i was drawn from q_i:
 
-    for each child x_i in order:  accept x_i with probability p(x_i)            (= min(1, p/q) with q = 1)
-                                  on rejection: p(x_i) <- 0, p <- p / sum(p)    (remove and renormalise)
-    if every child was rejected:  sample the bonus token from the residual p
+    r_1 = p
+    for i = 1 .. K:   accept x_i with probability  min(1, r_i(x_i) / q_i(x_i))
+                      on rejection:  r_{i+1} = (r_i - q_i)^+ / Z_i,   Z_i = sum_v (r_i(v) - q_i(v))^+
+    if none accepted: emit the bonus token y ~ r_{K+1}
 
-By induction over the children, the token leaving a node is distributed exactly as p: the chance that x is emitted
-is P(reach x untouched) * p(x) / (mass left) summed over the stages, which telescopes to p(x). The walk continues
-from an accepted child with that child's own distribution, so every committed token follows the target's
-(temperature / top-k / top-p processed) conditional distribution. The same processing is applied at every node,
-the bonus token included.
+and after accepting x_i the walk continues at that child, with the target's distribution there (SpecInfer's
+multi-step speculative sampling). q_i is the tree's recorded row ``proposals[i]`` (Jakiro*'s drawn children), or
+q_i = delta_{x_i} for a node chosen without randomness: a tree without ``proposals`` (the dynamic tree, the
+oracle) and the one-hot rows :func:`jakiro.decoding.tree.graft_chain` gives a prompt-lookup branch. With
+q = delta_x the rule reads: accept x with probability r(x); on rejection zero x and renormalise.
+
+Why it is lossless
+------------------
+Let x_{<i} be the earlier siblings. The proposals satisfy: conditioned on x_{<i} (and on the tree drafted above
+this level), x_i ~ q_i, where q_i may depend on x_{<i} — drawing without replacement makes q_i the slot
+distribution restricted to the tokens not drawn yet, renormalised, and that *conditional* is what is recorded —
+and K may depend on x_{<K} too (a slot with no mass left is skipped). r_{i+1} depends on x_{<i} only, through
+q_i, and **not** on the rejected value x_i.
+
+Claim: conditioned on reaching stage i with history x_{<i}, the emitted token is distributed as r_i.
+Backward induction over i. Stage K+1 samples r_{K+1}. At stage i <= K, for every token y:
+
+    P(emit y) = q_i(y) * min(1, r_i(y)/q_i(y))  +  P(reject) * r_{i+1}(y)
+              = min(q_i(y), r_i(y))             +  Z_i * (r_i(y) - q_i(y))^+ / Z_i
+              = r_i(y),
+
+using P(reject) = 1 - sum_v min(q_i(v), r_i(v)) = sum_v (r_i(v) - q_i(v))^+ = Z_i (both sum to 1), and the
+induction hypothesis for stage i+1 conditioned on x_{<=i}, whose distribution r_{i+1} is the same whatever x_i
+was. At i = 1 the emitted token follows p. The subtree of the accepted child was drafted from the draft's state
+along that child's path with randomness independent of this level's draws and coins, so conditioned on the
+emitted token the next level starts afresh with the target's distribution at the child: every committed token
+follows the target's processed conditional distribution, the bonus token included.
+
+A deterministic candidate c, fixed before the step from the committed text and the draft alone, is a draw from
+q = delta_c whatever the earlier siblings were, so deterministic and drawn children mix freely; a lookup token is
+grafted only where it is not already a sibling (whether it is depends on x_{<i} only, which the argument allows).
+Remarks: (1) a token rejected at stage i has r_{i+1}(x_i) = 0 (rejection needs r_i(x_i) < q_i(x_i)), so a
+duplicate sibling could never be accepted; drafters keep siblings distinct. (2) Using the *unconditional* slot
+distribution as q_i for siblings drawn without replacement, a q(x) taken from another distribution than the one
+x was drawn from (the reference Jakiro*: the lower-gated expert's share of a joint 2V softmax), or a residual that
+subtracts anything but q_i (the reference: a near-uniform vector) breaks the identity above; the tests show the
+chi-square test catching that.
+
+Numerics (why the walk has two arithmetics)
+-------------------------------------------
+The walk is one; the arithmetic follows whether the tree records proposals, so that fixed-seed outputs are those
+of the verifiers this replaced, bit for bit:
+
+* no ``proposals`` (every q one-hot): float32, on the *unnormalised* residual r with mass Z = sum(r): accept x iff
+  u * Z * q(x) < r(x), i.e. u * Z < r(x), with one float32 coin u; on rejection r <- (r - Z * q)^+, which with
+  q = delta_x is r with r(x) set to 0 (r(x) <= Z, every other entry unchanged), so it is computed as that one
+  write instead of a pass over the vocabulary. The bonus token is drawn from the unnormalised r.
+* recorded ``proposals``: float64, on the *normalised* residual: accept iff u < min(1, r(x) / q(x)) with one
+  float64 coin u, then r <- (r - q)^+ / Z (:func:`acceptance_probability`, :func:`rejection_residual`).
+
+Both are the rule above; they differ only in rounding and in how many random bits a coin takes.
 """
 
 from __future__ import annotations
@@ -89,51 +139,97 @@ def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     return Verdict(accepted, int(argmax[last]))
 
 
-def verify_sampling(
-    tree: DraftTree,
-    logits: torch.Tensor,
-    temperature: float,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    generator: torch.Generator | None = None,
-    child_order: torch.Tensor | None = None,
-) -> Verdict:
-    """Lossless multi-candidate speculative sampling with deterministic drafts (see the module docstring).
+def verify(tree: DraftTree, logits: torch.Tensor, sampling: dict,
+           generator: torch.Generator | None = None) -> Verdict:
+    """The verdict on a drafted tree: greedy at temperature 0, recursive rejection sampling otherwise (see the
+    module docstring).
 
     Args:
-        tree: the verified tree (n nodes).
+        tree: n nodes; children of a node are tried in node order; ``tree.proposals`` [n, V] or None (all one-hot).
         logits: [n, V] target logits at the tree nodes.
-        temperature, top_p, top_k: the sampling distribution (see :func:`warp_logits`).
-        generator: torch generator on the CPU for reproducible draws.
-        child_order: optional [n] priority per node (higher first) deciding in which order siblings are tried;
-            default: node order. Any order fixed before the draws keeps the result lossless.
+        sampling: ``temperature``, ``top_p``, ``top_k`` (:func:`warp_logits`).
+        generator: CPU torch generator for the acceptance coins and the bonus token.
     """
-    probs = warp_logits(logits, temperature, top_p, top_k).softmax(dim=-1).cpu()
+    temperature = sampling["temperature"]
+    if temperature == 0:
+        return verify_greedy(tree, logits)
+    probs = warp_logits(logits, temperature, sampling.get("top_p", 1.0), sampling.get("top_k", 0)).softmax(dim=-1)
+    residuals = _OneHotResiduals(probs) if tree.proposals is None else _RecordedResiduals(probs, tree.proposals)
     tokens = tree.tokens.cpu().tolist()
     parents = tree.parents.cpu().tolist()
     children: list[list[int]] = [[] for _ in tokens]
     for node in range(1, len(tokens)):
         children[parents[node]].append(node)
-    if child_order is not None:
-        priority = child_order.cpu().tolist()
-        for kids in children:
-            kids.sort(key=lambda c: -priority[c])
 
     accepted: list[int] = []
     node = 0
     while True:
-        p = probs[node].clone()
+        residual = residuals.at(node)
         next_node = None
         for child in children[node]:
-            token = tokens[child]
-            mass = float(p.sum())
-            u = float(torch.rand((), generator=generator))
-            if u * mass < float(p[token]):
+            if residuals.accepts(residual, child, tokens[child], generator):
                 next_node = child
                 break
-            p[token] = 0.0
+            residual = residuals.reject(residual, child, tokens[child])
         if next_node is None:
-            token = int(torch.multinomial(p, 1, generator=generator))
+            token = int(torch.multinomial(residual, 1, generator=generator))
             return Verdict(torch.tensor(accepted, dtype=torch.long), token)
         accepted.append(next_node)
         node = next_node
+
+
+class _OneHotResiduals:
+    """Residual arithmetic for a tree without proposals (every q = delta_x): float32, unnormalised."""
+
+    def __init__(self, probs: torch.Tensor):
+        self.probs = probs.cpu()  # [n, V] float32
+
+    def at(self, node: int) -> torch.Tensor:
+        return self.probs[node].clone()
+
+    def accepts(self, residual: torch.Tensor, child: int, token: int, generator: torch.Generator | None) -> bool:
+        mass = float(residual.sum())
+        return float(torch.rand((), generator=generator)) * mass < float(residual[token])
+
+    def reject(self, residual: torch.Tensor, child: int, token: int) -> torch.Tensor:
+        residual[token] = 0.0  # (r - Z * delta_token)^+
+        return residual
+
+
+class _RecordedResiduals:
+    """Residual arithmetic for a tree with recorded proposals: float64, normalised."""
+
+    def __init__(self, probs: torch.Tensor, proposals: torch.Tensor):
+        if proposals.shape != probs.shape:
+            raise ValueError(f"proposals {tuple(proposals.shape)} and logits {tuple(probs.shape)} differ in shape")
+        self.probs = probs.double().cpu()  # [n, V]
+        self.proposals = proposals.double().cpu()  # [n, V]
+
+    def at(self, node: int) -> torch.Tensor:
+        return self.probs[node]
+
+    def accepts(self, residual: torch.Tensor, child: int, token: int, generator: torch.Generator | None) -> bool:
+        chance = acceptance_probability(residual, self.proposals[child], token)
+        return float(torch.rand((), generator=generator, dtype=torch.float64)) < chance
+
+    def reject(self, residual: torch.Tensor, child: int, token: int) -> torch.Tensor:
+        return rejection_residual(residual, self.proposals[child])
+
+
+def acceptance_probability(residual: torch.Tensor, proposal: torch.Tensor, token: int) -> float:
+    """min(1, r(x) / q(x)) for a token x drawn from q (so q(x) > 0). residual, proposal: [V]."""
+    q = float(proposal[token])
+    if q <= 0:
+        raise ValueError(f"token {token} has proposal probability {q}: it cannot have been drawn from it")
+    return min(1.0, float(residual[token]) / q)
+
+
+def rejection_residual(residual: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
+    """(r - q)^+ renormalised: the target mass the rejected proposal did not cover. residual, proposal: [V].
+
+    If nothing is left (r == q up to rounding, where a rejection has probability 0 and only rounding gets here)
+    the residual is returned unchanged.
+    """
+    left = (residual - proposal).clamp(min=0)
+    mass = left.sum()
+    return left / mass if mass > 0 else residual

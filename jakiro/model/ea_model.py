@@ -7,49 +7,50 @@ The import paths reference users write keep working::
                                     dtype=torch.bfloat16)
     ids = model.eagenerate(input_ids, temperature=0.0, max_new_tokens=256)
 
-One speculative step: the drafter grows a tree below the last committed token (with ``lookup_tokens``, a branch
-copied by prompt lookup joins it: :mod:`jakiro.decoding.lookup`), the target verifies it in one forward, the verifier keeps
-the longest acceptable path plus one bonus token, and the target cache is compacted to that path. Output is the
-target's own greedy output at temperature 0, and the target's exact sampling distribution (temperature / top-k /
-top-p) otherwise; see :mod:`jakiro.decoding.verify`.
+One speculative step (:func:`jakiro.decoding.loop.speculative_tokens`): the drafter proposes a tree below the last
+committed token (with ``lookup_tokens``, a branch copied by prompt lookup joins it: :mod:`jakiro.decoding.lookup`),
+the target verifies it in one forward, the verifier keeps an acceptable path plus one bonus token, and the target
+cache is compacted to that path. Output is the target's own greedy output at temperature 0, and the target's exact
+sampling distribution (temperature / top-k / top-p) otherwise; see :mod:`jakiro.decoding.verify`.
+
+The drafter is any :class:`jakiro.decoding.drafting.Drafter`: by default the EAGLE-2 dynamic tree with CEPD built
+from the draft head (:class:`jakiro.decoding.drafter.TreeDrafter`); ``EaModel(..., drafter=...)`` or
+``model.drafter = ...`` plugs in another one (docs/drafters.md).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from jakiro.common.config import JakiroConfig
-from jakiro.decoding.drafter import TreeDrafter
 from jakiro.common.io import check_model_files
+from jakiro.decoding.drafter import TreeDrafter
+from jakiro.decoding.drafting import Drafter, check_drafter
+from jakiro.decoding.lookup import PromptLookup
+from jakiro.decoding.loop import GenerationStats, plain_tokens, speculative_tokens
 from jakiro.model.draft import DraftHead
 from jakiro.target import TargetModel, choose_tree_size
-from jakiro.decoding.lookup import lookup_continuation
-from jakiro.decoding.tree import graft_chain
-from jakiro.decoding.verify import Verdict, verify_greedy, verify_sampling, warp_logits
 
 # tokens that end an assistant turn in common chat formats, added to the EOS ids when the tokenizer knows them
 CHAT_STOP_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>")
 
 
-@dataclass
-class GenerationStats:
-    """What the last generate call did: tokens generated, target forwards (prefill included), accepted lengths."""
-
-    new_tokens: int = 0
-    target_forwards: int = 0
-    accept_lengths: list[int] = field(default_factory=list)  # draft tokens accepted per verification step
-    wall_time: float = 0.0
-
-
 class EaModel(nn.Module):
-    """Target model (``base_model``) + draft head (``ea_layer``) + tokenizer."""
+    """Target model (``base_model``) + draft head (``ea_layer``) + tokenizer + drafter.
+
+    ``total_token``, ``depth``, ``top_k`` and ``sibling_mode`` shape the default drafter, the dynamic tree over
+    ``draft``. ``drafter``: any :class:`jakiro.decoding.drafting.Drafter` to use instead (the tree arguments are then
+    unused and ``draft`` may be None). ``lookup_tokens`` > 0 wraps whichever drafter in
+    :class:`jakiro.decoding.lookup.PromptLookup` at every generate call (``lookup_tokens`` and ``lookup_ngram`` may
+    be changed between calls).
+    """
 
     def __init__(
         self,
@@ -64,29 +65,29 @@ class EaModel(nn.Module):
         exact_verification: bool = False,
         lookup_tokens: int = 0,
         lookup_ngram: int = 3,
+        drafter: Drafter | None = None,
     ):
         super().__init__()
         if lookup_tokens < 0 or lookup_ngram < 1:
             raise ValueError(f"lookup_tokens must be >= 0 (0 = off) and lookup_ngram >= 1, got {lookup_tokens} and "
                              f"{lookup_ngram}")
-        target_config = base_model.config.get_text_config()
-        if draft.config.hidden_size != target_config.hidden_size:
-            raise ValueError(
-                f"draft hidden size {draft.config.hidden_size} != target hidden size {target_config.hidden_size}"
-            )
-        if draft.config.vocab_size != base_model.get_output_embeddings().weight.shape[0]:
-            raise ValueError(
-                f"draft vocabulary {draft.config.vocab_size} != target vocabulary "
-                f"{base_model.get_output_embeddings().weight.shape[0]}"
-            )
+        if drafter is not None:
+            check_drafter(drafter)
+        if draft is not None:
+            check_draft_fits(draft, base_model)
         self.base_model = base_model
         self.tokenizer = tokenizer
         self.target = TargetModel(base_model, exact_verification)
-        last_layer_device = next(self.target.decoder.layers[-1].parameters()).device
-        self.ea_layer = draft.to(device=last_layer_device, dtype=self.target.dtype).eval()
-        self.ea_layer.bind_target_modules(base_model.get_input_embeddings(), base_model.get_output_embeddings())
+        self.ea_layer = None
+        if draft is not None:
+            last_layer_device = next(self.target.decoder.layers[-1].parameters()).device
+            self.ea_layer = draft.to(device=last_layer_device, dtype=self.target.dtype).eval()
+            self.ea_layer.bind_target_modules(base_model.get_input_embeddings(), base_model.get_output_embeddings())
         self.sibling_mode = sibling_mode
-        self.set_tree(total_token, depth, top_k)
+        if drafter is None:
+            self.set_tree(total_token, depth, top_k)
+        else:
+            self.drafter = drafter
         self.lookup_tokens = lookup_tokens
         self.lookup_ngram = lookup_ngram
         if stop_token_ids is None:
@@ -141,9 +142,11 @@ class EaModel(nn.Module):
         return self.tokenizer
 
     def set_tree(self, total_token: int, depth: int, top_k: int) -> None:
-        """Use a new tree shape from the next generate call on: ``total_token`` nodes verified per step (-1 =
-        measure the target and pick), ``depth`` draft layers, ``top_k`` children per node. Only the drafter is
-        rebuilt (no weights move); invalid values raise ValueError and keep the current tree."""
+        """Draft the dynamic tree of this shape from the next generate call on: ``total_token`` nodes verified per
+        step (-1 = measure the target and pick), ``depth`` draft layers, ``top_k`` children per node. Only the
+        drafter is rebuilt (no weights move); invalid values raise ValueError and keep the current drafter."""
+        if self.ea_layer is None:
+            raise ValueError("the dynamic tree needs a draft head: this EaModel was built with draft=None")
         if total_token == -1:
             total_token = choose_tree_size(self.target)
         self.drafter = TreeDrafter(self.ea_layer, total_token, depth, top_k, self.sibling_mode)
@@ -180,14 +183,19 @@ class EaModel(nn.Module):
     def ea_generate(self, input_ids, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=512, max_length=2048,
                     log=False, is_llama3=False, seed=None) -> Iterator[torch.Tensor]:
         """Streaming :meth:`eagenerate`: yields the [1, P + n] ids after every verification step."""
-        return self._stream(self._speculative_tokens, input_ids, temperature, top_p, top_k, max_new_tokens,
-                            max_length, seed)
+        return self._stream(True, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, seed)
 
     def naive_generate(self, input_ids, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=512, max_length=2048,
                        log=False, is_llama3=False, seed=None) -> Iterator[torch.Tensor]:
         """Streaming :meth:`naivegenerate`: yields the ids after every token."""
-        return self._stream(self._naive_tokens, input_ids, temperature, top_p, top_k, max_new_tokens, max_length,
-                            seed)
+        return self._stream(False, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, seed)
+
+    def active_drafter(self) -> Drafter:
+        """The drafter a generate call uses now: ``drafter``, wrapped in prompt lookup when ``lookup_tokens`` > 0."""
+        check_drafter(self.drafter)
+        if self.lookup_tokens:
+            return PromptLookup(self.drafter, self.lookup_tokens, self.lookup_ngram)
+        return self.drafter
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _result(self, ids, log):
@@ -195,13 +203,20 @@ class EaModel(nn.Module):
             return ids, self.last_stats.new_tokens, self.last_stats.target_forwards
         return ids
 
-    def _stream(self, token_source, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, seed):
+    def _stream(self, speculative, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, seed):
+        """Check everything, then return the (lazy) stream of ids: speculative or plain decoding."""
         input_ids = as_input_ids(input_ids)
-        budget = self._check_inputs(input_ids, temperature, top_p, top_k, max_new_tokens, max_length)
+        drafter = self.active_drafter()
+        budget = self._check_inputs(input_ids, temperature, top_p, top_k, max_new_tokens, max_length,
+                                    drafter.total_token)
         sampling = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
         generator = torch.Generator().manual_seed(int(seed))
+        if speculative:
+            token_source = functools.partial(speculative_tokens, self.target, drafter)
+        else:
+            token_source = functools.partial(plain_tokens, self.target)
         return self._run(token_source, input_ids, budget, sampling, generator)
 
     def _run(self, token_source, input_ids, budget, sampling, generator):
@@ -222,68 +237,7 @@ class EaModel(nn.Module):
             if stop_at is not None or len(generated) >= budget:
                 return
 
-    def _pick(self, logits: torch.Tensor, sampling: dict, generator: torch.Generator) -> int:
-        if sampling["temperature"] == 0:
-            return int(logits.argmax())
-        probs = warp_logits(logits, **sampling).softmax(-1).cpu()
-        return int(torch.multinomial(probs, 1, generator=generator))
-
-    @torch.inference_mode()
-    def _naive_tokens(self, prompt, sampling, generator, stats) -> Iterator[list[int]]:
-        logits, _ = self.target.prefill(prompt)
-        stats.target_forwards = 1
-        while True:
-            token = self._pick(logits, sampling, generator)
-            yield [token]
-            logits, _ = self.target.step(token)
-            stats.target_forwards += 1
-
-    @torch.inference_mode()
-    def _speculative_tokens(self, prompt, sampling, generator, stats) -> Iterator[list[int]]:
-        logits, features = self.target.prefill(prompt)
-        stats.target_forwards = 1
-        root = self._pick(logits, sampling, generator)
-        yield [root]
-        self.drafter.reset()
-        # the draft pairs feature f_t with token x_{t+1}: prompt features with the prompt shifted by one + root
-        new_features = features
-        new_tokens = torch.cat([prompt[0, 1:], torch.tensor([root], device=prompt.device)])
-        # every committed token, kept only for prompt lookup
-        history = torch.cat([prompt[0], new_tokens[-1:]]) if self.lookup_tokens else None
-        while True:
-            tree = self._draft(new_features, new_tokens, sampling, generator)
-            if history is not None:
-                tree = self._graft(tree, lookup_continuation(history, self.lookup_ngram, self.lookup_tokens))
-            prefix_len = len(self.target)
-            tree_logits, tree_features = self.target.verify(tree)
-            stats.target_forwards += 1
-            verdict = self._verify(tree, tree_logits, sampling, generator)
-            path = torch.cat([torch.zeros(1, dtype=torch.long), verdict.accepted_nodes]).to(tree_features.device)
-            self.target.commit(prefix_len, path)
-            stats.accept_lengths.append(int(verdict.accepted_nodes.numel()))
-            accepted_tokens = tree.tokens[verdict.accepted_nodes].tolist()
-            yield accepted_tokens + [verdict.next_token]
-            new_features = tree_features[path]
-            new_tokens = torch.tensor(accepted_tokens + [verdict.next_token], device=prompt.device)
-            if history is not None:
-                history = torch.cat([history, new_tokens])
-
-    def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict, generator: torch.Generator):
-        """One draft tree below ``tokens[-1]`` (features [S, H] and tokens [S] of the newly committed positions).
-        Drafting here is deterministic; subclasses with a sampling drafter (Jakiro*) use ``sampling``/``generator``."""
-        return self.drafter.draft_tree(features, tokens)
-
-    def _graft(self, tree, chain: torch.Tensor):
-        """The drafted tree with the prompt-lookup ``chain`` [m] merged in as a branch below the root."""
-        return graft_chain(tree, chain)
-
-    def _verify(self, tree, logits: torch.Tensor, sampling: dict, generator: torch.Generator) -> Verdict:
-        """Verdict on a drafted tree given the target's logits [n, V] at its nodes (greedy at temperature 0)."""
-        if sampling["temperature"] == 0:
-            return verify_greedy(tree, logits)
-        return verify_sampling(tree, logits, generator=generator, **sampling)
-
-    def _check_inputs(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length) -> int:
+    def _check_inputs(self, input_ids, temperature, top_p, top_k, max_new_tokens, max_length, tree_size) -> int:
         """Validate arguments before any work; returns how many tokens may be generated."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a [batch, length] tensor")
@@ -313,13 +267,24 @@ class EaModel(nn.Module):
             )
         budget = min(int(max_new_tokens), room)
         window = self.target.sliding_window
-        tree_size = self.drafter.total_token + self.lookup_tokens
         if window and input_ids.shape[1] + budget + tree_size > window:
             raise ValueError(
                 f"prompt + new tokens + tree ({input_ids.shape[1]} + {budget} + {tree_size}) exceed the "
                 f"target's sliding window {window}; tree verification does not implement sliding windows"
             )
         return budget
+
+
+def check_draft_fits(draft: DraftHead, base_model: PreTrainedModel) -> None:
+    """Raise ValueError when the draft head was made for a target of another hidden size or vocabulary."""
+    target_config = base_model.config.get_text_config()
+    if draft.config.hidden_size != target_config.hidden_size:
+        raise ValueError(
+            f"draft hidden size {draft.config.hidden_size} != target hidden size {target_config.hidden_size}"
+        )
+    vocab = base_model.get_output_embeddings().weight.shape[0]
+    if draft.config.vocab_size != vocab:
+        raise ValueError(f"draft vocabulary {draft.config.vocab_size} != target vocabulary {vocab}")
 
 
 def as_input_ids(input_ids) -> torch.Tensor:

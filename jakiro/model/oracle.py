@@ -3,17 +3,15 @@ much a perfect deterministic draft could gain on a target (see :mod:`jakiro.deco
 
 from __future__ import annotations
 
-import torch
-
 from jakiro.decoding.oracle import OracleDrafter
 from jakiro.model.ea_model import EaModel
 from jakiro.target import choose_tree_size
 
 
 class OracleEaModel(EaModel):
-    """:class:`EaModel` whose draft tree comes from :class:`OracleDrafter`; the draft head, ``depth`` and ``top_k``
-    are not used (construct it like an EaModel, e.g. ``OracleEaModel.from_pretrained(base, any_draft,
-    total_token=8)``).
+    """:class:`EaModel` whose drafter is :class:`OracleDrafter`; ``depth``, ``top_k`` and the draft head are not
+    used (construct it like an EaModel, e.g. ``OracleEaModel.from_pretrained(base, any_draft, total_token=8)``, or
+    ``OracleEaModel(base_model, None, tokenizer, total_token=8)``).
 
     Its output is as lossless as any speculative run (the oracle tree is just another deterministic candidate
     set); its tau is the most a deterministic ``total_token``-node tree can reach on this target with this sampling
@@ -25,6 +23,3 @@ class OracleEaModel(EaModel):
         if total_token == -1:
             total_token = choose_tree_size(self.target)
         self.drafter = OracleDrafter(self.target, total_token)
-
-    def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict, generator: torch.Generator):
-        return self.drafter.draft_tree(int(tokens[-1]), sampling)

@@ -8,28 +8,25 @@ Same API as ``EaModel`` (``from_pretrained``, ``eagenerate``, ``naivegenerate``,
                                         sibling_mode="mixture", dtype=torch.bfloat16)
     ids = model.eagenerate(input_ids, temperature=1.0, max_new_tokens=256)
 
-Per step: :class:`jakiro_star.drafter.StaticTreeDrafter` draws the static tree's nodes from the experts'
-distributions (with ``lookup_tokens``, a prompt-lookup branch joins them as fixed candidates), the target verifies
-the tree in one forward (the ``jakiro`` target adapter and KV compaction), and the verdict comes from
-:func:`jakiro.decoding.verify.verify_greedy` at temperature 0 or
-:func:`jakiro_star.verify.verify_recursive` (lossless recursive rejection sampling) otherwise.
+``StarEaModel`` is an ``EaModel`` whose drafter is :class:`jakiro_star.drafter.StaticTreeDrafter`: per step it draws
+the static tree's nodes from the experts' distributions and records their proposals (with ``lookup_tokens``, a
+prompt-lookup branch joins them as fixed candidates); the generate loop, the target adapter and the verifier
+(:func:`jakiro.decoding.verify.verify`: greedy at temperature 0, lossless recursive rejection sampling otherwise)
+are the ``jakiro`` ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from jakiro.common.io import check_model_files
 from jakiro.model.draft import DraftHead
-from jakiro.model.ea_model import EaModel
-from jakiro.decoding.verify import Verdict, verify_greedy
+from jakiro.model.ea_model import EaModel, check_draft_fits
 from jakiro_star.drafter import StaticTreeDrafter
 from jakiro_star.proposals import check_mode
 from jakiro_star.trees import StaticTree, get_static_tree
-from jakiro_star.verify import SampledDraftTree, graft_fixed_chain, verify_recursive
 
 DEFAULT_TREE = "mc_sim_7b_63"
 _DYNAMIC_TREE_ARGS = ("total_token", "depth", "top_k")
@@ -50,14 +47,12 @@ class StarEaModel(EaModel):
         lookup_tokens: int = 0,
         lookup_ngram: int = 3,
     ):
-        check_mode(sibling_mode)
-        tree = get_static_tree(static_tree)
-        # the parent builds a dynamic drafter of the same size, which the static one replaces
-        super().__init__(base_model, draft, tokenizer, total_token=len(tree), depth=tree.depth,
-                         top_k=min(tree.max_children, draft.config.vocab_size), stop_token_ids=stop_token_ids,
+        check_draft_fits(draft, base_model)
+        # EaModel moves and casts the draft head in place, so the drafter built around it here is the one used
+        drafter = StaticTreeDrafter(draft, static_tree, sibling_mode)
+        super().__init__(base_model, draft, tokenizer, sibling_mode=sibling_mode, stop_token_ids=stop_token_ids,
                          exact_verification=exact_verification, lookup_tokens=lookup_tokens,
-                         lookup_ngram=lookup_ngram)
-        self.drafter = StaticTreeDrafter(self.ea_layer, tree, sibling_mode)
+                         lookup_ngram=lookup_ngram, drafter=drafter)
 
     @classmethod
     def from_pretrained(
@@ -75,7 +70,7 @@ class StarEaModel(EaModel):
         directory. ``static_tree``: a registered name (:data:`jakiro_star.tree_choices.STATIC_TREES`) or a choices list;
         ``sibling_mode``: ``mixture`` or ``per_expert`` (see :mod:`jakiro_star.proposals`); ``exact_verification``,
         ``lookup_tokens``, ``lookup_ngram``: as for :meth:`EaModel.from_pretrained` (the looked-up branch's nodes
-        are verified as fixed candidates, see :func:`jakiro_star.verify.graft_fixed_chain`)."""
+        are verified as fixed candidates, see :func:`jakiro.decoding.tree.graft_chain`)."""
         given = [name for name in _DYNAMIC_TREE_ARGS if name in hf_kwargs]
         if given:
             raise ValueError(f"Jakiro* drafts a static tree: pass static_tree=... instead of {', '.join(given)}")
@@ -90,15 +85,9 @@ class StarEaModel(EaModel):
         return cls(base_model, draft, tokenizer, tree, sibling_mode, exact_verification=exact_verification,
                    lookup_tokens=lookup_tokens, lookup_ngram=lookup_ngram)
 
-    def _draft(self, features: torch.Tensor, tokens: torch.Tensor, sampling: dict,
-               generator: torch.Generator) -> SampledDraftTree:
-        return self.drafter.draft_tree(features, tokens, sampling, generator)
-
-    def _graft(self, tree: SampledDraftTree, chain: torch.Tensor) -> SampledDraftTree:
-        return graft_fixed_chain(tree, chain)
-
-    def _verify(self, tree: SampledDraftTree, logits: torch.Tensor, sampling: dict,
-                generator: torch.Generator) -> Verdict:
-        if sampling["temperature"] == 0:
-            return verify_greedy(tree, logits)
-        return verify_recursive(tree, logits, generator=generator, **sampling)
+    def set_tree(self, total_token: int, depth: int = 0, top_k: int = 0) -> None:
+        """Not available: Jakiro* drafts a static tree. Use another one with
+        ``model.drafter = StaticTreeDrafter(model.ea_layer, tree, sibling_mode)``."""
+        raise ValueError("Jakiro* drafts a static tree, not a dynamic one (total_token, depth, top_k): set "
+                         "model.drafter = jakiro_star.drafter.StaticTreeDrafter(model.ea_layer, static_tree, "
+                         "sibling_mode) or construct StarEaModel with static_tree=...")
