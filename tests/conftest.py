@@ -10,6 +10,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+@pytest.fixture
+def fresh_accelerate():
+    """accelerate's process-wide state reset before and after a test (trainers read and set it)."""
+    from tiny_models import reset_accelerate
+
+    reset_accelerate()
+    yield
+    reset_accelerate()
+
+
 @pytest.fixture(scope="module")
 def one_thread_per_module():
     """Tiny models run fastest on one thread, above all on a loaded machine (use with pytestmark)."""

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
@@ -29,15 +28,10 @@ from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices
 from jakiro.train.main import build_trainer, main, parse_args, resolve_config
 from jakiro.train.trainer import EXPORT, METRICS, Trainer, deepspeed_settings, latest_checkpoint
-from tiny_models import tiny_target
+from tiny_models import reset_accelerate, tiny_target
 
 VOCAB = 64
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ another, and no shifted target or head-2 pair spans two conversations.
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from jakiro.common.config import load_config
 from jakiro.model.draft import DraftHead, DraftHeadConfig
@@ -16,21 +15,11 @@ from jakiro.train.data import TokenBudgetSampler, add_noise, collate, collate_pa
 from jakiro.train.losses import draft_losses, head2_mask
 from jakiro.train.metrics import Sums
 from jakiro.train.trainer import Trainer
-from tiny_models import tiny_target
+from tiny_models import reset_accelerate, tiny_target
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")
 
 VOCAB, HIDDEN = 64, 64
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    reset_accelerate()
-    yield
-    reset_accelerate()
 
 
 def items(lengths, seed=0):

@@ -10,7 +10,6 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from jakiro.common.assets import ensure_sharegpt, ensure_smollm2
@@ -20,13 +19,9 @@ from jakiro.model.draft import DraftHead
 from jakiro.model.ea_model import EaModel
 from jakiro.train.main import build_trainer
 from jakiro.train.trainer import METRICS
+from tiny_models import reset_accelerate
 
 PROMPTS = ["Give me three tips for staying healthy.", "How do I reverse a list in Python?"]
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,15 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch.nn import functional as F
 
 from jakiro.common.config import ConfigError, load_config
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.train.losses import EPS
 from jakiro.train.trainer import METRICS, Trainer
-from tiny_models import tiny_target
+from tiny_models import reset_accelerate, tiny_target
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")
 
 VOCAB, HIDDEN = 64, 64
 KINDS = {  # the three draft kinds of the shipped recipe, at the tiny target's sizes
@@ -26,18 +27,6 @@ KINDS = {  # the three draft kinds of the shipped recipe, at the tiny target's s
     "eagle2": dict(num_experts=1, experts_per_token=1, parallel_head=False, expert_intermediate_size=128),
     "jakiro_star": dict(num_experts=2, experts_per_token=2, parallel_head=False),
 }
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    reset_accelerate()
-    yield
-    reset_accelerate()
 
 
 @pytest.fixture(scope="module")

@@ -85,3 +85,11 @@ def save_tiny_target_with_smollm2_tokenizer(directory, eos_every: int):
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return model, tokenizer
+
+
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide state, so that the next trainer starts as in a fresh process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
