@@ -25,6 +25,9 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from jakiro.train.fused_loss import RANK_DEPTH, distill_rows
+from jakiro.train.metrics import topk_correct
+
 EPS = 1e-5  # the reference's denominator guard
 
 
@@ -121,14 +124,32 @@ class LossTerms:
 
 @dataclass
 class HeadScores:
-    """What the metrics need besides the losses: [N, V] draft logits and [N] target argmax per head."""
+    """What the metrics need besides the losses, per head: [N] target argmax labels and weights, and either the
+    [N, V] draft logits or (``fused``) the [N] rank of the label among the draft's top
+    :data:`~jakiro.train.fused_loss.RANK_DEPTH` logits (head 2's entries None without a parallel head)."""
 
-    logits1: torch.Tensor
+    logits1: torch.Tensor | None
     labels1: torch.Tensor
     weights1: torch.Tensor
     logits2: torch.Tensor | None
     labels2: torch.Tensor | None
     weights2: torch.Tensor | None
+    ranks1: torch.Tensor | None = None
+    ranks2: torch.Tensor | None = None
+
+    def scored(self, head: int) -> bool:
+        """Whether head ``head`` (1 or 2) was scored."""
+        return getattr(self, f"weights{head}") is not None
+
+    def topk_hits(self, head: int, ks=(1, 2, 3)) -> torch.Tensor:
+        """[len(ks)] weighted counts of head ``head``'s rows whose target label is among its top-k logits."""
+        weights, ranks = getattr(self, f"weights{head}"), getattr(self, f"ranks{head}")
+        if ranks is None:
+            return topk_correct(getattr(self, f"logits{head}"), getattr(self, f"labels{head}"), weights, ks)
+        if max(ks) > RANK_DEPTH:
+            raise ValueError(f"fused scores rank the top {RANK_DEPTH} logits only, asked for top-{max(ks)}")
+        w = weights.float()
+        return torch.stack([((ranks < k).float() * w).sum() for k in ks]).cpu()
 
 
 def draft_losses(
@@ -144,6 +165,7 @@ def draft_losses(
     balance: torch.Tensor | None = None,
     balance_w: float = 0.0,
     position_ids: torch.Tensor | None = None,
+    head_weight: torch.Tensor | None = None,
 ) -> tuple[LossTerms, HeadScores]:
     """L = v_w (V1 + c V2) + p_w (P1 + c P2) + balance_w * balance.
 
@@ -154,14 +176,21 @@ def draft_losses(
         normalizers: (head 1, head 2) denominators; None = the local masked mean (sum(w) + 1e-5).
         balance: precomputed load-balancing loss (scalar) or None.
         position_ids: [B, S] positions within each conversation (packed batches); see :func:`gather_rows`.
+        head_weight: [V, H] the frozen weight of a bias-free ``lm_head``: the soft cross-entropies and top-k ranks
+            come from one row-chunked pass with the analytic gradient (:mod:`jakiro.train.fused_loss`; same values
+            to float rounding, no [N, V] tensors kept for backward) and the scores carry ranks instead of logits.
+            None: ``lm_head`` on all rows at once, plain autograd.
     """
     target_rows, rows1, rows2 = gather_rows(head1, head2, target, mask, position_ids)
+    if normalizers is None:
+        normalizers = (rows1.weights.sum() + EPS, (rows2.weights.sum() + EPS) if rows2 is not None else 1.0)
+    if head_weight is not None:
+        return _fused_losses(target_rows, rows1, rows2, head_weight, v_w, p_w, parallel_w, normalizers, balance,
+                             balance_w)
     with torch.no_grad():
         target_logits = lm_head(target_rows).float()
         target_probs = target_logits.softmax(-1)
         labels = target_logits.argmax(-1)
-    if normalizers is None:
-        normalizers = (rows1.weights.sum() + EPS, (rows2.weights.sum() + EPS) if rows2 is not None else 1.0)
     logits1 = lm_head(rows1.pred)
     v1 = weighted_sum(smooth_l1(rows1.pred, target_rows), rows1.weights, normalizers[0])
     p1 = weighted_sum(soft_cross_entropy(logits1, target_probs), rows1.weights, normalizers[0])
@@ -178,6 +207,28 @@ def draft_losses(
     total = v_w * (v1 + parallel_w * v2) + p_w * (p1 + parallel_w * p2) + balance_w * balance
     scores = HeadScores(logits1.detach(), labels, rows1.weights, None if logits2 is None else logits2.detach(),
                         labels2, weights2)
+    return LossTerms(total, v1, p1, v2, p2, balance), scores
+
+
+def _fused_losses(target_rows: torch.Tensor, rows1: HeadRows, rows2: HeadRows | None, head_weight: torch.Tensor,
+                  v_w: float, p_w: float, parallel_w: float, normalizers, balance: torch.Tensor | None,
+                  balance_w: float) -> tuple[LossTerms, HeadScores]:
+    """:func:`draft_losses` with both heads' soft cross-entropies and top-k ranks from one
+    :func:`jakiro.train.fused_loss.distill_rows` pass (no [N, V] logits kept)."""
+    heads = [(rows1.pred, rows1.target_rows)] + ([(rows2.pred, rows2.target_rows)] if rows2 is not None else [])
+    fused = distill_rows(head_weight, target_rows, heads)
+    v1 = weighted_sum(smooth_l1(rows1.pred, target_rows), rows1.weights, normalizers[0])
+    p1 = weighted_sum(fused.ce[0], rows1.weights, normalizers[0])
+    zero = v1.new_zeros(())
+    v2 = p2 = zero
+    labels2 = weights2 = ranks2 = None
+    if rows2 is not None:
+        v2 = weighted_sum(smooth_l1(rows2.pred, target_rows[rows2.target_rows]), rows2.weights, normalizers[1])
+        p2 = weighted_sum(fused.ce[1], rows2.weights, normalizers[1])
+        labels2, weights2, ranks2 = fused.labels[rows2.target_rows], rows2.weights, fused.ranks[1]
+    balance = zero if balance is None else balance
+    total = v_w * (v1 + parallel_w * v2) + p_w * (p1 + parallel_w * p2) + balance_w * balance
+    scores = HeadScores(None, fused.labels, rows1.weights, None, labels2, weights2, fused.ranks[0], ranks2)
     return LossTerms(total, v1, p1, v2, p2, balance), scores
 
 

@@ -61,7 +61,7 @@ from jakiro.model.target_init import init_from_target_layer
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
                                mix_seed, sequence_lengths)
 from jakiro.train.losses import EPS, draft_losses, head2_mask, load_balancing_loss
-from jakiro.train.metrics import JsonlLog, Sums, draft_chain_accuracy, ratio, topk_correct
+from jakiro.train.metrics import JsonlLog, Sums, draft_chain_accuracy, ratio
 from jakiro.train.unroll import ahead, run_chain, step_targets
 
 CHECKPOINTS = "checkpoints"
@@ -358,6 +358,14 @@ class Trainer:
         """[N, H] -> [N, V_d]: draft and target rows are both scored over the draft vocabulary."""
         return self.draft.compact_logits(x)
 
+    def _head_weight(self) -> torch.Tensor | None:
+        """[V_d, H] the weight of :meth:`_head` for the fused losses of packed batches, or None where the head is
+        not a bias-free linear map (then the plain losses run)."""
+        head = self.draft.lm_head
+        if type(head) is not torch.nn.Linear or head.bias is not None:
+            return None
+        return head.weight if self.draft.d2t is None else self.draft._restricted_weights(head)[0]
+
     # -- one forward ------------------------------------------------------------------------------------------------
     def _losses(self, model, inputs: dict, normalizers, steps: int | None = None):
         """Forward of ``model`` (a :class:`HeadsForward`, prepared or not) + losses, inside autocast.
@@ -368,6 +376,8 @@ class Trainer:
         train = self.train_cfg
         mask, positions = inputs["mask"], inputs["positions"]
         steps = train.unroll_steps if steps is None else steps
+        # packed batches (the new path) score the heads with the fused losses; padded rows keep the previous code
+        head_weight = None if inputs["segments"] is None else self._head_weight()
         with self.accelerator.autocast():
             outputs = self.heads.unpack(model(inputs["features"], inputs["input_ids"], positions,
                                               inputs["segments"], steps))
@@ -381,7 +391,7 @@ class Trainer:
                                                   self.draft_config.num_experts_per_tok)
                 results.append(draft_losses(head1, head2, target, weights, self._head, train.v_w, train.p_w,
                                             train.parallel_w, normalizers[k], balance, train.load_balance_w,
-                                            positions))
+                                            positions, head_weight))
         (first, scores), later = results[0], results[1:]
         if later:
             total = first.total + sum(train.unroll_decay ** k * terms.total for k, (terms, _) in enumerate(later, 1))
@@ -392,13 +402,12 @@ class Trainer:
     def _add_scores(sums: Sums, terms, scores) -> None:
         for name in ("total", "v1", "p1", "v2", "p2", "balance"):
             sums.add(name, getattr(terms, name).detach())
-        for head, logits, labels, weights in ((1, scores.logits1, scores.labels1, scores.weights1),
-                                              (2, scores.logits2, scores.labels2, scores.weights2)):
-            if logits is None:
+        for head in (1, 2):
+            if not scores.scored(head):
                 continue
-            for k, hits in zip(KS, topk_correct(logits, labels, weights, KS)):
+            for k, hits in zip(KS, scores.topk_hits(head, KS)):
                 sums.add(f"head{head}_top{k}_hits", hits)
-            sums.add(f"head{head}_count", weights.sum())
+            sums.add(f"head{head}_count", getattr(scores, f"weights{head}").sum())
 
     def _global_normalizers(self, mask: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor,
                                                                                             torch.Tensor]]:
@@ -577,8 +586,7 @@ class Trainer:
         self._add_scores(sums, terms, scores)
         for j, (step_terms, step_scores) in enumerate(later, 1):  # unrolled steps: their loss and head-1 top-1
             sums.add(f"unroll{j}_total", step_terms.total.detach())
-            sums.add(f"unroll{j}_top1_hits", topk_correct(step_scores.logits1, step_scores.labels1,
-                                                          step_scores.weights1, (1,))[0])
+            sums.add(f"unroll{j}_top1_hits", step_scores.topk_hits(1, (1,))[0])
             sums.add(f"unroll{j}_count", step_scores.weights1.sum())
         sums.add("tokens", inputs["tokens"])
 
