@@ -23,6 +23,7 @@ import torch
 
 CHUNK = 256  # target rows per chunk: the chunk's [rows, V] float32 work stays in the core's cache at V = 8k
 RANK_DEPTH = 3  # top-k metrics up to k = 3
+BLOCK = 128  # columns per block of the argmax / top-k search
 
 
 @dataclass
@@ -54,8 +55,38 @@ def _bounds(index: torch.Tensor, starts: list[int]) -> list[int]:
     return torch.searchsorted(index, torch.tensor(starts, dtype=index.dtype, device=index.device)).tolist()
 
 
+def _blocks(x: torch.Tensor) -> torch.Tensor | None:
+    """[R, V] -> [R, V / BLOCK, BLOCK] view, or None when V is not a multiple of BLOCK."""
+    return x.view(x.shape[0], -1, BLOCK) if x.shape[1] % BLOCK == 0 and x.shape[1] > BLOCK else None
+
+
+def first_argmax(x: torch.Tensor) -> torch.Tensor:
+    """[R, V] -> [R] ``x.argmax(-1)`` (the first of equal maxima), through per-block maxima: torch's CPU argmax
+    over 8k columns is several times slower than max-reducing blocks and searching one block."""
+    blocks = _blocks(x)
+    if blocks is None:
+        return x.argmax(-1)
+    best = blocks.amax(-1).argmax(-1)  # the first block holding the row maximum
+    inside = blocks[torch.arange(x.shape[0], device=x.device), best].argmax(-1)
+    return best * BLOCK + inside
+
+
+def top_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[R, V] -> [R, k] indices of the k largest values, largest first (``torch.topk``'s values; which of equal
+    values comes first is unspecified there too). The k largest lie in the k blocks of largest maxima: top-k of
+    those blocks only."""
+    blocks = _blocks(x)
+    k = min(k, x.shape[1])
+    if blocks is None or k > blocks.shape[1]:
+        return torch.topk(x, k, dim=-1).indices
+    chosen = blocks.amax(-1).topk(k, dim=-1).indices  # [R, k] blocks
+    rows = torch.gather(blocks, 1, chosen[:, :, None].expand(-1, -1, BLOCK)).reshape(x.shape[0], k * BLOCK)
+    inside = rows.topk(k, dim=-1).indices
+    return torch.gather(chosen, 1, inside // BLOCK) * BLOCK + inside % BLOCK
+
+
 class _DistillFunction(torch.autograd.Function):
-    """(weight, target, indices..., rows...) -> (ce per head..., ranks per head..., labels); see the module
+    """(weight, target, chunk, indices, rows...) -> (ce per head..., ranks per head..., labels); see the module
     docstring. ``rows`` get a gradient, nothing else does."""
 
     @staticmethod
@@ -64,6 +95,8 @@ class _DistillFunction(torch.autograd.Function):
         m = target.shape[0]
         starts = list(range(0, m, chunk)) + [m]
         bounds = [_bounds(index, starts) for index in indices]
+        aligned = [index.shape[0] == m and bool((index == torch.arange(m, device=index.device)).all())
+                   for index in indices]  # head 1: row i scores target i
         want = [ctx.needs_input_grad[4 + h] for h in range(heads)]
         ce = [r.new_empty(r.shape[0], dtype=torch.float32) for r in rows]
         ranks = [torch.full((r.shape[0],), RANK_DEPTH, dtype=torch.long, device=r.device) for r in rows]
@@ -75,23 +108,29 @@ class _DistillFunction(torch.autograd.Function):
                 a, b = starts[c], starts[c + 1]
                 t = (target[a:b] @ wt).float()
                 probs = t.softmax(-1)
-                label = t.argmax(-1)
+                label = first_argmax(t)
                 labels[a:b] = label
                 mass = probs.sum(-1)
                 for h in range(heads):
                     lo, hi = bounds[h][c], bounds[h][c + 1]
                     if lo == hi:
                         continue
-                    local = indices[h][lo:hi] - a
-                    p, s = probs.index_select(0, local), mass.index_select(0, local)
+                    if aligned[h]:
+                        p, s, wanted = probs, mass, label
+                    else:
+                        local = indices[h][lo:hi] - a
+                        p, s, wanted = probs.index_select(0, local), mass.index_select(0, local), label[local]
                     z = (rows[h][lo:hi] @ wt).float()
-                    top = torch.topk(z, min(RANK_DEPTH, z.shape[1]), dim=-1).indices
-                    found = top == label.index_select(0, local)[:, None]
+                    found = top_indices(z, RANK_DEPTH) == wanted[:, None]
                     ranks[h][lo:hi] = torch.where(found.any(-1), found.int().argmax(-1), RANK_DEPTH)
-                    lse = torch.logsumexp(z, -1)
-                    ce[h][lo:hi] = lse * s - (p * z).sum(-1)
+                    # ce = lse(z) s - sum p z = log(sum exp(z - max)) s - sum p (z - max)
+                    z.sub_(z.amax(-1, keepdim=True))
+                    dot = torch.linalg.vecdot(p, z)
+                    e = z.exp_()
+                    total = e.sum(-1)
+                    ce[h][lo:hi] = total.log() * s - dot
                     if want[h]:
-                        g = torch.exp(z - lse[:, None]).mul_(s[:, None]).sub_(p)
+                        g = e.mul_((s / total)[:, None]).sub_(p)  # softmax(z) sum(p) - p
                         grads[h][lo:hi] = g.to(weight.dtype) @ weight
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         ctx.mark_non_differentiable(*ranks, labels)
@@ -100,24 +139,23 @@ class _DistillFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *outputs_grad):
         grads = ctx.saved_tensors
-        heads = len(grads)
         out = []
-        for h in range(heads):
+        for h, stored in enumerate(grads):
             g = outputs_grad[h]
             out.append(None if g is None or not ctx.needs_input_grad[4 + h] else
-                       (g[:, None] * grads[h].float()).to(grads[h].dtype))
+                       (g[:, None] * stored.float()).to(stored.dtype))
         return (None, None, None, None, *out)
 
 
 def distill_rows(weight: torch.Tensor, target: torch.Tensor, heads: list[tuple[torch.Tensor, torch.Tensor]],
-                 chunk: int = CHUNK) -> DistillRows:
+                 chunk: int | None = None) -> DistillRows:
     """Soft cross-entropy of each head's rows against the target rows' distributions (see the module docstring).
 
     Args:
         weight: [V, H] the LM head's weight (frozen: it gets no gradient).
         target: [M, H] target features (no gradient).
         heads: per head, (rows [N_h, H], index [N_h] int64 non-decreasing indices into ``target``).
-        chunk: target rows per chunk.
+        chunk: target rows per chunk (None: :data:`CHUNK`).
     """
     if weight.requires_grad:
         raise ValueError("distill_rows: the LM head weight must be frozen (requires_grad=False)")
@@ -125,6 +163,6 @@ def distill_rows(weight: torch.Tensor, target: torch.Tensor, heads: list[tuple[t
     w = weight.detach().to(dtype)
     rows = [r.to(dtype) for r, _ in heads]
     indices = [i.to(target.device) for _, i in heads]
-    out = _DistillFunction.apply(w, target.detach().to(dtype), chunk, indices, *rows)
+    out = _DistillFunction.apply(w, target.detach().to(dtype), chunk or CHUNK, indices, *rows)
     n = len(heads)
     return DistillRows(list(out[:n]), list(out[n:2 * n]), out[-1])
