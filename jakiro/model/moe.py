@@ -109,8 +109,12 @@ class MixtureOfExperts(nn.Module):
             rows = used[:, expert_id].nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            y = self.experts[expert_id](u[rows])
-            heads[:, rows] += combined[:, rows, expert_id, None].to(y.dtype) * y
+            if rows.numel() == n:  # every position uses this expert (2 experts, top-2): no gather and scatter
+                y = self.experts[expert_id](u)
+                heads += combined[:, :, expert_id, None].to(y.dtype) * y
+            else:
+                y = self.experts[expert_id](u[rows])
+                heads[:, rows] += combined[:, rows, expert_id, None].to(y.dtype) * y
             if with_experts:
                 slot_rows, slot = (ids1[rows] == expert_id).nonzero(as_tuple=True)
                 expert_outputs[rows[slot_rows], slot] = y[slot_rows]
