@@ -11,8 +11,8 @@ each head's soft cross-entropy, the rank of the target's label among the head's 
 top-k metrics) and, when a gradient is wanted, the [rows, H] input gradient per unit of ce. Nothing [M, V]-sized is
 kept: the backward pass only scales those stored gradients by the incoming per-row gradient. The values are those of
 :func:`jakiro.train.losses.soft_cross_entropy` on the LM head's logits (the same matmul in the same dtype, the
-softmax in float32) to float rounding; under CPU autocast the matmuls run in the autocast dtype, like ``F.linear``.
-The LM head itself gets no gradient (it is the target's, frozen).
+softmax in float32, float64 for float64 inputs) to float rounding; under CPU autocast the matmuls run in the autocast
+dtype, like ``F.linear``. The LM head itself gets no gradient (it is the target's, frozen).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-CHUNK = 128  # target rows per chunk (with the head rows scored against them: ~3x that many logit rows a chunk); measured best of 64 / 128 / 256 at V = 8k
+CHUNK = 128  # target rows per chunk (each with the head rows scored against them); the best of 64 / 128 / 256 at V = 8k
 RANK_DEPTH = 3  # top-k metrics up to k = 3
 BLOCK = 128  # columns per block of the argmax / top-k search
 
@@ -98,7 +98,8 @@ class _DistillFunction(torch.autograd.Function):
         aligned = [index.shape[0] == m and bool((index == torch.arange(m, device=index.device)).all())
                    for index in indices]  # head 1: row i scores target i
         want = [ctx.needs_input_grad[4 + h] for h in range(heads)]
-        ce = [r.new_empty(r.shape[0], dtype=torch.float32) for r in rows]
+        work = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums: float32 (float64 stays)
+        ce = [r.new_empty(r.shape[0], dtype=work) for r in rows]
         ranks = [torch.full((r.shape[0],), RANK_DEPTH, dtype=torch.long, device=r.device) for r in rows]
         grads = [torch.empty_like(r) if w else None for r, w in zip(rows, want)]
         labels = torch.empty(m, dtype=torch.long, device=target.device)
@@ -109,7 +110,7 @@ class _DistillFunction(torch.autograd.Function):
                 spans = [(bounds[h][c], bounds[h][c + 1]) for h in range(heads)]
                 # one matmul for the chunk's target rows and the head rows scored against them
                 logits = (torch.cat([target[a:b], *(rows[h][lo:hi] for h, (lo, hi) in enumerate(spans))]) @ wt)
-                logits = logits.float()
+                logits = logits.to(work)
                 t = logits[:b - a]
                 probs = t.softmax(-1)
                 label = first_argmax(t)
@@ -155,7 +156,7 @@ class _DistillFunction(torch.autograd.Function):
         for h, stored in enumerate(grads):
             g = outputs_grad[h]
             out.append(None if g is None or not ctx.needs_input_grad[4 + h] else
-                       (g[:, None] * stored.float()).to(stored.dtype))
+                       (g[:, None] * stored.to(g.dtype)).to(stored.dtype))
         return (None, None, None, None, *out)
 
 
