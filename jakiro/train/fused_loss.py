@@ -104,20 +104,26 @@ class _DistillFunction(torch.autograd.Function):
         grads = [torch.empty_like(r) if w else None for r, w in zip(rows, want)]
         labels = torch.empty(m, dtype=torch.long, device=target.device)
         wt = weight.t()
+        # the chunks' [rows, V] buffers, allocated once: fresh large tensors per chunk cost page faults on every use
+        sizes = [b - a + sum(bound[c + 1] - bound[c] for bound in bounds) for c, (a, b) in
+                 enumerate(zip(starts, starts[1:]))]
+        products = weight.new_empty(max(sizes, default=0), weight.shape[0])
+        buffer = torch.empty(products.shape, dtype=work, device=weight.device)
+        backward = weight.new_empty(products.shape)
         with torch.autocast(target.device.type, enabled=False):
             for c in range(len(starts) - 1):
                 a, b = starts[c], starts[c + 1]
                 spans = [(bounds[h][c], bounds[h][c + 1]) for h in range(heads)]
                 # one matmul for the chunk's target rows and the head rows scored against them
-                logits = (torch.cat([target[a:b], *(rows[h][lo:hi] for h, (lo, hi) in enumerate(spans))]) @ wt)
-                logits = logits.to(work)
+                inputs = torch.cat([target[a:b], *(rows[h][lo:hi] for h, (lo, hi) in enumerate(spans))])
+                logits = buffer[:len(inputs)]
+                logits.copy_(torch.mm(inputs, wt, out=products[:len(inputs)]))
                 t = logits[:b - a]
                 probs = t.softmax(-1)
                 label = first_argmax(t)
                 labels[a:b] = label
                 mass = probs.sum(-1)
                 offset, scored = b - a, []
-                backward = weight.new_empty(sum(hi - lo for h, (lo, hi) in enumerate(spans) if want[h]), t.shape[1])
                 for h, (lo, hi) in enumerate(spans):
                     if lo == hi:
                         continue
@@ -141,7 +147,8 @@ class _DistillFunction(torch.autograd.Function):
                         backward[done:done + hi - lo] = e.mul_((s / total)[:, None]).sub_(p)  # softmax sum(p) - p
                         scored.append((h, lo, hi - lo))
                 if scored:
-                    product, done = backward @ weight, 0  # one matmul for the input gradients of all heads
+                    done = sum(n for _, _, n in scored)
+                    product, done = backward[:done] @ weight, 0  # one matmul for the input gradients of all heads
                     for h, lo, n in scored:
                         grads[h][lo:lo + n] = product[done:done + n]
                         done += n
