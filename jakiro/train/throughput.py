@@ -7,8 +7,9 @@
 Both paths train the same draft (one optimizer; each micro-step is a real training step) on the same conversations,
 alternately, in one process: a round runs one epoch of the data with the old path, then one with the new, so load
 from other processes hits both alike. Old = ``train.batch_size`` sequences padded to the longest (the previous
-recipe); new = the same conversations packed into rows of ``train.batch_tokens`` real tokens (``--batch-tokens``
-overrides; 0 = the old batches, packed). Printed: tokens/s of each path (real tokens, padding not counted), the
+recipe, with the [N, V] logits of plain autograd); new = the same conversations packed into rows of
+``train.batch_tokens`` real tokens (``--batch-tokens`` overrides; 0 = the old batches, packed), scored by the fused
+LM-head losses of :mod:`jakiro.train.fused_loss`. Printed: tokens/s of each path (real tokens, padding not counted), the
 useful FLOP rate of its draft steps (:func:`draft_step_flops`) as a fraction of a ``matmul_size``-square matmul
 measured on the spot in the run's dtype (before the first round and after each, the best counts: other jobs on the
 cores lower single measurements), and as the last line ``ratio new/old: X.XX``. Exit status 2 with a

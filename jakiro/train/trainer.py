@@ -10,7 +10,9 @@ What a run does (``cfg.train`` holds every number):
   number of optimizer steps of ``num_epochs`` epochs; gradient clipping by value (reference) or norm.
 * Batches: ``train.batch_size`` sequences per process, or up to ``train.batch_tokens`` real tokens per process;
   right-padded rows, or (``train.packing``) packed into one row with attention kept within each conversation,
-  which gives the same losses without computing padding (:mod:`jakiro.train.data`). Evaluation uses padded rows.
+  which gives the same losses without computing padding (:mod:`jakiro.train.data`); packed batches also score the
+  LM head with the fused losses of :mod:`jakiro.train.fused_loss` (same values, no [N, V] logits kept), padded rows
+  keep the previous plain-autograd losses. Evaluation uses padded rows.
 * Each micro-batch: noise on the input features, draft forward (both heads), the losses of
   :mod:`jakiro.train.losses` normalised by the loss-weight sum of the *global* batch, so N processes with batch b
   compute the same update as one process with batch N b. ``train.unroll_steps`` K > 1 (training-time test): the
