@@ -134,10 +134,11 @@ class _DistillFunction(torch.autograd.Function):
                         p, s, wanted = probs.index_select(0, local), mass.index_select(0, local), label[local]
                     z = logits[offset:offset + hi - lo]
                     offset += hi - lo
-                    found = top_indices(z, RANK_DEPTH) == wanted[:, None]
+                    top = top_indices(z, RANK_DEPTH)
+                    found = top == wanted[:, None]
                     ranks[h][lo:hi] = torch.where(found.any(-1), found.int().argmax(-1), RANK_DEPTH)
                     # ce = lse(z) s - sum p z = log(sum exp(z - max)) s - sum p (z - max)
-                    z.sub_(z.amax(-1, keepdim=True))
+                    z.sub_(z.gather(1, top[:, :1]))  # the row maximum
                     dot = torch.linalg.vecdot(p, z)
                     e = z.exp_()
                     total = e.sum(-1)
