@@ -143,6 +143,8 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(target, tmp_
         terms, scores, later = tr._losses(tr.model, inputs, tr._global_normalizers(inputs["mask"],
                                                                                    inputs["positions"]))
         assert len(later) == unroll - 1
+        # packed batches are scored by the fused LM-head losses (ranks, no logits), padded rows by the plain ones
+        assert (scores.ranks1 is not None, scores.logits1 is None) == (packing, packing)
         terms.total.backward()
         grads = {n: p.grad.clone() for n, p in tr.draft.named_parameters() if p.grad is not None}
         sums = Sums()

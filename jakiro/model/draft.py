@@ -279,6 +279,14 @@ class DraftHead(nn.Module):
         full = compact.new_full((*compact.shape[:-1], self.config.vocab_size), float("-inf"))
         return full.index_copy_(-1, self.d2t.to(compact.device), compact)
 
+    def compact_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The [V_d, H] weight and [V_d] bias (or None) of :meth:`compact_logits` (the LM head's rows ``d2t``),
+        or None when the bound LM head is not a plain ``nn.Linear``."""
+        head = self.lm_head
+        if type(head) is not nn.Linear:
+            return None
+        return (head.weight, head.bias) if self.d2t is None else self._restricted_weights(head)
+
     def _restricted_weights(self, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LM head's rows ``d2t`` (and bias entries), cached until the head or the vocabulary changes."""
         key = (head.weight.data_ptr(), head.weight.dtype, head.weight._version, self.d2t.data_ptr(),

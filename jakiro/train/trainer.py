@@ -363,10 +363,8 @@ class Trainer:
     def _head_weight(self) -> torch.Tensor | None:
         """[V_d, H] the weight of :meth:`_head` for the fused losses of packed batches, or None where the head is
         not a bias-free linear map (then the plain losses run)."""
-        head = self.draft.lm_head
-        if type(head) is not torch.nn.Linear or head.bias is not None:
-            return None
-        return head.weight if self.draft.d2t is None else self.draft._restricted_weights(head)[0]
+        compact = self.draft.compact_head()
+        return None if compact is None or compact[1] is not None else compact[0]
 
     # -- one forward ------------------------------------------------------------------------------------------------
     def _losses(self, model, inputs: dict, normalizers, steps: int | None = None):
