@@ -144,15 +144,16 @@ class _DistillFunction(torch.autograd.Function):
                     total = e.sum(-1)
                     ce[h][lo:hi] = total.log() * s - dot
                     if want[h]:
-                        done = sum(n for _, _, n in scored)
-                        backward[done:done + hi - lo] = e.mul_((s / total)[:, None]).sub_(p)  # softmax sum(p) - p
+                        at = sum(n for _, _, n in scored)
+                        backward[at:at + hi - lo] = e.mul_((s / total)[:, None]).sub_(p)  # softmax sum(p) - p
                         scored.append((h, lo, hi - lo))
                 if scored:
-                    done = sum(n for _, _, n in scored)
-                    product, done = backward[:done] @ weight, 0  # one matmul for the input gradients of all heads
+                    # one matmul for the input gradients of all heads
+                    product = backward[:sum(n for _, _, n in scored)] @ weight
+                    at = 0
                     for h, lo, n in scored:
-                        grads[h][lo:lo + n] = product[done:done + n]
-                        done += n
+                        grads[h][lo:lo + n] = product[at:at + n]
+                        at += n
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         ctx.mark_non_differentiable(*ranks, labels)
         return (*ce, *ranks, labels)
