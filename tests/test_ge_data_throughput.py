@@ -40,6 +40,36 @@ def test_decode_batch_answers_as_generate_alone(dtype):
     assert len(lengths) > 1 and max(lengths) == 14  # rows left the batch at different steps
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_cohorts_answer_as_generate_alone(family, dtype):
+    """Many prompts through few rows and cohorts: prompts join cohorts of their own length, some are left behind
+    while the rows are full and get a cohort of their own later, finished rows leave (compaction) and cohorts grow;
+    every answer stays the prompt's answer alone."""
+    model = tiny_target(family, vocab_size=128).to(dtype).eval()
+    generator = torch.Generator().manual_seed(5)
+    lengths = [3, 3, 4, 6, 6, 6, 7, 9, 12, 12, 15, 20, 21, 30]
+    prompts = [torch.randint(2, 128, (n,), generator=generator).tolist() for n in lengths]
+    reference = [generate_alone(model, p, 16) for p in prompts]
+    for max_rows, max_cohorts, reach in ((4, 2, 3), (6, 1, 8), (64, 4, 8)):
+        answers = decode_batch(model, prompts, 16, EOS, max_rows=max_rows, max_cohorts=max_cohorts, reach=reach)
+        assert answers == reference, (max_rows, max_cohorts, reach)
+    assert len({len(a) for a in reference}) > 1
+
+
+def test_cohort_scheduling_shares_attention_calls(monkeypatch):
+    """Prompts of one length decode as one cohort: one attention call per layer and step, whatever the rows."""
+    import jakiro.ge_data.decode as decode
+    model = tiny_target("llama", vocab_size=128).eval()
+    calls = []
+    real = decode.sdpa_attention_forward
+    monkeypatch.setattr(decode, "sdpa_attention_forward", lambda m, q, *a, **k: calls.append(len(q)) or real(m, q, *a, **k))
+    prompts = [[7 + i, 8, 9, 10, 11] for i in range(6)]
+    decode_batch(model, prompts, 6, set(), max_rows=8)
+    assert calls and set(calls) == {6}  # never one call per row
+    assert len(calls) == 5 * model.config.num_hidden_layers  # 5 decoding steps after the prefills
+
+
 def test_decode_batch_sampling_is_seeded():
     model = tiny_target("llama", vocab_size=128).eval()
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]

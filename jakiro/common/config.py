@@ -239,7 +239,7 @@ class RegenerateConfig(_Section):
     output_path: str = "data/regenerated.jsonl"  # the conversations with the target's own answers (JSONL)
     max_new_tokens: int = 256  # new tokens per assistant turn
     temperature: float = 0.0  # 0 = the target's greedy answers; > 0 = sampled answers
-    batch_size: int = 32  # conversations answered together (left-padded)
+    batch_size: int = 32  # rows decoding together (static) / prompts per left-padded batch (generate)
     seed: int = 0  # sampling seed (each batch is seeded with seed + its index, so a resumed run matches)
     # "static": jakiro.ge_data.decode (prompts prefilled one by one, preallocated KV cache, finished rows leave the
     # batch); "generate": transformers' generate on the left-padded batch (the previous path, slower on CPUs)

@@ -1,56 +1,131 @@
-"""Batched answer generation for self-distillation, built for CPUs: the fast path of ``jakiro.ge_data.regenerate``.
+"""Batched answer generation for self-distillation on CPUs: the fast path of ``jakiro.ge_data.regenerate``.
 
-``decode_batch(model, prompts, ...)`` answers B prompts together, like ``model.generate`` with left padding, but:
+``decode_batch(model, prompts, ...)`` answers all ``prompts`` with up to ``max_rows`` of them decoding together,
+each answer the one the target gives the prompt alone (transformers, batch 1, no padding) — token for token where
+the CPU's kernels allow it (below) — at a fraction of the cost of ``generate`` on a padded batch:
 
-* each prompt is prefilled alone (batch 1, no padding, ``sdpa`` causal attention), as decoding it alone does;
-* the KV cache is preallocated (:class:`StaticLayer`: [B, kv_heads, longest prompt + max_new_tokens, head_dim] per
-  layer) instead of growing by ``torch.cat``, which copies the whole cache every step; each row starts at position 0
-  (padding on the right), so its keys sit where they would if it were decoded alone;
-* a decoding step attends one row at a time (:func:`row_attention`: transformers' ``sdpa`` on the row's own keys,
-  read in place, no mask), with exactly the shapes of decoding the row alone. Batched attention over padded keys
-  rounds differently, and in bf16 that flipped near-tied greedy choices in 6 of 12 SmolLM2 answers of 32 tokens;
-  one row at a time none differed from ``generate`` on each prompt alone, at a cost within the noise of the
-  measurement (transformers' batched ``sdpa``/``eager`` with a padding mask copy the cache to every query head
-  first, ``repeat_kv``). The other operations of a decoder layer treat rows independently, but a linear layer's kernel
-  may round a row differently in a batch than alone (``jakiro.target.exact_linear.row_inconsistent_linears`` finds them):
-  on an AMX Xeon in bf16 none of SmolLM2's for up to 32 rows, all of them from 48 rows on, where 18 of 48 answers
-  of 32 tokens differed from the prompts answered alone (31 of 48 with ``generate`` batched);
-* rows that finished (an end token or ``max_new_tokens``) leave the batch, a quarter of it at a time, so the step
-  cost follows the rows still going instead of the longest answer.
+* **Cohorts of equal length.** Rows whose KV caches hold the same number of positions form a cohort and share one
+  attention call per layer (``sdpa`` without a mask over the cohort's [G, kv_heads, n, head_dim] cache): the kernel
+  computes each (row, head) as it does for a batch of one, so a row gets the bits of decoding it alone. Rows of
+  unequal lengths never share a call: padding the shorter ones changes the kernel's reduction order (in bf16 that
+  flipped near-tied greedy choices in 6 of 12 SmolLM2 answers).
+* **Admission by length.** Prompts wait sorted by length; every step a cohort admits the waiting prompts as long as
+  its own (each prompt prefilled alone, batch 1, its cache copied into the cohort's preallocated buffers). A cohort
+  sweeps upward one position per step, so it picks up the prompts ahead of it as it passes them; a new cohort opens
+  only for prompts no cohort can reach any more (shorter than all of them, left behind while the batch was full) or
+  when none is running, at most ``max_cohorts`` at a time.
+* **Finished rows leave** (an end token or ``max_new_tokens``): a cohort drops them once they are a quarter of its
+  rows (each compaction copies the cache of the rows left), and their places go to waiting prompts.
+* **Linear layers** of a decoding step (:class:`jakiro.target.packed_linear.PackedLinears`): prepacked oneDNN weights where they give
+  ``F.linear``'s bits, and at most as many rows per kernel call as keep each row's bits equal to the row alone
+  (32 on an AMX Xeon in bf16; probed when decoding starts).
 
-Greedy: the argmax of the float32 logits (first index on ties), as ``generate``. Sampled: softmax(logits / T) drawn
-with ``torch.multinomial`` from the caller's generator: the target's distribution, though not ``generate``'s random
-stream.
+Greedy: the argmax of the logits (first index on ties), as ``generate``. Sampled: softmax(logits / T) drawn with
+``torch.multinomial`` from the caller's generator: the target's distribution, though not ``generate``'s random stream.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-ROWS = "jakiro_rows"
-# finished rows leave the batch once they are 1 / COMPACT_EVERY of it (each time copies the cache of the rows left;
-# until then they are computed and ignored: a step costs nearly the same for a few rows more)
-COMPACT_EVERY = 4
+from jakiro.target.packed_linear import PackedLinears
+
+COHORTS = "jakiro_cohorts"
+MAX_ROWS = 64  # rows decoding together
+MAX_COHORTS = 4  # cohorts at a time (each costs one attention call per layer and step)
+COMPACT_EVERY = 4  # a cohort drops its finished rows once they are 1 / COMPACT_EVERY of it
 
 
-def row_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
-                  row_lengths: list[int] | None = None, **kwargs):
-    """Each row's attention computed as decoding it alone computes it: transformers' ``sdpa`` on the row's query
-    [1, H, 1, D] and its first ``row_lengths[b]`` keys/values, no mask. query [B, H, 1, D], key/value [B, K, L, D]
-    -> ([B, 1, H, D], None). Costs B kernel calls per layer instead of one."""
-    if row_lengths is None:
-        raise RuntimeError("row_attention needs the rows' lengths (decode_batch passes them)")
-    outputs = [sdpa_attention_forward(module, query[b:b + 1], key[b:b + 1, :, :n], value[b:b + 1, :, :n], None,
-                                      **kwargs)[0] for b, n in enumerate(row_lengths)]
+@dataclass
+class Cohort:
+    """Rows whose caches all hold ``length`` positions. ``keys[l]`` / ``values[l]``: layer l's buffers
+    [row capacity, kv_heads, position capacity, head_dim]; rows 0 .. len(members) - 1 are in use, row i answering
+    prompt ``members[i]`` (None once it finished) with next input token ``tokens[i]``."""
+
+    length: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    members: list[int | None] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    start: int = 0  # its first row in the step's batch
+
+    @property
+    def rows(self) -> int:
+        return len(self.members)
+
+    def live(self) -> int:
+        return sum(m is not None for m in self.members)
+
+    def add(self, member: int, token: int, keys: list[torch.Tensor], values: list[torch.Tensor],
+            headroom: int) -> None:
+        """Append a row: ``keys[l]`` / ``values[l]`` [kv_heads, length, head_dim] its prefilled cache."""
+        capacity, positions = self.keys[0].shape[0], self.keys[0].shape[2]
+        if self.rows == capacity or self.length + headroom > positions:
+            self._grow(max(4, 2 * capacity) if self.rows == capacity else capacity,
+                       positions if self.length + headroom <= positions else self.length + 2 * headroom)
+        for buffer, new in zip(self.keys + self.values, keys + values):
+            buffer[self.rows, :, :self.length] = new
+        self.members.append(member)
+        self.tokens.append(token)
+
+    def _grow(self, rows: int, positions: int) -> None:
+        def grown(buffer):
+            out = buffer.new_zeros((rows, buffer.shape[1], positions, buffer.shape[3]))
+            out[:self.rows, :, :self.length] = buffer[:self.rows, :, :self.length]
+            return out
+        self.keys, self.values = list(map(grown, self.keys)), list(map(grown, self.values))
+
+    def compact(self) -> None:
+        """Drop the finished rows (copies the buffers of the rows left)."""
+        keep = [i for i, m in enumerate(self.members) if m is not None]
+        index = torch.tensor(keep, dtype=torch.int64)
+        self.keys = [b.index_select(0, index) for b in self.keys]
+        self.values = [b.index_select(0, index) for b in self.values]
+        self.members = [self.members[i] for i in keep]
+        self.tokens = [self.tokens[i] for i in keep]
+
+
+def cohort_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                     cohorts: list[Cohort] | None = None, **kwargs):
+    """One decoding step's attention, one ``sdpa`` call per cohort on its own cache. query [B, H, 1, D]; key / value
+    [B, kv_heads, 1, D] this step's, written at each row's position first -> ([B, 1, H, D], None)."""
+    if cohorts is None:
+        raise RuntimeError("cohort_attention needs the cohorts (decode_batch passes them)")
+    layer, outputs = module.layer_idx, []
+    for c in cohorts:
+        rows = slice(c.start, c.start + c.rows)
+        keys, values = c.keys[layer], c.values[layer]
+        keys[:c.rows, :, c.length] = key[rows, :, 0]
+        values[:c.rows, :, c.length] = value[rows, :, 0]
+        n = c.length + 1
+        outputs.append(sdpa_attention_forward(module, query[rows], keys[:c.rows, :, :n], values[:c.rows, :, :n],
+                                              None, **kwargs)[0])
     return torch.cat(outputs), None
 
 
-AttentionInterface.register(ROWS, row_attention)  # no mask function: transformers builds no mask for it
+AttentionInterface.register(COHORTS, cohort_attention)  # no mask function: transformers builds no mask for it
+
+
+class _PassThrough(DynamicLayer):
+    """A cache layer that keeps nothing: :func:`cohort_attention` stores the keys in the cohorts."""
+
+    def __init__(self):
+        super().__init__()
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return 0
 
 
 @contextmanager
@@ -67,92 +142,114 @@ def attention(model, name: str):
             c._attn_implementation = b
 
 
-class StaticLayer(DynamicLayer):
-    """One layer's KV cache in preallocated buffers [B, kv_heads, capacity, head_dim], each row's positions from 0
-    (right padding: a row's keys sit where they would if it were decoded alone). ``slots`` [B] is where each row
-    writes its next key (= the row's length so far, set by the decoder); ``length`` is the width of the views handed
-    to attention: the longest row's length (``max(slots)`` before an update; :func:`row_attention` reads each row's
-    own length only)."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
-        super().__init__()
-        self.keys_buffer, self.values_buffer, self.length = keys, values, length
-        self.slots = torch.zeros(len(keys), dtype=torch.int64, device=keys.device)
-        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
-        self.device, self.is_initialized = keys.device, True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """key_states, value_states [B, kv_heads, 1, head_dim]: row b's go to position slots[b]."""
-        rows = torch.arange(len(self.slots), device=self.slots.device)
-        self.keys_buffer[rows, :, self.slots] = key_states[:, :, 0]
-        self.values_buffer[rows, :, self.slots] = value_states[:, :, 0]
-        self.length += 1
-        self.keys, self.values = self.keys_buffer[:, :, :self.length], self.values_buffer[:, :, :self.length]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def keep_rows(self, rows: torch.Tensor, length: int) -> None:
-        """Keep these rows (a copy of their buffers), whose longest has ``length`` positions filled."""
-        self.keys_buffer = self.keys_buffer.index_select(0, rows)
-        self.values_buffer = self.values_buffer.index_select(0, rows)
-        self.length = length
-        self.keys, self.values = self.keys_buffer[:, :, :length], self.values_buffer[:, :, :length]
-
-
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """logits [B, V] -> next tokens [B]: greedy at temperature 0, else sampled from softmax(logits / T)."""
-    logits = logits.float()
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+class _Waiting:
+    """Prompt indices waiting, by prompt length (ascending; equal lengths in the caller's order)."""
+
+    def __init__(self, prompts: list[list[int]]):
+        self.by_length: dict[int, list[int]] = defaultdict(list)
+        for i, p in enumerate(prompts):
+            self.by_length[len(p)].append(i)
+        self.lengths = sorted(self.by_length)
+
+    def __bool__(self) -> bool:
+        return bool(self.lengths)
+
+    def take(self, length: int, count: int) -> list[int]:
+        """Up to ``count`` prompts of exactly ``length`` tokens."""
+        queue = self.by_length.get(length)
+        if not queue or count <= 0:
+            return []
+        taken, self.by_length[length] = queue[:count], queue[count:]
+        if not self.by_length[length]:
+            del self.by_length[length]
+            self.lengths.pop(bisect.bisect_left(self.lengths, length))
+        return taken
+
+    def unclaimed(self, cohorts: list[int], reach: int) -> int | None:
+        """The shortest waiting length that no cohort at one of ``cohorts`` lengths reaches within ``reach`` steps
+        (None if there is none)."""
+        return next((n for n in self.lengths if not any(0 <= n - c <= reach for c in cohorts)), None)
+
+
 @torch.no_grad()
-def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int], pad_id: int,
-                 temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
+def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int], pad_id: int | None = None,
+                 temperature: float = 0.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
+                 max_cohorts: int = MAX_COHORTS, reach: int | None = None) -> list[list[int]]:
     """The answers to ``prompts`` (token lists): each up to and including its first token of ``eos_ids``, or
-    ``max_new_tokens`` tokens long."""
+    ``max_new_tokens`` tokens long. ``pad_id`` is not needed (nothing is padded); kept for the decoders' common
+    signature. A new cohort opens (while fewer than ``max_cohorts`` run and rows are free) at the shortest waiting
+    prompt that no cohort will reach within ``reach`` steps (default ``max_new_tokens // 2``)."""
+    reach = max_new_tokens // 2 if reach is None else reach
     device = model.get_input_embeddings().weight.device
-    width = max(map(len, prompts))
-    capacity = width + max_new_tokens
-    layers, first = None, []
-    with attention(model, "sdpa"):
-        for row, prompt in enumerate(prompts):
-            cache = Cache(layer_class_to_replicate=DynamicLayer)
-            out = model(input_ids=torch.tensor([prompt], device=device), cache=cache, use_cache=True,
-                        logits_to_keep=1)
-            if layers is None:
-                layers = [StaticLayer(*(c.keys.new_zeros((len(prompts), c.keys.shape[1], capacity, c.keys.shape[3]))
-                                        for _ in range(2)), width) for c in cache.layers]
-            for layer, c in zip(layers, cache.layers):
-                layer.keys_buffer[row, :, :len(prompt)] = c.keys[0]
-                layer.values_buffer[row, :, :len(prompt)] = c.values[0]
-            first.append(_pick(out.logits[:, -1], temperature, generator))
-    cache = Cache(layers=layers)
     answers: list[list[int]] = [[] for _ in prompts]
-    rows = torch.arange(len(prompts))  # answers index of each batch row
-    positions = torch.tensor([len(p) for p in prompts], device=device)  # of each row's next token = its length
-    tokens = torch.cat(first)
-    with attention(model, ROWS):
-        going = [True] * len(prompts)
-        for step in range(max_new_tokens):
-            for i, (row, token) in enumerate(zip(rows.tolist(), tokens.tolist())):
-                if going[i]:
-                    answers[row].append(token)
-                    going[i] = token not in eos_ids and step + 1 < max_new_tokens
-            if not any(going):
+    waiting, cohorts = _Waiting(prompts), []
+
+    def finished(i: int, token: int) -> bool:
+        answers[i].append(token)
+        return token in eos_ids or len(answers[i]) >= max_new_tokens
+
+    def admit(cohort: Cohort | None, length: int, room: int) -> Cohort | None:
+        for i in waiting.take(length, room):
+            cache = Cache(layer_class_to_replicate=DynamicLayer)
+            with attention(model, "sdpa"):
+                out = model(input_ids=torch.tensor([prompts[i]], device=device), cache=cache, use_cache=True,
+                            logits_to_keep=1)
+            token = int(_pick(out.logits[:, -1], temperature, generator))
+            if finished(i, token):
+                continue
+            keys = [layer.keys[0] for layer in cache.layers]
+            values = [layer.values[0] for layer in cache.layers]
+            if cohort is None:
+                empty = [k.new_zeros((4, k.shape[0], length + max_new_tokens, k.shape[2])) for k in keys]
+                cohort = Cohort(length, empty, [torch.zeros_like(b) for b in empty])
+                cohorts.append(cohort)
+            cohort.add(i, token, keys, values, max_new_tokens)
+        return cohort
+
+    packs = PackedLinears(model)
+    while waiting or cohorts:
+        room = max_rows - sum(c.live() for c in cohorts)
+        for c in cohorts:
+            before = c.rows
+            admit(c, c.length, room)
+            room -= c.rows - before
+        cohorts = [c for c in cohorts if c.live()]
+        while room > 0 and len(cohorts) < max_cohorts:
+            length = waiting.unclaimed([c.length for c in cohorts], reach)
+            if length is None:
                 break
-            if (len(going) - sum(going)) * COMPACT_EVERY >= len(going):  # drop the finished rows
-                keep = torch.tensor([i for i, g in enumerate(going) if g], device=device)
-                rows, tokens, positions, going = rows[keep.cpu()], tokens[keep], positions[keep], [True] * len(keep)
-                for layer in layers:
-                    layer.keep_rows(keep, int(positions.max()))
-            for layer in layers:
-                layer.slots = positions
-            out = model(input_ids=tokens[:, None], position_ids=positions[:, None], cache=cache, use_cache=True,
-                        row_lengths=(positions + 1).tolist())
-            tokens, positions = _pick(out.logits[:, -1], temperature, generator), positions + 1
+            cohort = admit(None, length, room)
+            if cohort is not None:
+                room -= cohort.rows
+        if not cohorts:
+            continue
+        start = 0
+        for c in cohorts:
+            c.start, start = start, start + c.rows
+        tokens = torch.tensor([t for c in cohorts for t in c.tokens], device=device)
+        positions = torch.tensor([c.length for c in cohorts for _ in range(c.rows)], device=device)
+        with attention(model, COHORTS), packs.applied():
+            out = model(input_ids=tokens[:, None], position_ids=positions[:, None], cache=Cache(
+                layers=[_PassThrough() for _ in range(model.config.get_text_config().num_hidden_layers)]),
+                use_cache=True, cohorts=cohorts)
+        picked = _pick(out.logits[:, -1], temperature, generator).tolist()
+        for c in cohorts:
+            c.length += 1
+            for r in range(c.rows):
+                member, token = c.members[r], picked[c.start + r]
+                if member is not None:
+                    c.tokens[r] = token
+                    if finished(member, token):
+                        c.members[r] = None
+            done = c.rows - c.live()
+            if done and done * COMPACT_EVERY >= c.rows:
+                c.compact()
     return answers

@@ -14,8 +14,9 @@ conversation keeps its user turns; assistant turn k is replaced by the target's 
 ``regenerate.max_new_tokens`` new tokens. A conversation ends early when its prompt reaches ``data.max_len``
 tokens (its features would be truncated there), when an answer is empty, or after an answer cut off at
 ``max_new_tokens``. Conversations are taken in parts of 4 batches; within a part, round r asks turn r of every
-conversation still going, ``regenerate.batch_size`` prompts at a time (in order of prompt length), answered by
-``regenerate.decoder``: ``static`` (:mod:`jakiro.ge_data.decode`) or ``generate`` (transformers', left-padded).
+conversation still going, answered by ``regenerate.decoder``: ``static`` (:mod:`jakiro.ge_data.decode`: the whole
+round, ``regenerate.batch_size`` rows decoding at a time) or ``generate`` (transformers', left-padded batches of
+``regenerate.batch_size`` prompts in order of prompt length).
 
 Output ``regenerate.output_path``: JSONL, one ShareGPT record per line, ``{"id", "source_index" (row in the input
 file), "conversations": [{"from": "human" | "gpt", "value"}, ...]}``. Each part is first written, atomically, to
@@ -143,7 +144,7 @@ class Regenerator:
         if settings.decoder == "static":
             generator = torch.Generator(self.model.device).manual_seed(seed) if sample else None
             return decode_batch(self.model, prompts, settings.max_new_tokens, self.eos_ids, self.pad_id,
-                                settings.temperature, generator)
+                                settings.temperature, generator, max_rows=settings.batch_size)
         input_ids, attention_mask = _left_pad(prompts, self.pad_id)
         device = self.model.device
         torch.manual_seed(seed)
@@ -182,8 +183,8 @@ class Regenerator:
         """Answer every turn of every conversation of ``part``: round r asks turn r of the conversations still
         going, ``batch_size`` prompts at a time, in order of prompt length (so batches stay full and pad little)."""
         counts = Counts()
-        size = self.settings.batch_size
         for round_ in itertools.count():
+            size = self.settings.batch_size
             asking = []
             for conversation in part:
                 if conversation.done:
@@ -197,6 +198,8 @@ class Regenerator:
             if not asking:
                 return counts
             asking.sort(key=lambda a: a[0])  # stable: equal lengths keep the part's order
+            if self.settings.decoder == "static":  # it schedules the whole round, batch_size rows at a time
+                size = len(asking)
             for b in range(0, len(asking), size):
                 batch = asking[b:b + size]
                 counts.add(self.answer_turn([a[1] for a in batch], [a[2] for a in batch],

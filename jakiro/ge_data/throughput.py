@@ -1,11 +1,13 @@
 """Data-generation throughput, previous path against the new one, alternated on the same inputs in one process.
 
     python -m jakiro.ge_data.throughput [--config regenerate_smollm2] [--prompts 48] [--max-new-tokens N]
-                                        [--repeats 1] [--threads N] [--alone] [--set key=value ...]
+                                        [--old-batch-size 48] [--repeats 1] [--threads N] [--alone]
+                                        [--set key=value ...]
 
-Self-distillation: the first ``--prompts`` conversations of the config's selection, first user turn, answered
-in batches of ``regenerate.batch_size`` (in order of prompt length, as a round of ``jakiro.ge_data.regenerate``)
-with ``regenerate.decoder`` generate (the previous path) and static (the new one); tokens/s counts answer tokens.
+Self-distillation: the first ``--prompts`` conversations of the config's selection, first user turn, answered as a
+round of ``jakiro.ge_data.regenerate`` answers them: by ``regenerate.decoder`` generate (the previous path, in
+batches of ``--old-batch-size`` prompts in order of length, the previous recipe's 48) and static (the new one,
+``regenerate.batch_size`` rows decoding at a time); tokens/s counts answer tokens.
 The greedy answers of both are compared token for token and the number that differ is printed (``--alone``: also
 against each prompt answered by itself, batch 1 without padding, the target's own answer; in bf16 batching and
 padding change the rounding, which can flip near-tied greedy choices).
@@ -30,6 +32,8 @@ from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments
 from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
 from jakiro.ge_data.regenerate import Regenerator, start_conversation
 from jakiro.common.hardware import describe
+
+OLD_BATCH_SIZE = 48  # the previous recipe's regenerate.batch_size
 
 
 def matmul_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
@@ -74,10 +78,15 @@ def _answer_length(answer: list[int], eos_ids: set[int]) -> int:
     return len(answer) if end is None else end + 1
 
 
-def run_regenerate(regenerator: Regenerator, prompts: list[list[int]], decoder: str) -> tuple[list, int, float]:
-    """(answers truncated after their end token, answer tokens, seconds) of one pass with ``decoder``."""
+def run_regenerate(regenerator: Regenerator, prompts: list[list[int]], decoder: str,
+                   batch_size: int | None = None) -> tuple[list, int, float]:
+    """(answers truncated after their end token, answer tokens, seconds) of one pass with ``decoder`` (and
+    ``regenerate.batch_size`` = ``batch_size`` if given)."""
     regenerator.settings.decoder = decoder
+    regenerator.settings.batch_size = batch_size or regenerator.settings.batch_size
     size, answers = regenerator.settings.batch_size, []
+    if decoder == "static":  # it schedules all prompts itself, batch_size rows at a time
+        size = len(prompts)
     start = time.perf_counter()
     for b in range(0, len(prompts), size):
         answers += regenerator.generate(prompts[b:b + size], seed=b)
@@ -86,9 +95,12 @@ def run_regenerate(regenerator: Regenerator, prompts: list[list[int]], decoder: 
     return answers, sum(map(len, answers)), seconds
 
 
-def compare(cfg: JakiroConfig, prompts: int, repeats: int, alone: bool = False, say=print) -> float:
-    """Alternate the previous (``generate``) and new (``static``) decoders; returns new/old tokens/s. ``alone``: also
-    answer each prompt by itself and count the answers of each path that differ from those."""
+def compare(cfg: JakiroConfig, prompts: int, repeats: int, alone: bool = False, say=print,
+            old_batch_size: int = OLD_BATCH_SIZE) -> float:
+    """Alternate the previous (``generate``, batches of ``old_batch_size``) and new (``static``,
+    ``regenerate.batch_size`` rows) decoders; returns new/old tokens/s. ``alone``: also answer each prompt by itself
+    and count the answers of each path that differ from those."""
+    sizes = {"generate": old_batch_size, "static": cfg.regenerate.batch_size}
     regenerator, batch = first_turn_prompts(cfg, prompts)
     model = regenerator.model
     dtype = next(model.parameters()).dtype
@@ -96,13 +108,14 @@ def compare(cfg: JakiroConfig, prompts: int, repeats: int, alone: bool = False, 
     per_token = flop_per_token(model)
     say(f"{describe(cfg.model.device)}; {dtype}: 1024^2 matmul "
         f"{peak / 1e12:.3f} TFLOP/s; model {per_token / 1e9:.3f} GFLOP/token")
-    say(f"{len(batch)} prompts of {min(map(len, batch))}-{max(map(len, batch))} tokens, batches of "
-        f"{cfg.regenerate.batch_size}, max_new_tokens {cfg.regenerate.max_new_tokens}, temperature "
+    say(f"{len(batch)} prompts of {min(map(len, batch))}-{max(map(len, batch))} tokens, old: batches of "
+        f"{old_batch_size}, new: {cfg.regenerate.batch_size} rows, max_new_tokens {cfg.regenerate.max_new_tokens}, "
+        f"temperature "
         f"{cfg.regenerate.temperature}")
     best, answers = {}, {}
     for _ in range(repeats):
         for decoder in ("generate", "static"):
-            out, tokens, seconds = run_regenerate(regenerator, batch, decoder)
+            out, tokens, seconds = run_regenerate(regenerator, batch, decoder, sizes[decoder])
             answers[decoder] = out
             best[decoder] = max(best.get(decoder, 0.0), tokens / seconds)
             say(f"  {decoder:8s} {tokens} tokens in {seconds:.1f} s: {tokens / seconds:.1f} tokens/s")
@@ -112,8 +125,7 @@ def compare(cfg: JakiroConfig, prompts: int, repeats: int, alone: bool = False, 
     differ = sum(a != b for a, b in zip(answers["generate"], answers["static"]))
     say(f"answers that differ between the two: {differ} of {len(batch)}")
     if alone:  # the reference: each prompt answered by itself (batch 1, no padding)
-        regenerator.settings.batch_size = 1
-        answers["alone"] = run_regenerate(regenerator, batch, "generate")[0]
+        answers["alone"] = run_regenerate(regenerator, batch, "generate", 1)[0]
         for name, decoder in (("old", "generate"), ("new", "static")):
             differ = sum(a != b for a, b in zip(answers[decoder], answers["alone"]))
             say(f"{name} answers that differ from each prompt answered alone: {differ} of {len(batch)}")
@@ -128,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=48, help="prompts answered per pass (default 48)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="regenerate.max_new_tokens for the measurement (default: the config's)")
+    parser.add_argument("--old-batch-size", type=int, default=OLD_BATCH_SIZE,
+                        help=f"the previous path's batch (default {OLD_BATCH_SIZE}, the previous recipe's)")
     parser.add_argument("--repeats", type=int, default=1, help="passes of each path, alternated (default 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's); on a machine shared with other jobs 1 thread "
@@ -138,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None:
         args.config = "regenerate_smollm2"
     try:
-        if min(args.prompts, args.repeats, args.max_new_tokens or 1, args.threads or 1) < 1:
+        if min(args.prompts, args.repeats, args.old_batch_size, args.max_new_tokens or 1, args.threads or 1) < 1:
             raise ConfigError("--prompts, --repeats, --max-new-tokens and --threads must be >= 1")
         if args.threads:
             torch.set_num_threads(args.threads)
         cfg = config_from_args(args)
         cfg.regenerate.max_new_tokens = args.max_new_tokens or cfg.regenerate.max_new_tokens
-        compare(cfg, args.prompts, args.repeats, args.alone)
+        compare(cfg, args.prompts, args.repeats, args.alone, old_batch_size=args.old_batch_size)
     except (ConfigError, GeDataError, TemplateError, AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,126 @@
+"""Linear layers for batched CPU decoding that give every row the bits it gets alone: prepacked weights, row chunks.
+
+Batched self-distillation (:mod:`jakiro.ge_data.decode`) multiplies many rows at once, yet each row must come out as
+it does when its prompt is decoded alone (one row per call). Two things decide that on a CPU:
+
+* **the kernel a row count selects.** oneDNN's bf16 kernels on an AMX Xeon give a row the same bits in a batch of up
+  to 32 rows as alone, other bits from 48-64 rows on (``jakiro.target.exact_linear`` has the probe for one count).
+  :func:`exact_row_limit` finds, per weight shape, the largest row count up to which every count keeps every row's
+  bits, and :func:`packed_linears` splits larger batches into chunks of that many rows.
+* **the weight's layout.** ``F.linear`` reorders a bf16 weight into oneDNN's blocked layout at every call; a weight
+  reordered once (``torch.ops.mkldnn._reorder_linear_weight``) and multiplied with
+  ``torch.ops.mkldnn._linear_pointwise`` saves that work: 1.3-2x faster at 1-32 rows on an AMX Xeon. It is used only
+  for the shapes where it returns ``F.linear``'s bits, checked on random rows when the block starts; other shapes,
+  dtypes, devices and builds without oneDNN keep ``F.linear`` (chunked all the same).
+
+Inference only: the wrapped forward runs without autograd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+PROBE_ROWS = 64  # row counts probed: 1 .. PROBE_ROWS
+TRIALS = 4  # random batches per probe
+
+
+def _packable() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """The weight [out, in] reordered once into oneDNN's layout."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, None)
+
+
+def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
+    return forward
+
+
+def _plain_forward(layer: nn.Linear):
+    return functools.partial(functional.linear, weight=layer.weight, bias=layer.bias)
+
+
+def _same_bits(forward, layer: nn.Linear, generator: torch.Generator) -> bool:
+    """Does ``forward`` give ``F.linear``'s bits on random rows (1 and 8 rows)?"""
+    for n in (1, 8):
+        x = torch.randn(n, layer.in_features, generator=generator).to(layer.weight.dtype)
+        if not torch.equal(forward(x), functional.linear(x, layer.weight, layer.bias)):
+            return False
+    return True
+
+
+def exact_row_limit(forward, in_features: int, dtype: torch.dtype, probe_rows: int = PROBE_ROWS,
+                    generator: torch.Generator | None = None, trials: int = TRIALS) -> int:
+    """The largest power of two n <= ``probe_rows`` such that for every count m <= n, each row of an [m, in] batch
+    got the bits it gets alone ([1, in]) from ``forward`` in ``trials`` random batches; 1 when 2 rows already
+    differ. A kernel that rounds a row differently does so for a few rows only (one of 48 in a probe of SmolLM2's
+    576 -> 192 layer on an AMX Xeon), hence several trials, and kernels switch at block sizes, hence powers of two."""
+    generator = generator or torch.Generator().manual_seed(0)
+    limit = probe_rows
+    for _ in range(trials):
+        x = torch.randn(probe_rows, in_features, generator=generator).to(dtype)
+        alone = torch.cat([forward(x[i:i + 1]) for i in range(probe_rows)])
+        limit = next((m - 1 for m in range(2, limit + 1) if not torch.equal(forward(x[:m]), alone[:m])), limit)
+    return 1 << (limit.bit_length() - 1)
+
+
+def _chunked(forward, rows: int, x: torch.Tensor) -> torch.Tensor:
+    """``forward`` over x [..., in] in chunks of at most ``rows`` rows (all leading dimensions flattened)."""
+    flat = x.reshape(-1, x.shape[-1])
+    if len(flat) <= rows:
+        out = forward(flat)
+    else:
+        out = torch.cat([forward(flat[i:i + rows]) for i in range(0, len(flat), rows)])
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class PackedLinears:
+    """Every CPU ``nn.Linear`` of ``model`` on its prepacked weight where that keeps ``F.linear``'s bits, in chunks
+    of at most :func:`exact_row_limit` rows (probed once per weight shape, when this is made). ``kinds``:
+    {(in, out, bias, dtype): (packed?, row limit)}. Nothing changes outside ``with packs.applied():``."""
+
+    def __init__(self, model: nn.Module, probe_rows: int = PROBE_ROWS):
+        generator = torch.Generator().manual_seed(0)
+        self.kinds: dict[tuple, tuple[bool, int]] = {}
+        self.forwards: list[tuple[nn.Linear, object]] = []
+        with torch.inference_mode():
+            for layer in model.modules():
+                if not isinstance(layer, nn.Linear) or layer.weight.device.type != "cpu":
+                    continue
+                key = (layer.in_features, layer.out_features, layer.bias is not None, layer.weight.dtype)
+                forward = _plain_forward(layer)
+                if _packable() and layer.weight.dtype == torch.bfloat16:
+                    candidate = _packed_forward(_pack(layer.weight), layer.bias)
+                    packed = self.kinds[key][0] if key in self.kinds else _same_bits(candidate, layer, generator)
+                    forward = candidate if packed else forward
+                else:
+                    packed = False
+                if key not in self.kinds:
+                    self.kinds[key] = (packed, exact_row_limit(forward, layer.in_features, layer.weight.dtype,
+                                                               probe_rows, generator))
+                self.forwards.append((layer, functools.partial(_chunked, forward, self.kinds[key][1])))
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Within the block the layers run the packed, chunked forwards (inference only); restored on exit."""
+        saved = []
+        for layer, forward in self.forwards:
+            saved.append((layer, layer.__dict__.get("forward")))
+            layer.forward = forward
+        try:
+            with torch.inference_mode():
+                yield self
+        finally:
+            for layer, own in saved:
+                if own is None:
+                    del layer.forward
+                else:
+                    layer.forward = own
