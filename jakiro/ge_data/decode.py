@@ -70,7 +70,7 @@ class Cohort:
         capacity, positions = self.keys[0].shape[0], self.keys[0].shape[2]
         if self.rows == capacity or self.length + headroom > positions:
             self._grow(max(4, 2 * capacity) if self.rows == capacity else capacity,
-                       positions if self.length + headroom <= positions else self.length + 2 * headroom)
+                       max(positions, self.length + 2 * headroom))
         for buffer, new in zip(self.keys + self.values, keys + values):
             buffer[self.rows, :, :self.length] = new
         self.members.append(member)
@@ -182,11 +182,14 @@ class _Waiting:
 @torch.no_grad()
 def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int], pad_id: int | None = None,
                  temperature: float = 0.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
-                 max_cohorts: int = MAX_COHORTS, reach: int | None = None) -> list[list[int]]:
+                 max_cohorts: int = MAX_COHORTS, reach: int | None = None,
+                 linears: PackedLinears | None = None) -> list[list[int]]:
     """The answers to ``prompts`` (token lists): each up to and including its first token of ``eos_ids``, or
     ``max_new_tokens`` tokens long. ``pad_id`` is not needed (nothing is padded); kept for the decoders' common
     signature. A new cohort opens (while fewer than ``max_cohorts`` run and rows are free) at the shortest waiting
-    prompt that no cohort will reach within ``reach`` steps (default ``max_new_tokens // 2``)."""
+    prompt that no cohort will reach within ``reach`` steps (default ``max_new_tokens // 2``). ``linears``: the
+    model's :class:`PackedLinears` (made here if None; probing them takes seconds, so callers that decode many
+    times make them once)."""
     reach = max_new_tokens // 2 if reach is None else reach
     device = model.get_input_embeddings().weight.device
     answers: list[list[int]] = [[] for _ in prompts]
@@ -214,7 +217,8 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
             cohort.add(i, token, keys, values, max_new_tokens)
         return cohort
 
-    packs = PackedLinears(model)
+    linears = linears or PackedLinears(model)
+    step_cache = Cache(layers=[_PassThrough() for _ in range(model.config.get_text_config().num_hidden_layers)])
     while waiting or cohorts:
         room = max_rows - sum(c.live() for c in cohorts)
         for c in cohorts:
@@ -236,10 +240,9 @@ def decode_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
             c.start, start = start, start + c.rows
         tokens = torch.tensor([t for c in cohorts for t in c.tokens], device=device)
         positions = torch.tensor([c.length for c in cohorts for _ in range(c.rows)], device=device)
-        with attention(model, COHORTS), packs.applied():
-            out = model(input_ids=tokens[:, None], position_ids=positions[:, None], cache=Cache(
-                layers=[_PassThrough() for _ in range(model.config.get_text_config().num_hidden_layers)]),
-                use_cache=True, cohorts=cohorts)
+        with attention(model, COHORTS), linears.applied():
+            out = model(input_ids=tokens[:, None], position_ids=positions[:, None], cache=step_cache,
+                        use_cache=True, cohorts=cohorts)
         picked = _pick(out.logits[:, -1], temperature, generator).tolist()
         for c in cohorts:
             c.length += 1

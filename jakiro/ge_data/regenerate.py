@@ -51,6 +51,7 @@ from jakiro.common.config import ConfigError, JakiroConfig, add_config_arguments
 from jakiro.ge_data.decode import decode_batch
 from jakiro.ge_data.generate import GeDataError, load_conversations, load_target, select
 from jakiro.target import target_identity
+from jakiro.target.packed_linear import PackedLinears
 from jakiro.common.io import atomic_write_text, check_output, differences, sha256_path
 
 PARTS_META = "settings.json"
@@ -129,12 +130,19 @@ class Regenerator:
                               "tokenizer.eos_token_id): its answers could not end")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.pad_id = pad
+        self._packed_linears: PackedLinears | None = None
 
     def prompt_ids(self, conversation: Conversation) -> list[int]:
         turn = len(conversation.messages) // 2
         messages = conversation.messages + [{"role": "user", "content": conversation.user_turns[turn]}]
         text = self.template.render(messages, True)
         return self.tokenizer(text, add_special_tokens=self.template.add_special_tokens)["input_ids"]
+
+    def packed_linears(self) -> PackedLinears:
+        """The target's linear layers for the static decoder, probed once per run."""
+        if self._packed_linears is None:
+            self._packed_linears = PackedLinears(self.model)
+        return self._packed_linears
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
@@ -144,7 +152,8 @@ class Regenerator:
         if settings.decoder == "static":
             generator = torch.Generator(self.model.device).manual_seed(seed) if sample else None
             return decode_batch(self.model, prompts, settings.max_new_tokens, self.eos_ids, self.pad_id,
-                                settings.temperature, generator, max_rows=settings.batch_size)
+                                settings.temperature, generator, max_rows=settings.batch_size,
+                                linears=self.packed_linears())
         input_ids, attention_mask = _left_pad(prompts, self.pad_id)
         device = self.model.device
         torch.manual_seed(seed)

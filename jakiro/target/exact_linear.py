@@ -62,14 +62,13 @@ def _rows_alone(forward, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def one_row_at_a_time(layers: list[nn.Linear]):
-    """Within the block, each of ``layers`` computes its input's rows (dimension -2) one at a time. Wraps whatever
-    forward the layer has (hooks that replace ``forward``, e.g. accelerate's, keep working) and restores it."""
+def forwards_replaced(replacements):
+    """Within the block, each ``(layer, forward)`` of ``replacements`` runs ``forward`` as its forward; the layers'
+    own forwards (an instance attribute, e.g. accelerate's hook, or the class's) are restored on exit."""
     saved = []
-    for layer in layers:
-        own = layer.__dict__.get("forward")
-        layer.forward = functools.partial(_rows_alone, layer.forward)
-        saved.append((layer, own))
+    for layer, forward in replacements:
+        saved.append((layer, layer.__dict__.get("forward")))
+        layer.forward = forward
     try:
         yield
     finally:
@@ -78,3 +77,9 @@ def one_row_at_a_time(layers: list[nn.Linear]):
                 del layer.forward
             else:
                 layer.forward = own
+
+
+def one_row_at_a_time(layers: list[nn.Linear]):
+    """Within the block (a context manager), each of ``layers`` computes its input's rows (dimension -2) one at a
+    time. Wraps whatever forward the layer has (hooks that replace ``forward``, e.g. accelerate's, keep working)."""
+    return forwards_replaced([(layer, functools.partial(_rows_alone, layer.forward)) for layer in layers])

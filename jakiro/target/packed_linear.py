@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from jakiro.target.exact_linear import forwards_replaced
+
 PROBE_ROWS = 64  # row counts probed: 1 .. PROBE_ROWS
 TRIALS = 4  # random batches per probe
 
@@ -96,31 +98,26 @@ class PackedLinears:
                 if not isinstance(layer, nn.Linear) or layer.weight.device.type != "cpu":
                     continue
                 key = (layer.in_features, layer.out_features, layer.bias is not None, layer.weight.dtype)
-                forward = _plain_forward(layer)
-                if _packable() and layer.weight.dtype == torch.bfloat16:
-                    candidate = _packed_forward(_pack(layer.weight), layer.bias)
-                    packed = self.kinds[key][0] if key in self.kinds else _same_bits(candidate, layer, generator)
-                    forward = candidate if packed else forward
-                else:
-                    packed = False
                 if key not in self.kinds:
-                    self.kinds[key] = (packed, exact_row_limit(forward, layer.in_features, layer.weight.dtype,
-                                                               probe_rows, generator))
-                self.forwards.append((layer, functools.partial(_chunked, forward, self.kinds[key][1])))
+                    self.kinds[key] = _probe(layer, probe_rows, generator)
+                packed, rows = self.kinds[key]
+                forward = _packed_forward(_pack(layer.weight), layer.bias) if packed else _plain_forward(layer)
+                self.forwards.append((layer, functools.partial(_chunked, forward, rows)))
 
     @contextlib.contextmanager
     def applied(self):
         """Within the block the layers run the packed, chunked forwards (inference only); restored on exit."""
-        saved = []
-        for layer, forward in self.forwards:
-            saved.append((layer, layer.__dict__.get("forward")))
-            layer.forward = forward
-        try:
-            with torch.inference_mode():
-                yield self
-        finally:
-            for layer, own in saved:
-                if own is None:
-                    del layer.forward
-                else:
-                    layer.forward = own
+        with forwards_replaced(self.forwards), torch.inference_mode():
+            yield self
+
+
+def _probe(layer: nn.Linear, probe_rows: int, generator: torch.Generator) -> tuple[bool, int]:
+    """(packed?, row limit) for the layers of ``layer``'s shape: the packed weight where it gives ``F.linear``'s
+    bits (oneDNN bf16 only), and the row limit of the forward chosen."""
+    forward = _plain_forward(layer)
+    packed = _packable() and layer.weight.dtype == torch.bfloat16
+    if packed:
+        candidate = _packed_forward(_pack(layer.weight), layer.bias)
+        packed = _same_bits(candidate, layer, generator)
+        forward = candidate if packed else forward
+    return packed, exact_row_limit(forward, layer.in_features, layer.weight.dtype, probe_rows, generator)

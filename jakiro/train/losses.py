@@ -190,52 +190,50 @@ def draft_losses(
     target_rows, rows1, rows2 = gather_rows(head1, head2, target, mask, position_ids)
     if normalizers is None:
         normalizers = (rows1.weights.sum() + EPS, (rows2.weights.sum() + EPS) if rows2 is not None else 1.0)
+    v1 = weighted_sum(smooth_l1(rows1.pred, target_rows), rows1.weights, normalizers[0])
+    v2 = v1.new_zeros(())
+    if rows2 is not None:
+        v2 = weighted_sum(smooth_l1(rows2.pred, target_rows[rows2.target_rows]), rows2.weights, normalizers[1])
     if head_weight is not None:
-        return _fused_losses(target_rows, rows1, rows2, head_weight, v_w, p_w, parallel_w, normalizers, balance,
-                             balance_w)
+        p1, p2, scores = _fused_soft_losses(target_rows, rows1, rows2, head_weight, normalizers)
+    else:
+        p1, p2, scores = _soft_losses(target_rows, rows1, rows2, lm_head, normalizers)
+    balance = v1.new_zeros(()) if balance is None else balance
+    total = v_w * (v1 + parallel_w * v2) + p_w * (p1 + parallel_w * p2) + balance_w * balance
+    return LossTerms(total, v1, p1, v2, p2, balance), scores
+
+
+def _soft_losses(target_rows: torch.Tensor, rows1: HeadRows, rows2: HeadRows | None, lm_head, normalizers):
+    """(P1, P2, scores): both heads' soft cross-entropies with ``lm_head`` on all rows at once, plain autograd."""
     with torch.no_grad():
         target_logits = lm_head(target_rows).float()
         target_probs = target_logits.softmax(-1)
         labels = target_logits.argmax(-1)
     logits1 = lm_head(rows1.pred)
-    v1 = weighted_sum(smooth_l1(rows1.pred, target_rows), rows1.weights, normalizers[0])
     p1 = weighted_sum(soft_cross_entropy(logits1, target_probs), rows1.weights, normalizers[0])
-    zero = v1.new_zeros(())
-    v2 = p2 = zero
+    p2 = p1.new_zeros(())
     logits2 = labels2 = weights2 = None
     if rows2 is not None:
         logits2 = lm_head(rows2.pred)
-        v2 = weighted_sum(smooth_l1(rows2.pred, target_rows[rows2.target_rows]), rows2.weights, normalizers[1])
         p2 = weighted_sum(soft_cross_entropy(logits2, target_probs[rows2.target_rows]), rows2.weights,
                           normalizers[1])
-        labels2, weights2 = labels[rows2.target_rows], rows2.weights
-    balance = zero if balance is None else balance
-    total = v_w * (v1 + parallel_w * v2) + p_w * (p1 + parallel_w * p2) + balance_w * balance
-    scores = HeadScores(logits1.detach(), labels, rows1.weights, None if logits2 is None else logits2.detach(),
-                        labels2, weights2)
-    return LossTerms(total, v1, p1, v2, p2, balance), scores
+        labels2, weights2, logits2 = labels[rows2.target_rows], rows2.weights, logits2.detach()
+    return p1, p2, HeadScores(logits1.detach(), labels, rows1.weights, logits2, labels2, weights2)
 
 
-def _fused_losses(target_rows: torch.Tensor, rows1: HeadRows, rows2: HeadRows | None, head_weight: torch.Tensor,
-                  v_w: float, p_w: float, parallel_w: float, normalizers, balance: torch.Tensor | None,
-                  balance_w: float) -> tuple[LossTerms, HeadScores]:
-    """:func:`draft_losses` with both heads' soft cross-entropies and top-k ranks from one
+def _fused_soft_losses(target_rows: torch.Tensor, rows1: HeadRows, rows2: HeadRows | None,
+                       head_weight: torch.Tensor, normalizers):
+    """(P1, P2, scores): both heads' soft cross-entropies and top-k ranks from one
     :func:`jakiro.train.fused_loss.distill_rows` pass (no [N, V] logits kept)."""
     heads = [(rows1.pred, rows1.target_rows)] + ([(rows2.pred, rows2.target_rows)] if rows2 is not None else [])
     fused = distill_rows(head_weight, target_rows, heads)
-    v1 = weighted_sum(smooth_l1(rows1.pred, target_rows), rows1.weights, normalizers[0])
     p1 = weighted_sum(fused.ce[0], rows1.weights, normalizers[0])
-    zero = v1.new_zeros(())
-    v2 = p2 = zero
+    p2 = p1.new_zeros(())
     labels2 = weights2 = ranks2 = None
     if rows2 is not None:
-        v2 = weighted_sum(smooth_l1(rows2.pred, target_rows[rows2.target_rows]), rows2.weights, normalizers[1])
         p2 = weighted_sum(fused.ce[1], rows2.weights, normalizers[1])
         labels2, weights2, ranks2 = fused.labels[rows2.target_rows], rows2.weights, fused.ranks[1]
-    balance = zero if balance is None else balance
-    total = v_w * (v1 + parallel_w * v2) + p_w * (p1 + parallel_w * p2) + balance_w * balance
-    scores = HeadScores(None, fused.labels, rows1.weights, None, labels2, weights2, fused.ranks[0], ranks2)
-    return LossTerms(total, v1, p1, v2, p2, balance), scores
+    return p1, p2, HeadScores(None, fused.labels, rows1.weights, None, labels2, weights2, fused.ranks[0], ranks2)
 
 
 def head2_mask(mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
