@@ -16,7 +16,7 @@ from jakiro.train.losses import (
     weighted_sum,
 )
 from jakiro.train.metrics import draft_chain, topk_correct
-from jakiro.train.unroll import chain_mask
+from jakiro.train.unroll import chain_step_attention
 
 
 def identity_head(x):
@@ -239,12 +239,23 @@ def test_topk_correct_by_hand():
     assert topk_correct(logits, labels, torch.tensor([1.0, 0.0, 1.0])).tolist() == [0.0, 1.0, 1.0]
 
 
-def test_chain_mask_structure():
-    allowed = chain_mask(3, 2, torch.float32, torch.device("cpu"))[0, 0] == 0
-    expected = torch.tensor([[1, 0, 0, 1, 0, 0, 1, 0, 0],
-                             [1, 1, 0, 0, 1, 0, 0, 1, 0],
-                             [1, 1, 1, 0, 0, 1, 0, 0, 1]], dtype=torch.bool)
-    assert torch.equal(allowed, expected)
+def test_chain_step_attention_equals_each_node_alone():
+    """Node t at step k: softmax over the context keys <= t and its own k nodes, one query at a time (GQA: 4 query
+    heads on 2 key/value heads)."""
+    g = torch.Generator().manual_seed(0)
+    b, heads, kv, length, steps, d = 2, 4, 2, 5, 3, 8
+    q = torch.randn(b, heads, length, d, generator=g)
+    keys, values = torch.randn(b, kv, length, d, generator=g), torch.randn(b, kv, length, d, generator=g)
+    own_k, own_v = torch.randn(b, kv, length, steps, d, generator=g), torch.randn(b, kv, length, steps, d, generator=g)
+    got = chain_step_attention(q, keys, values, own_k, own_v, 0.3)
+    for row in range(b):
+        for head in range(heads):
+            group = head // (heads // kv)
+            for t in range(length):
+                k = torch.cat([keys[row, group, : t + 1], own_k[row, group, t]])
+                v = torch.cat([values[row, group, : t + 1], own_v[row, group, t]])
+                want = ((k @ q[row, head, t]) * 0.3).softmax(-1) @ v
+                torch.testing.assert_close(got[row, head, t], want, rtol=1e-5, atol=1e-6)
 
 
 def test_draft_chain_equals_running_each_start_alone():

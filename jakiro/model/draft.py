@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -50,6 +50,10 @@ CONFIG_NAME = "config.json"
 _TARGET_KEYS = ("embed_tokens.weight", "lm_head.weight")
 # buffers older checkpoints may hold that are derived from the config (RoPE frequencies), not weights
 _DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+# the layer's attention computed by a caller (DraftHead.forward's ``attend``)
+AttendFn = Callable[[LlamaAttention, torch.Tensor, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
 
 
 @dataclass
@@ -310,6 +314,7 @@ class DraftHead(nn.Module):
         with_head2: bool = False,
         with_experts: bool = False,
         segments: Sequence[int] | None = None,
+        attend: AttendFn | None = None,
     ) -> DraftOutput:
         """Run the draft on S new positions.
 
@@ -326,17 +331,24 @@ class DraftHead(nn.Module):
             segments: lengths of the conversations packed one after another along S (B = 1, sum = S; training):
                 attention stays causal within each conversation and never crosses into another (no mask tensor:
                 one causal attention call per conversation). Needs ``attention_mask`` and ``cache`` None.
+            attend: (attention module, z [B, S, H], (cos, sin)) -> [B, S, H]: the layer's attention computed by the
+                caller instead (training-time test's chains, :class:`jakiro.train.unroll.ChainAttention`). Needs
+                ``attention_mask``, ``cache`` and ``segments`` None.
         """
+        if attend is not None and (attention_mask is not None or cache is not None or segments is not None):
+            raise ValueError("attend takes neither an attention mask, a cache nor packed segments")
         embed = self.embed_tokens
         with torch.no_grad():
             tokens = embed(input_ids.to(embed.weight.device)).to(features.device, features.dtype)
         z = self.fc(torch.cat([tokens, features], dim=-1))
         position_embeddings = self.rotary_emb(z, position_ids)
-        if attention_mask is None and z.shape[1] > 1 and segments is None:
+        if attention_mask is None and z.shape[1] > 1 and segments is None and attend is None:
             past = 0 if cache is None else len(cache)
             attention_mask = causal_additive_mask(z.shape[1], past, z.dtype, z.device)
         layer = self.layers[0]
-        if segments is not None:
+        if attend is not None:
+            x = z + attend(layer.self_attn, z, position_embeddings)
+        elif segments is not None:
             x = z + packed_attention(layer.self_attn, z, position_embeddings, segments, attention_mask, cache)
         else:
             x = z + layer.self_attn(

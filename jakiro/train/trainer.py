@@ -115,8 +115,8 @@ class HeadsForward(torch.nn.Module):
             def true_tokens(k: int, previous) -> torch.Tensor:  # the token at position t + k of start t
                 return ahead(input_ids, k, 0)
 
-            outputs = run_chain(self.draft, features, input_ids, steps, true_tokens, position_ids,
-                                packed=segments is not None, with_head2=self.with_head2)
+            outputs = run_chain(self.draft, features, input_ids, steps, true_tokens, position_ids, segments,
+                                with_head2=self.with_head2)
         flat = ()
         for out in outputs:
             flat += (out.head1,) + ((out.head2,) if self.with_head2 else ()) + (
