@@ -30,7 +30,7 @@ def test_dense_target_of_equal_width_fills_attention_norm_and_every_expert():
     target = tiny_target("llama", 64)
     index, layer = last_decoder_layer(target)
     assert index == 1 and layer is target.model.layers[1]
-    draft = fresh_draft(target, expert_intermediate_size=128)  # = the target's intermediate_size
+    draft = fresh_draft(target, expert_intermediate_size=128)  # = the target's intermediate_size; no input norm
     before = {k: v.clone() for k, v in draft.state_dict().items()}
     report = init_from_target_layer(draft, layer.state_dict(), index)
     mine = draft.layers[0]
@@ -47,7 +47,35 @@ def test_dense_target_of_equal_width_fills_attention_norm_and_every_expert():
     assert set(report.skipped) == {"input_layernorm.weight", "layers.0.mlp_moe.gate.weight", "fc"}
     line = report.summary()
     assert line.startswith("draft.init_from_target: copied 11 tensors from target layer 1:")
-    assert "input_layernorm.weight (the draft's layer has no input norm)" in line and "\n" not in line
+    assert "input_layernorm.weight (the draft's layer has no input norm" in line and "\n" not in line
+
+
+def test_with_an_input_norm_the_draft_attends_as_the_target_layer():
+    """input_norm (what draft.init_from_target builds): both norms copied, and the draft layer's attention block is
+    the target layer's on the same hidden states, z + Attn(RMSNorm_in(z))."""
+    target = tiny_target("llama", 64)
+    index, layer = last_decoder_layer(target)
+    draft = fresh_draft(target, expert_intermediate_size=128, input_norm=True)
+    report = init_from_target_layer(draft, layer.state_dict(), index)
+    assert "layers.0.input_layernorm.weight" in report.copied and set(report.skipped) == {
+        "layers.0.mlp_moe.gate.weight", "fc"}
+    mine = draft.layers[0]
+    assert torch.equal(mine.input_layernorm.weight, layer.input_layernorm.weight)
+    z = 3.0 * torch.randn(1, 5, 64)
+    positions = torch.arange(5)[None]
+    cos_sin = target.model.rotary_emb(z, positions)
+    want = layer.self_attn(layer.input_layernorm(z), position_embeddings=cos_sin, attention_mask=None)[0]
+    got = mine.self_attn(mine.input_layernorm(z), position_embeddings=draft.rotary_emb(z, positions),
+                         attention_mask=None)[0]
+    torch.testing.assert_close(got, want)
+    # the forward uses the norm: a draft without it gives other features from the same weights
+    plain = DraftHead(DraftHeadConfig.for_target(target.config, expert_intermediate_size=128))
+    state = {k: v for k, v in draft.state_dict().items() if "input_layernorm" not in k}
+    plain.load_state_dict(state)
+    for d in (draft, plain):
+        d.bind_target_modules(target.get_input_embeddings(), target.get_output_embeddings())
+    ids, feats = torch.randint(0, 64, (1, 5)), torch.randn(1, 5, 64)
+    assert not torch.allclose(draft(feats, ids, positions).head1, plain(feats, ids, positions).head1)
 
 
 def test_experts_of_another_width_are_left_and_named():
@@ -108,12 +136,13 @@ def test_init_draft_command_line(tmp_path, capsys):
     out = tmp_path / "draft"
     assert init_draft_main(["--base-model-path", str(tmp_path / "target"), "--out", str(out),
                             "--expert-intermediate-size", "128", "--init-from-target"]) == 0
-    assert "draft.init_from_target: copied 11 tensors from target layer 1" in capsys.readouterr().err
+    assert "draft.init_from_target: copied 12 tensors from target layer 1" in capsys.readouterr().err  # + input norm
     draft = DraftHead.from_pretrained(out)
     layer = last_decoder_layer(target)[1]
     assert torch.equal(draft.layers[0].self_attn.o_proj.weight, layer.self_attn.o_proj.weight)
     assert torch.equal(draft.layers[0].mlp_moe.experts[1].up_proj.weight, layer.mlp.up_proj.weight)
-    assert draft.config.expert_intermediate_size == 128
+    assert draft.config.expert_intermediate_size == 128 and draft.config.input_norm
+    assert torch.equal(draft.layers[0].input_layernorm.weight, layer.input_layernorm.weight)
     assert init_draft_main(["--base-model-path", str(tmp_path / "target"), "--out", str(tmp_path / "plain")]) == 0
     plain = DraftHead.from_pretrained(tmp_path / "plain")
     assert not torch.equal(plain.layers[0].self_attn.o_proj.weight, layer.self_attn.o_proj.weight)

@@ -436,8 +436,10 @@ def test_init_from_target_starts_from_the_targets_last_layer(tiny, tmp_path, cap
                                                  "model.dtype=float32", "train.test_fraction=0.25")
                                      for a in ("--set", o)]]
     trainer = build_trainer(resolve_config(parse_args(base)))
-    assert "draft.init_from_target: copied 11 tensors from target layer 1" in capsys.readouterr().out
+    assert "draft.init_from_target: copied 12 tensors from target layer 1" in capsys.readouterr().out
     layer, mine = tiny["target"].model.layers[-1], trainer.draft.layers[0]
+    assert trainer.draft.config.input_norm  # the copied attention gets its normalised inputs
+    assert torch.equal(mine.input_layernorm.weight, layer.input_layernorm.weight)
     for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
         assert torch.equal(getattr(mine.self_attn, name).weight, getattr(layer.self_attn, name).weight)
     assert torch.equal(mine.post_attention_layernorm.weight, layer.post_attention_layernorm.weight)

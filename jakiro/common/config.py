@@ -153,7 +153,8 @@ class DraftConfig(_Section):
     bias: bool = True  # biases in the draft's fc and attention projections (reference: false for LLaMA-3)
     vocab_size: int | None = None  # draft vocabulary: the N most frequent training tokens; None = the target's own
     init_from_target: bool = False  # a new draft's decoder layer starts from the target's last decoder layer
-    # (attention, post-attention norm; experts where the shapes match); false = random initialization
+    # (attention and both norms -- the draft gets an input norm for it --; experts where the shapes match); false =
+    # random initialization, no input norm (the reference)
 
     def validate(self) -> None:
         self._require("num_experts", self.num_experts >= 1, "an integer >= 1")

@@ -5,7 +5,7 @@ Shapes (B = batch, S = positions, H = target hidden size, V = target vocabulary)
     input_ids      [B, S]   token x_{t+1} paired with ...
     features       [B, S, H] ... the target's final-normed last hidden state f_t
     z = fc([Emb(x_{t+1}); f_t])                        [B, S, H]
-    x = z + Attn(z)              (layer 0 has no input norm, as in the reference)
+    x = z + Attn(z)              (no input norm, as in the reference; Attn(RMSNorm_in(z)) with input_norm)
     u = RMSNorm_post(x)
     head1 = x + MoE_mix(u)       predicts f_{t+1}       [B, S, H]
     head2 = x + b_top E_top(u) - b_low E_low(u)   predicts f_{t+2} (CEPD parallel head)
@@ -77,6 +77,8 @@ class DraftHeadConfig:
     expert_intermediate_size: int | None = None  # None = hidden_size (the reference)
     parallel_head: bool = True
     draft_vocab_size: int | None = None  # None = the target's vocabulary; else a subset of this many token ids
+    input_norm: bool = False  # an RMSNorm before attention (the reference has none; drafts initialised from the
+    # target's last layer get one, since its attention expects normalised inputs)
     num_hidden_layers: int = 1
     architectures: list = field(default_factory=lambda: ["JakiroDraftHead"])
 
@@ -122,6 +124,7 @@ class DraftHeadConfig:
         expert_intermediate_size: int | None = None,
         bias: bool = True,
         draft_vocab_size: int | None = None,
+        input_norm: bool = False,
     ) -> "DraftHeadConfig":
         """Size a draft from a transformers target config (attention shapes, RoPE, norm eps, vocabulary)."""
         text_config = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
@@ -144,6 +147,7 @@ class DraftHeadConfig:
             expert_intermediate_size=expert_intermediate_size,
             parallel_head=parallel_head,
             draft_vocab_size=draft_vocab_size,
+            input_norm=input_norm,
         )
 
     def to_llama_config(self) -> LlamaConfig:
@@ -346,13 +350,14 @@ class DraftHead(nn.Module):
             past = 0 if cache is None else len(cache)
             attention_mask = causal_additive_mask(z.shape[1], past, z.dtype, z.device)
         layer = self.layers[0]
+        a = layer.input_layernorm(z) if self.config.input_norm else z  # the attention's input
         if attend is not None:
-            x = z + attend(layer.self_attn, z, position_embeddings)
+            x = z + attend(layer.self_attn, a, position_embeddings)
         elif segments is not None:
-            x = z + packed_attention(layer.self_attn, z, position_embeddings, segments, attention_mask, cache)
+            x = z + packed_attention(layer.self_attn, a, position_embeddings, segments, attention_mask, cache)
         else:
             x = z + layer.self_attn(
-                z, position_embeddings=position_embeddings, attention_mask=attention_mask,
+                a, position_embeddings=position_embeddings, attention_mask=attention_mask,
                 **{CACHE_KEYWORD: cache},
             )[0]
         if last_position_only:
@@ -424,10 +429,13 @@ class DraftHead(nn.Module):
 
 
 class _DecoderLayer(nn.Module):
-    """The single draft decoder layer: attention (no input norm) + post-attention RMSNorm + mixture of experts."""
+    """The single draft decoder layer: attention (after an input RMSNorm only with ``config.input_norm``) +
+    post-attention RMSNorm + mixture of experts."""
 
     def __init__(self, llama: LlamaConfig, config: DraftHeadConfig):
         super().__init__()
+        if config.input_norm:
+            self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.self_attn = LlamaAttention(llama, layer_idx=0)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp_moe = MixtureOfExperts(

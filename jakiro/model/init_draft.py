@@ -50,7 +50,8 @@ def init_draft(
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read a model config from {base_model_path}: {err}") from None
     config = DraftHeadConfig.for_target(
-        target_config, num_experts, experts_per_token, parallel_head, expert_intermediate_size, bias
+        target_config, num_experts, experts_per_token, parallel_head, expert_intermediate_size, bias,
+        input_norm=init_from_target,
     )
     torch.manual_seed(seed)
     draft = DraftHead(config)

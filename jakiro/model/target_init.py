@@ -1,13 +1,14 @@
 """Initialise a draft's decoder layer from the target's last decoder layer (``draft.init_from_target``).
 
 The draft's single layer has the shapes of a target layer's attention (it is sized from the target's config), so
-the attention projections and the post-attention RMSNorm are copied as they are. The MLP is copied where the shapes
+the attention projections and the norms are copied as they are: the draft built for this has an input RMSNorm
+(``DraftHeadConfig.input_norm``), because the copied attention expects the normalised inputs its own layer gave it. The MLP is copied where the shapes
 allow: a dense target MLP (``mlp.{gate,up,down}_proj``) into every expert whose width equals the target's
 intermediate size; a mixture-of-experts target (transformers' fused ``mlp.experts.gate_up_proj`` [E, 2I, H] and
 ``mlp.experts.down_proj`` [E, H, I]) expert by expert, and its router into the draft's head-1 router rows when the
 expert counts match. What is not copied keeps its random initialization and is named in the report: the target's
-input norm (the draft's layer has none), biases one side lacks, experts of another width, the draft's ``fc`` and
-the CEPD router rows (no counterpart in the target).
+input norm when the draft has none, attention biases the draft lacks (Qwen2's), experts of another width, the
+draft's ``fc`` and the CEPD router rows (no counterpart in the target).
 """
 
 from __future__ import annotations
@@ -77,10 +78,11 @@ def init_from_target_layer(draft: nn.Module, layer_state: dict[str, torch.Tensor
         has_bias = f"self_attn.{name}.bias" in layer_state
         if has_bias or prefix + f"self_attn.{name}.bias" in params:
             copy(f"self_attn.{name}.bias", layer_state.get(f"self_attn.{name}.bias"), f"self_attn.{name}.bias")
-    copy("post_attention_layernorm.weight", layer_state.get("post_attention_layernorm.weight"),
-         "post_attention_layernorm.weight")
-    if "input_layernorm.weight" in layer_state:
-        report.skipped["input_layernorm.weight"] = "the draft's layer has no input norm"
+    for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+        if prefix + norm in params or norm not in layer_state:
+            copy(norm, layer_state.get(norm), norm)
+        else:
+            report.skipped[norm] = "the draft's layer has no input norm (DraftHeadConfig.input_norm)"
 
     moe = draft.layers[0].mlp_moe
     width = moe.experts[0].gate_proj.weight.shape[0]

@@ -169,7 +169,8 @@ def draft_architecture(cfg: JakiroConfig, text_config) -> DraftHeadConfig:
             raise ConfigError(f"draft.vocab_size: {d.vocab_size} exceeds the target's vocabulary of "
                               f"{text_config.vocab_size}")
         config = DraftHeadConfig.for_target(text_config, d.num_experts, d.experts_per_token, d.parallel_head,
-                                            d.expert_intermediate_size, d.bias, d.vocab_size)
+                                            d.expert_intermediate_size, d.bias, d.vocab_size,
+                                            input_norm=d.init_from_target)
     else:
         path = Path(source) / CONFIG_NAME if Path(source).is_dir() else Path(source)
         try:
