@@ -169,3 +169,20 @@ def test_sampling_reproducible_with_seed_and_global_rng():
     torch.manual_seed(5)
     d = model.eagenerate(prompt, temperature=1.0, max_new_tokens=20)
     assert torch.equal(c, d)
+
+
+def test_greedy_draft_with_an_input_norm_from_the_target():
+    """A draft made by ``draft.init_from_target`` (an input norm; the target's last layer copied in): drafting runs
+    it like any other draft, it gets tokens accepted and the output stays the target's."""
+    from jakiro.model.draft import DraftHead, DraftHeadConfig
+    from jakiro.model.ea_model import EaModel
+    from jakiro.model.target_init import init_from_target_layer, last_decoder_layer
+    from tiny_models import tiny_target
+
+    target = tiny_target("llama", 16, 0)
+    torch.manual_seed(1)
+    draft = DraftHead(DraftHeadConfig.for_target(target.config, input_norm=True, expert_intermediate_size=128))
+    index, layer = last_decoder_layer(target)
+    assert "layers.0.input_layernorm.weight" in init_from_target_layer(draft, layer.state_dict(), index).copied
+    model = EaModel(target, draft, None, 12, 3, 3, "mixture", stop_token_ids=[])
+    assert assert_greedy_equal(model, prompts_for(16, 3), max_new_tokens=40) > 0
