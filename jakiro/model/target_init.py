@@ -2,13 +2,14 @@
 
 The draft's single layer has the shapes of a target layer's attention (it is sized from the target's config), so
 the attention projections and the norms are copied as they are: the draft built for this has an input RMSNorm
-(``DraftHeadConfig.input_norm``), because the copied attention expects the normalised inputs its own layer gave it. The MLP is copied where the shapes
-allow: a dense target MLP (``mlp.{gate,up,down}_proj``) into every expert whose width equals the target's
-intermediate size; a mixture-of-experts target (transformers' fused ``mlp.experts.gate_up_proj`` [E, 2I, H] and
-``mlp.experts.down_proj`` [E, H, I]) expert by expert, and its router into the draft's head-1 router rows when the
-expert counts match. What is not copied keeps its random initialization and is named in the report: the target's
-input norm when the draft has none, attention biases the draft lacks (Qwen2's), experts of another width, the
-draft's ``fc`` and the CEPD router rows (no counterpart in the target).
+(``DraftHeadConfig.input_norm``), because the copied attention expects the normalised inputs its own layer gave it.
+The MLP is copied where the shapes allow: a dense target MLP (``mlp.{gate,up,down}_proj``) into every expert whose
+width equals the target's intermediate size; a mixture-of-experts target (transformers' fused
+``mlp.experts.gate_up_proj`` [E, 2I, H] and ``mlp.experts.down_proj`` [E, H, I]) expert by expert, and its router
+into the draft's head-1 router rows when the expert counts match. What is not copied keeps its random
+initialization and is named in the report: the target's input norm when the draft has none, attention biases the
+draft lacks (Qwen2's), experts of another width, the draft's ``fc`` and the CEPD router rows (no counterpart in the
+target).
 """
 
 from __future__ import annotations
