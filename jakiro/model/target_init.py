@@ -80,10 +80,10 @@ def init_from_target_layer(draft: nn.Module, layer_state: dict[str, torch.Tensor
         if has_bias or prefix + f"self_attn.{name}.bias" in params:
             copy(f"self_attn.{name}.bias", layer_state.get(f"self_attn.{name}.bias"), f"self_attn.{name}.bias")
     for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
-        if prefix + norm in params or norm not in layer_state:
-            copy(norm, layer_state.get(norm), norm)
-        else:
+        if norm in layer_state and prefix + norm not in params:  # a draft without an input norm (the reference's)
             report.skipped[norm] = "the draft's layer has no input norm (DraftHeadConfig.input_norm)"
+        else:
+            copy(norm, layer_state.get(norm), norm)
 
     moe = draft.layers[0].mlp_moe
     width = moe.experts[0].gate_proj.weight.shape[0]

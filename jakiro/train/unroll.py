@@ -16,6 +16,7 @@ the target at position t + k (:func:`step_targets`), scored only where t and t +
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 
 import torch
 from torch.nn import functional as F
@@ -80,7 +81,7 @@ class ChainAttention:
             return [(0, s)]
         if b != 1 or sum(self.segments) != s:
             raise ValueError(f"segments {self.segments} must cover the S={s} positions of one packed row (got B={b})")
-        ends = torch.tensor(self.segments).cumsum(0).tolist()
+        ends = list(accumulate(self.segments))
         return list(zip([0] + ends[:-1], ends))
 
 
