@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The CPU speed comparison on MT-bench with the shipped SmolLM2 drafts: vanilla decoding, Hugging Face prompt lookup,
-# the EAGLE-2 draft, Jakiro (both sibling modes, and with exact verification), Jakiro with the prompt-lookup branch
-# (batched and exact verification) and Jakiro* (alone and with the prompt-lookup branch), interleaved question by
-# question in one process (python -m jakiro.evaluation.benchmark), the config's dtype (auto: bf16 where the CPU has
-# AMX or AVX512-BF16, else fp32), batch 1, max_new_tokens 256, T = 0 and 1 (the two exact-verification arms at T = 0
+# the previous generation's Jakiro draft (shipped:smollm2-jakiro-v1, on the same tree), the EAGLE-2 draft, Jakiro
+# (both sibling modes, and with exact verification), Jakiro with the prompt-lookup branch (batched and exact
+# verification) and Jakiro* (alone and with the prompt-lookup branch), interleaved question by question in one
+# process (python -m jakiro.evaluation.benchmark), the config's dtype (auto: bf16 where the CPU has AMX or
+# AVX512-BF16, else fp32), batch 1, max_new_tokens 256, T = 0 and 1 (the two exact-verification arms at T = 0
 # only: exact verification matters only for greedy equality).
 # Outputs in OUT_DIR (default outputs/benchmark/cpu): answer JSONL per arm and temperature, speed.json per
 # temperature, report.md (the tables) and speed.png (needs matplotlib: bash scripts/setup.sh assets,plot).
@@ -34,6 +35,7 @@ python -m jakiro.evaluation.benchmark --config smollm2 --out-dir "$OUT_DIR" --pl
   "${questions[@]}" \
   --arm vanilla eval.method=baseline \
   --arm pld eval.method=pld \
+  --arm jakiro-v1 model.draft_path=shipped:smollm2-jakiro-v1 tree.sibling_mode=mixture tree.lookup_tokens=0 \
   --arm eagle2 model.draft_path=shipped:smollm2-eagle2 tree.lookup_tokens=0 \
   --arm jakiro model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=mixture tree.lookup_tokens=0 \
   --arm jakiro-per-expert model.draft_path=shipped:smollm2-jakiro tree.sibling_mode=per_expert tree.lookup_tokens=0 \

@@ -15,8 +15,10 @@
 #   STOP_AFTER=240 bash scripts/train_smollm2_drafts.sh        # pause each run after 240 optimizer steps
 #   THREADS=1 ...                                              # CPU threads per training run
 #   STAGES=1 ...                                               # stage 1 only (default: STAGES="1 2")
-#   SHIP=1 ...                                                 # then write each finished stage-2 draft, in bf16, to
-#                                                              # jakiro/drafts/smollm2-<draft> (shipped:smollm2-<draft>)
+#   SHIP=1 ...                                                 # then write each finished stage-2 draft, in bf16, with
+#                                                              # its training.json, to jakiro/drafts/smollm2-<draft>
+#                                                              # (shipped:smollm2-<draft>; the previous generation
+#                                                              # stays as shipped:smollm2-<draft>-v1)
 # Outputs: outputs/train/smollm2-<draft>[-selfdistill]/{draft,metrics.jsonl,checkpoints}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,12 +59,7 @@ if [[ " $stages " == *" 2 "* ]]; then
 fi
 if [ -n "${SHIP:-}" ]; then
   for name in "${drafts[@]}"; do
-    python - "outputs/train/smollm2-$name-selfdistill/draft" "jakiro/drafts/smollm2-$name" <<'PY'
-import sys
-import torch
-from jakiro.model.draft import DraftHead
-DraftHead.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], dtype=torch.bfloat16)
-print(f"shipped {sys.argv[1]} as {sys.argv[2]} (bf16)")
-PY
+    python -c 'import sys; from jakiro.drafts import ship; print("shipped", ship(sys.argv[1], sys.argv[2]))' \
+      "outputs/train/smollm2-$name-selfdistill/draft" "smollm2-$name"
   done
 fi

@@ -501,6 +501,8 @@ def test_benchmark_cpu_script_arms_are_valid_configs(tmp_path, exact):
     star, star_lookup = arms["jakiro_star"], arms["jakiro_star-lookup"]
     assert star.eval.method == star_lookup.eval.method == "jakiro_star"
     assert (star.tree.lookup_tokens, star_lookup.tree.lookup_tokens) == (0, 10)
+    assert arms["jakiro-v1"].model.draft_path == "shipped:smollm2-jakiro-v1"  # the previous generation, same tree
+    assert arms["jakiro-v1"].tree.total_token == arms["jakiro"].tree.total_token
     exact_arms = {"jakiro-exact", "jakiro-lookup-exact"}
     if exact == "1":
         assert exact_arms <= set(arms) and set(args.greedy_only) == exact_arms

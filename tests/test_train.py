@@ -26,6 +26,7 @@ from jakiro.common.io import sha256_file
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices
+from jakiro.train.provenance import read_training_record
 from jakiro.train.main import build_trainer, main, parse_args, resolve_config
 from jakiro.train.trainer import EXPORT, METRICS, Trainer, deepspeed_settings, latest_checkpoint
 from tiny_models import reset_accelerate, tiny_target
@@ -368,6 +369,20 @@ def test_init_from_continues_a_trained_draft(tiny, trained, tmp_path, capsys):
         assert main([*base, "--cpdir", str(tmp_path / name), *extra]) == 0
         first_loss[name] = records(tmp_path / name)[0]["loss"]
     assert first_loss["continued"] < 0.9 * first_loss["fresh"], first_loss
+    # training.json beside each export: this run's steps and tokens, its data and recipe, the run it continued
+    fresh, continued_record = (read_training_record(tmp_path / name / EXPORT) for name in ("fresh", "continued"))
+    steps = records(tmp_path / "fresh")
+    assert fresh["steps"] == steps[-1]["step"] == len(steps) and fresh["init_from"] is None
+    assert fresh["training_tokens"] == pytest.approx(sum(r["tokens"] for r in steps))
+    assert fresh["total_training_tokens"] == fresh["training_tokens"] > 0
+    assert fresh["data"]["features"] == "features" and fresh["recipe"]["draft"]["num_experts"] == 4
+    assert fresh["held_out"]["test_loss"] == records(tmp_path / "fresh", "eval")[-1]["test_loss"]
+    assert str(tmp_path) not in json.dumps(fresh)  # no absolute path of this machine
+    earlier = read_training_record(trained["export"])  # the fixture's run: a Trainer without a data description
+    assert earlier["data"] is None and earlier["steps"] == 96
+    assert continued_record["init_from"]["training"] == earlier
+    assert continued_record["total_training_tokens"] == pytest.approx(
+        continued_record["training_tokens"] + earlier["training_tokens"])
     init = DraftHead.from_pretrained(trained["export"])
     continued = DraftHead.from_pretrained(tmp_path / "continued" / EXPORT)
     assert continued.config == init.config  # the init's architecture wins over draft.*

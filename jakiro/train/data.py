@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, Sampler, Subset
 from jakiro.ge_data.dataset import FeatureShards, OnlineFeatures, read_manifest
 from jakiro.ge_data.generate import MANIFEST, GeDataError
 from jakiro.common.io import sha256_file
+from jakiro.train.provenance import describe_features
 
 ONLINE = "online"  # train.data_dir value selecting features computed on the fly
 
@@ -47,7 +48,8 @@ def open_dataset(cfg) -> tuple[Dataset, dict]:
 
     ``data_dir`` is a finished ``python -m jakiro.ge_data`` output directory (``manifest.json`` + shards), or
     ``"online"``: the conversations selected by ``cfg.data`` with features computed by ``cfg.model``'s target.
-    Returns ``(dataset, {"hidden_size", "vocab_size", "target"})``; raises :class:`DataError`.
+    Returns ``(dataset, {"hidden_size", "vocab_size", "target", "identity", "data_sha256", "about"})`` ("about":
+    what a trained draft's ``training.json`` says of the data); raises :class:`DataError`.
     """
     data_dir = cfg.train.data_dir
     if data_dir == ONLINE:
@@ -56,8 +58,13 @@ def open_dataset(cfg) -> tuple[Dataset, dict]:
         except GeDataError as err:
             raise DataError(str(err)) from None
         text = dataset.model.config.get_text_config()
+        data = cfg.data
+        about = {"features": ONLINE, "source": {"file": Path(data.input_path).name if data.input_path else None,
+                                                "content_sha256": dataset.input_sha256,
+                                                "shuffle_seed": data.shuffle_seed, "start": data.start,
+                                                "end": data.end}}
         return dataset, {"hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "target": "online",
-                         "identity": None, "data_sha256": dataset.input_sha256}
+                         "identity": None, "data_sha256": dataset.input_sha256, "about": about}
     path = Path(data_dir)
     if not path.is_dir() or not any(path.iterdir()):
         raise DataError(f"train.data_dir {data_dir} is {'empty' if path.is_dir() else 'missing'}: generate "
@@ -72,7 +79,7 @@ def open_dataset(cfg) -> tuple[Dataset, dict]:
     target = manifest.get("target", {})
     return dataset, {"hidden_size": target.get("hidden_size"), "vocab_size": target.get("vocab_size"),
                      "target": target.get("path"), "identity": target.get("identity"),
-                     "data_sha256": sha256_file(path / MANIFEST)}
+                     "data_sha256": sha256_file(path / MANIFEST), "about": describe_features(path, manifest)}
 
 
 def check_compatible(info: dict, hidden_size: int, vocab_size: int, target: str) -> None:

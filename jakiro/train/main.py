@@ -238,7 +238,7 @@ def build_trainer(cfg: JakiroConfig):
     return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary,
                    None if init is None else init.state_dict(),
                    run_inputs={"data_sha256": info["data_sha256"], "target_identity": identity,
-                               "init_from": init_digest}, target_layer=target_layer)
+                               "init_from": init_digest}, target_layer=target_layer, about_data=info["about"])
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m jakiro.train.main", preset: Sequence[str] = (),

@@ -56,8 +56,11 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from jakiro.common.config import ConfigError, JakiroConfig, save_config, to_dict
+from jakiro.common.hardware import describe
 from jakiro.common.io import atomic_write_text, differences
+from jakiro.drafts import resolve_draft_path
 from jakiro.train import checkpoint as ckpt
+from jakiro.train import provenance
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.target_init import init_from_target_layer
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
@@ -251,13 +254,17 @@ class Trainer:
             ``run.json`` and compared on resume.
         target_layer: (index, state dict) of the target's last decoder layer, copied into the new draft's layer
             where shapes match (``draft.init_from_target``; :mod:`jakiro.model.target_init`), or None.
+        about_data: what the exported draft's ``training.json`` says of the training data
+            (:func:`jakiro.train.provenance.describe_features`), or None.
     """
 
     def __init__(self, cfg: JakiroConfig, draft_config: DraftHeadConfig, embed_tokens: torch.nn.Module,
                  lm_head: torch.nn.Module, train_set: Dataset, test_set: Dataset,
                  draft_vocabulary: torch.Tensor | None = None, initial_weights: dict | None = None,
-                 run_inputs: dict | None = None, target_layer: tuple[int, dict] | None = None):
+                 run_inputs: dict | None = None, target_layer: tuple[int, dict] | None = None,
+                 about_data: dict | None = None):
         self.cfg, self.train_cfg = cfg, cfg.train
+        self.about_data = about_data
         train = self.train_cfg
         self.accelerator = acc = make_accelerator(cfg, draft_config)
         self.output_dir = Path(train.output_dir)
@@ -758,7 +765,8 @@ class Trainer:
                                 "from the checkpoint before it, or train in another train.output_dir") from None
 
     def export(self) -> Path:
-        """Write the trained draft as ``output_dir/draft`` (``config.json`` + ``model.safetensors``, float32)."""
+        """Write the trained draft as ``output_dir/draft``: ``config.json`` + ``model.safetensors`` (float32) and
+        ``training.json``, what made it (:mod:`jakiro.train.provenance`)."""
         acc = self.accelerator
         weights = acc.get_state_dict(self.model)  # every process: ZeRO-3 gathers the partitions
         out = self.output_dir / EXPORT
@@ -767,7 +775,13 @@ class Trainer:
             draft.load_state_dict({k.removeprefix("draft."): v.float() if v.is_floating_point() else v
                                    for k, v in weights.items()}, strict=True)
             draft.save_pretrained(out)
-            self._say(f"exported the draft to {out}")
+            init_from = self.train_cfg.init_from
+            record = provenance.training_record(
+                self._read_record(), self.about_data, self.output_dir / METRICS, init_from,
+                None if init_from is None else resolve_draft_path(init_from), describe(acc.device))
+            atomic_write_text(out / provenance.FILE, json.dumps(record, indent=1) + "\n")
+            self._say(f"exported the draft to {out} ({record['training_tokens']:,.0f} training tokens in "
+                      f"{record['steps']} steps)")
         acc.wait_for_everyone()
         return out
 
