@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jakiro.common.config import load_config
-from jakiro.model.draft import DraftHead, DraftHeadConfig
+from jakiro.model.draft import DraftHead, DraftHeadConfig, packed_attention
 from jakiro.train.data import TokenBudgetSampler, add_noise, collate, collate_packed
 from jakiro.train.losses import draft_losses, head2_mask
 from jakiro.train.metrics import Sums
@@ -83,7 +83,7 @@ def test_packed_draft_forward_matches_separate_rows(target, dtype):
     data = items([6, 13, 4], seed=2)
     packed = collate_packed(data, 64)
     out = draft(packed["features"].to(dtype), packed["input_ids"], packed["position_ids"], with_head2=True,
-                segments=packed["segments"].tolist())
+                attend=packed_attention(packed["segments"].tolist()))
     start = 0
     for item in data:
         n = len(item["input_ids"])
@@ -97,7 +97,7 @@ def test_packed_draft_forward_matches_separate_rows(target, dtype):
     changed = packed["features"].clone()
     changed[0, 6:19] += 1.0
     other = draft(changed.to(dtype), packed["input_ids"], packed["position_ids"], with_head2=True,
-                  segments=packed["segments"].tolist())
+                  attend=packed_attention(packed["segments"].tolist()))
     assert torch.equal(other.head1[0, :6], out.head1[0, :6]) and torch.equal(other.head1[0, 19:], out.head1[0, 19:])
     assert not torch.equal(other.head1[0, 6:19], out.head1[0, 6:19])
 
@@ -106,7 +106,10 @@ def test_packed_segments_are_checked(target):
     draft = draft_for(target)
     packed = collate_packed(items([4, 5]), 64)
     with pytest.raises(ValueError, match="segments"):
-        draft(packed["features"].float(), packed["input_ids"], packed["position_ids"], segments=[4, 4])
+        draft(packed["features"].float(), packed["input_ids"], packed["position_ids"], attend=packed_attention([4, 4]))
+    with pytest.raises(ValueError, match="neither an attention mask nor a cache"):
+        draft(packed["features"].float(), packed["input_ids"], packed["position_ids"],
+              attention_mask=torch.zeros(1, 1, 9, 9), attend=packed_attention([4, 5]))
 
 
 def test_head2_never_pairs_two_conversations():

@@ -317,7 +317,6 @@ class DraftHead(nn.Module):
         last_position_only: bool = False,
         with_head2: bool = False,
         with_experts: bool = False,
-        segments: Sequence[int] | None = None,
         attend: AttendFn | None = None,
     ) -> DraftOutput:
         """Run the draft on S new positions.
@@ -332,29 +331,25 @@ class DraftHead(nn.Module):
                 depends only on attention inputs, so earlier positions' MLP outputs are never needed).
             with_head2: also compute the CEPD parallel head.
             with_experts: also return per-expert features (per-expert sibling mode).
-            segments: lengths of the conversations packed one after another along S (B = 1, sum = S; training):
-                attention stays causal within each conversation and never crosses into another (no mask tensor:
-                one causal attention call per conversation). Needs ``attention_mask`` and ``cache`` None.
             attend: (attention module, z [B, S, H], (cos, sin)) -> [B, S, H]: the layer's attention computed by the
-                caller instead (training-time test's chains, :class:`jakiro.train.unroll.ChainAttention`). Needs
-                ``attention_mask``, ``cache`` and ``segments`` None.
+                caller instead of masked attention over the cache (training: :func:`packed_attention` for
+                conversations packed along S, :class:`jakiro.train.unroll.ChainAttention` for training-time test's
+                chains). Needs ``attention_mask`` and ``cache`` None.
         """
-        if attend is not None and (attention_mask is not None or cache is not None or segments is not None):
-            raise ValueError("attend takes neither an attention mask, a cache nor packed segments")
+        if attend is not None and (attention_mask is not None or cache is not None):
+            raise ValueError("attend takes neither an attention mask nor a cache")
         embed = self.embed_tokens
         with torch.no_grad():
             tokens = embed(input_ids.to(embed.weight.device)).to(features.device, features.dtype)
         z = self.fc(torch.cat([tokens, features], dim=-1))
         position_embeddings = self.rotary_emb(z, position_ids)
-        if attention_mask is None and z.shape[1] > 1 and segments is None and attend is None:
+        if attention_mask is None and z.shape[1] > 1 and attend is None:
             past = 0 if cache is None else len(cache)
             attention_mask = causal_additive_mask(z.shape[1], past, z.dtype, z.device)
         layer = self.layers[0]
         a = layer.input_layernorm(z) if self.config.input_norm else z  # the attention's input
         if attend is not None:
             x = z + attend(layer.self_attn, a, position_embeddings)
-        elif segments is not None:
-            x = z + packed_attention(layer.self_attn, a, position_embeddings, segments, attention_mask, cache)
         else:
             x = z + layer.self_attn(
                 a, position_embeddings=position_embeddings, attention_mask=attention_mask,
@@ -447,26 +442,30 @@ class _DecoderLayer(nn.Module):
         )
 
 
-def packed_attention(attention: LlamaAttention, z: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                     segments: Sequence[int], attention_mask: torch.Tensor | None, cache: DraftCache | None
-                     ) -> torch.Tensor:
-    """[1, S, H] -> [1, S, H]: ``attention`` run on each packed conversation on its own (causal, positions and RoPE
-    as given), outputs concatenated; the same values as running the conversations as separate rows."""
-    if z.shape[0] != 1 or sum(segments) != z.shape[1]:
-        raise ValueError(f"segments {list(segments)} must cover the S={z.shape[1]} positions of one packed row "
-                         f"(got B={z.shape[0]})")
-    if attention_mask is not None or cache is not None:
-        raise ValueError("packed segments take neither an attention mask nor a cache")
-    cos, sin = position_embeddings
-    outputs, start = [], 0
-    for length in segments:
-        end = start + int(length)
-        # no mask: transformers' sdpa path runs the causal kernel (measured several times faster than a float mask
-        # in bf16 and fp32 on an AMX CPU at 1,000 positions)
-        outputs.append(attention(z[:, start:end], position_embeddings=(cos[:, start:end], sin[:, start:end]),
-                                 attention_mask=None)[0])
-        start = end
-    return torch.cat(outputs, dim=1)
+def packed_attention(segments: Sequence[int]) -> AttendFn:
+    """The ``attend`` of :meth:`DraftHead.forward` for conversations of lengths ``segments`` packed one after another
+    along S (B = 1, sum = S; training): [1, S, H] -> [1, S, H], the attention run on each conversation on its own
+    (causal, positions and RoPE as given), outputs concatenated; the same values as running the conversations as
+    separate rows, and nothing crosses from one conversation into another."""
+    lengths = [int(n) for n in segments]
+
+    def attend(attention: LlamaAttention, z: torch.Tensor,
+               position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if z.shape[0] != 1 or sum(lengths) != z.shape[1]:
+            raise ValueError(f"segments {lengths} must cover the S={z.shape[1]} positions of one packed row "
+                             f"(got B={z.shape[0]})")
+        cos, sin = position_embeddings
+        outputs, start = [], 0
+        for length in lengths:
+            end = start + length
+            # no mask: transformers' sdpa path runs the causal kernel (measured several times faster than a float
+            # mask in bf16 and fp32 on an AMX CPU at 1,000 positions)
+            outputs.append(attention(z[:, start:end], position_embeddings=(cos[:, start:end], sin[:, start:end]),
+                                     attention_mask=None)[0])
+            start = end
+        return torch.cat(outputs, dim=1)
+
+    return attend
 
 
 def causal_additive_mask(new: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

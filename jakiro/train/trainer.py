@@ -61,7 +61,7 @@ from jakiro.common.io import atomic_write_text, differences
 from jakiro.drafts import resolve_draft_path
 from jakiro.train import checkpoint as ckpt
 from jakiro.train import provenance
-from jakiro.model.draft import DraftHead, DraftHeadConfig
+from jakiro.model.draft import DraftHead, DraftHeadConfig, packed_attention
 from jakiro.model.target_init import init_from_target_layer
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
                                mix_seed, sequence_lengths)
@@ -113,7 +113,8 @@ class HeadsForward(torch.nn.Module):
     def forward(self, features, input_ids, position_ids, segments=None, steps=None):
         steps = self.steps if steps is None else steps
         if steps == 1:
-            outputs = [self.draft(features, input_ids, position_ids, with_head2=self.with_head2, segments=segments)]
+            attend = None if segments is None else packed_attention(segments)
+            outputs = [self.draft(features, input_ids, position_ids, with_head2=self.with_head2, attend=attend)]
         else:
             def true_tokens(k: int, previous) -> torch.Tensor:  # the token at position t + k of start t
                 return ahead(input_ids, k, 0)
