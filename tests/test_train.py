@@ -150,7 +150,7 @@ def test_training_lowers_loss_and_raises_heldout_accuracy(trained):
 def test_export_loads_and_generates_losslessly(tiny, trained):
     target = tiny["target"]
     draft = DraftHead.from_pretrained(trained["export"])
-    assert sorted(os.listdir(trained["export"])) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(trained["export"])) == ["config.json", "model.safetensors", "training.json"]
     assert not any("embed" in k or "lm_head" in k for k in load_file(trained["export"] / "model.safetensors"))
     accepted = {}
     for name, candidate in (("trained", draft), ("untrained", DraftHead(draft.config))):
