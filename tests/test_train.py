@@ -7,6 +7,7 @@ shared 2-core machine, 2 OpenMP threads per process made tiny steps 20x slower.
 """
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -378,6 +379,7 @@ def test_init_from_continues_a_trained_draft(tiny, trained, tmp_path, capsys):
     assert fresh["data"]["features"] == "features" and fresh["recipe"]["draft"]["num_experts"] == 4
     assert fresh["held_out"]["test_loss"] == records(tmp_path / "fresh", "eval")[-1]["test_loss"]
     assert str(tmp_path) not in json.dumps(fresh)  # no absolute path of this machine
+    assert fresh["versions"]["torch"] == torch.__version__ and fresh["versions"]["jakiro"] == importlib.metadata.version("jakiro")
     earlier = read_training_record(trained["export"])  # the fixture's run: a Trainer without a data description
     assert earlier["data"] is None and earlier["steps"] == 96
     assert continued_record["init_from"]["training"] == earlier

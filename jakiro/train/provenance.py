@@ -22,6 +22,7 @@ record can ship in the repository.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -58,6 +59,14 @@ def source_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed (a source tree)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def read_training_record(draft_dir: str | os.PathLike) -> dict | None:
@@ -145,8 +154,6 @@ def training_record(run_record: dict, data: dict, metrics_path: str | os.PathLik
     import torch
     import transformers
 
-    import jakiro
-
     steps, tokens, held_out = read_metrics(metrics_path)
     earlier = None if init_dir is None else read_training_record(init_dir)
     if init_dir is None:
@@ -160,7 +167,7 @@ def training_record(run_record: dict, data: dict, metrics_path: str | os.PathLik
         "made_by": "python -m jakiro.train.main",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": source_commit(),
-        "versions": {"jakiro": getattr(jakiro, "__version__", None), "torch": torch.__version__,
+        "versions": {"jakiro": package_version("jakiro"), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "hardware": hardware,
         "data": data,
