@@ -59,7 +59,6 @@ if [[ " $stages " == *" 2 "* ]]; then
 fi
 if [ -n "${SHIP:-}" ]; then
   for name in "${drafts[@]}"; do
-    python -c 'import sys; from jakiro.drafts import ship; print("shipped", ship(sys.argv[1], sys.argv[2]))' \
-      "outputs/train/smollm2-$name-selfdistill/draft" "smollm2-$name"
+    python -m jakiro.train.ship "outputs/train/smollm2-$name-selfdistill/draft" "smollm2-$name" --force
   done
 fi

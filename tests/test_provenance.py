@@ -1,6 +1,6 @@
 """The record of what made a trained draft (``training.json``, :mod:`jakiro.train.provenance`): portable paths, the
 data description of self-distilled features, steps and tokens from the metrics log, the code's commit, and the
-shipped copy of a draft (:func:`jakiro.drafts.ship`). The trainer's own record is tested in tests/test_train.py."""
+shipped copy of a draft (:mod:`jakiro.train.ship`). The trainer's own record is tested in tests/test_train.py."""
 
 import json
 import re
@@ -75,11 +75,12 @@ def test_source_commit_names_this_checkout():
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit) and commit.startswith(head)
 
 
-def test_ship_writes_bf16_weights_and_the_record(tmp_path, monkeypatch):
+def test_ship_writes_bf16_weights_and_the_record(tmp_path, monkeypatch, capsys):
     import torch
 
     import jakiro.drafts as drafts
     from jakiro.model.draft import DraftHead, DraftHeadConfig
+    from jakiro.train.ship import main, ship
     from tiny_models import tiny_target
 
     monkeypatch.setattr(drafts, "FOLDER", tmp_path / "shipped")
@@ -88,15 +89,21 @@ def test_ship_writes_bf16_weights_and_the_record(tmp_path, monkeypatch):
     draft = DraftHead(DraftHeadConfig.for_target(tiny_target("llama", 64, seed=0).config))
     source = tmp_path / "run" / "draft"
     draft.save_pretrained(source)
-    with pytest.raises(ValueError, match="training.json"):
-        drafts.ship(source, "tiny-draft")
+    assert main([str(source), "tiny-draft"]) == 2  # no record: a shipped draft must say what made it
+    assert "training.json" in capsys.readouterr().err and not (tmp_path / "shipped" / "tiny-draft").exists()
     (source / provenance.FILE).write_text(json.dumps({"format": provenance.FORMAT, "training_tokens": 10.0}))
-    assert drafts.ship(source, "tiny-draft") == tmp_path / "shipped" / "tiny-draft"
+    assert main([str(source), "tiny-draft"]) == 0
     shipped = DraftHead.from_pretrained("shipped:tiny-draft")
     for (key, ours), theirs in zip(draft.state_dict().items(), shipped.state_dict().values()):
         assert torch.equal(ours.to(torch.bfloat16).to(theirs.dtype), theirs), key
     record = provenance.read_training_record(tmp_path / "shipped" / "tiny-draft")
     assert record["training_tokens"] == 10.0 and record["shipped"] == {"dtype": "bfloat16", "from": "draft"}
+    capsys.readouterr()
+    assert main([str(source), "tiny-draft"]) == 2  # an existing shipped draft is replaced only with --force
+    assert "--force" in capsys.readouterr().err
+    assert main([str(source), "tiny-draft", "--force"]) == 0
+    with pytest.raises(ValueError, match="bad shipped draft name"):
+        ship(source, "../elsewhere")
 
 
 def test_every_shipped_draft_loads_and_says_what_made_it():

@@ -4,7 +4,7 @@ snapshot through ``huggingface_hub`` (its cache, ``HF_HOME`` / ``HF_HUB_CACHE`` 
 transformers does for the target).
 
 Each sub-folder is a draft directory (``config.json`` + ``model.safetensors`` + ``training.json``, what made it:
-:mod:`jakiro.train.provenance`) trained by ``scripts/train_smollm2_drafts.sh`` and written here by :func:`ship`;
+:mod:`jakiro.train.provenance`) trained by ``scripts/train_smollm2_drafts.sh`` and written here by :mod:`jakiro.train.ship`;
 ``smollm2-<draft>-v1`` are the previous generation, kept for comparison. ``docs/training.md`` ("Shipped drafts")
 gives the data, steps and wall time of each::
 
@@ -54,26 +54,3 @@ def hub_snapshot(repo_id: str) -> Path:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"draft {repo_id!r} is no local directory, and no hub snapshot was found or downloaded "
                          f"({type(err).__name__}: {first})") from None
-
-
-def ship(source: str | os.PathLike, name: str, dtype: str = "bfloat16") -> Path:
-    """Write the trained draft in directory ``source`` as the shipped draft ``name``, its weights in ``dtype``, and
-    its ``training.json`` (required: a shipped draft says what made it) with ``"shipped": {"dtype", "from"}`` added.
-    Replaces a shipped draft of that name; returns its directory. ValueError for a source without a record."""
-    import json
-
-    import torch
-
-    from jakiro.common.io import atomic_write_text
-    from jakiro.model.draft import DraftHead
-    from jakiro.train.provenance import FILE, portable, read_training_record
-
-    record = read_training_record(source)
-    if record is None:
-        raise ValueError(f"{source} has no readable {FILE}: train it with python -m jakiro.train.main, which "
-                         "records what made it")
-    destination = FOLDER / name
-    DraftHead.from_pretrained(source).save_pretrained(destination, dtype=getattr(torch, dtype))
-    record["shipped"] = {"dtype": dtype, "from": portable(source)}
-    atomic_write_text(destination / FILE, json.dumps(record, indent=1) + "\n")
-    return destination

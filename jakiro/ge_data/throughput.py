@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads (default: torch's); on a machine shared with other jobs 1 thread "
                              "measures steadier than 2")
     parser.add_argument("--alone", action="store_true",
-                        help="also answer each prompt alone (batch 1) and count the answers that differ from those")
+                        help="also answer each prompt alone (batch 1) and count the answers that differ from those "
+                             "(default: off)")
     args = parser.parse_args(argv)
     if args.config is None:
         args.config = "regenerate_smollm2"

@@ -1,7 +1,7 @@
 """What made a trained draft: ``training.json`` beside its ``config.json``.
 
 The trainer writes it when it exports a draft (``train.output_dir/draft``); a shipped draft keeps it
-(:func:`jakiro.drafts.ship`). One JSON object::
+(:mod:`jakiro.train.ship`). One JSON object::
 
     {"format": "jakiro-draft-training/1",
      "made_by": "python -m jakiro.train.main", "finished": "2026-12-06T21:00:00Z",
