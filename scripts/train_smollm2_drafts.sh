@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Reproduce the shipped SmolLM2 drafts from scratch with the project's own commands, in two stages that give every
 # draft the same data, schedule and number of optimizer steps:
-#   stage 1  features of a recovered ShareGPT subset (configs/ge_data_smollm2.yaml), training from scratch
-#            (configs/train_smollm2.yaml) -> outputs/train/smollm2-<draft>
-#   stage 2  other ShareGPT conversations answered by the target itself (configs/regenerate_smollm2.yaml), their
-#            features (configs/ge_data_smollm2_selfdistill.yaml), the stage-1 draft trained further on them
-#            (configs/train_smollm2_selfdistill.yaml) -> outputs/train/smollm2-<draft>-selfdistill
+#   data     features of a recovered ShareGPT subset (configs/ge_data_smollm2.yaml); other ShareGPT conversations
+#            answered by the target itself (configs/regenerate_smollm2.yaml) and their features
+#            (configs/ge_data_smollm2_selfdistill.yaml)
+#   stage 1  training from scratch on ShareGPT's answers (configs/train_smollm2.yaml), the 8k draft vocabulary picked
+#            from ShareGPT's and the target's answers (draft.vocab_extra_data) -> outputs/train/smollm2-<draft>
+#   stage 2  the stage-1 draft trained further on the target's own answers (configs/train_smollm2_selfdistill.yaml)
+#            -> outputs/train/smollm2-<draft>-selfdistill
 # The architectures:
 #   jakiro       2 experts (top-2) + CEPD parallel head
 #   eagle2       1 dense expert as wide as the target's MLP (1536), no parallel head (the EAGLE-2 baseline)
@@ -14,7 +16,7 @@
 #   bash scripts/train_smollm2_drafts.sh [DRAFT ...]          # default: all three
 #   STOP_AFTER=240 bash scripts/train_smollm2_drafts.sh        # pause each run after 240 optimizer steps
 #   THREADS=1 ...                                              # CPU threads per training run
-#   STAGES=1 ...                                               # stage 1 only (default: STAGES="1 2")
+#   STAGES=1 ...                                               # the data and stage 1 only (default: STAGES="1 2")
 #   SHIP=1 ...                                                 # then write each finished stage-2 draft, in bf16, with
 #                                                              # its training.json, to jakiro/drafts/smollm2-<draft>
 #                                                              # (shipped:smollm2-<draft>; the previous generation
@@ -37,19 +39,21 @@ for name in "${drafts[@]}"; do
 done
 
 stages=${STAGES:-1 2}
+selfdistill=outputs/features/smollm2-selfdistill   # = data.output_dir of configs/ge_data_smollm2_selfdistill.yaml
 python -m jakiro.common.assets --only smollm2,sharegpt
+python -m jakiro.ge_data --config ge_data_smollm2
+python -m jakiro.ge_data.regenerate --config regenerate_smollm2
+python -m jakiro.ge_data --config ge_data_smollm2_selfdistill
 if [[ " $stages " == *" 1 "* ]]; then
-  python -m jakiro.ge_data --config ge_data_smollm2
   for name in "${drafts[@]}"; do
-    sets=(--set "train.output_dir=outputs/train/smollm2-$name" --set "train.stop_after_steps=${STOP_AFTER:-0}")
+    sets=(--set "train.output_dir=outputs/train/smollm2-$name" --set "train.stop_after_steps=${STOP_AFTER:-0}"
+      --set "draft.vocab_extra_data=$selfdistill")
     for kv in ${ARCH[$name]}; do sets+=(--set "$kv"); done
     echo "== stage 1, $name: ${ARCH[$name]}"
     python -m jakiro.train.main --config train_smollm2 "${sets[@]}" --resume
   done
 fi
 if [[ " $stages " == *" 2 "* ]]; then
-  python -m jakiro.ge_data.regenerate --config regenerate_smollm2
-  python -m jakiro.ge_data --config ge_data_smollm2_selfdistill
   for name in "${drafts[@]}"; do
     echo "== stage 2, $name: from outputs/train/smollm2-$name/draft"
     python -m jakiro.train.main --config train_smollm2_selfdistill --resume \

@@ -426,6 +426,45 @@ def test_reduced_draft_vocabulary_run(tiny, tmp_path, capsys):
                                                                                             max_new_tokens=24))
 
 
+def test_vocabulary_counts_the_extra_data_training_split(tiny, tmp_path, capsys):
+    """draft.vocab_extra_data: the answer tokens of that features dir's training split (split like train.data_dir)
+    are counted with the training data's when picking the draft vocabulary; bad dirs are one-line errors."""
+    g = torch.Generator().manual_seed(3)
+    extra_items = [{"input_ids": torch.randint(40, VOCAB, (30,), generator=g),
+                    "hidden_state": torch.randn(30, 64, generator=g).to(torch.bfloat16),
+                    "loss_mask": torch.ones(30, dtype=torch.long)} for _ in range(40)]
+    identity = json.loads((tiny["features"] / "manifest.json").read_text())["target"]["identity"]
+    extra = write_feature_dir(tmp_path / "extra", extra_items, 64, VOCAB, identity)
+    sets = ("train.num_epochs=1", "train.batch_size=4", "train.checkpoint_steps=0", "train.test_fraction=0.25",
+            "draft.vocab_size=16", f"draft.vocab_extra_data={extra}")
+    args = ["--basepath", str(tiny["root"] / "target"), "--tmpdir", str(tiny["features"]), "--cpdir",
+            str(tmp_path / "out"), *[a for o in sets for a in ("--set", o)]]
+    assert main(args) == 0
+    assert "of draft.vocab_extra_data's" in capsys.readouterr().err
+
+    def answer_counts(folder):
+        data = FeatureShards(folder)
+        counts = torch.zeros(VOCAB, dtype=torch.long)
+        for i in split_indices(len(data), 0.25, 0)[0]:
+            counts += torch.bincount(data[i]["input_ids"][data[i]["loss_mask"] > 0], minlength=VOCAB)
+        return counts
+
+    def top16(counts):
+        return sorted(sorted(range(VOCAB), key=lambda t: (-int(counts[t]), t))[:16])
+
+    draft = DraftHead.from_pretrained(tmp_path / "out" / EXPORT)
+    assert draft.d2t.tolist() == top16(answer_counts(tiny["features"]) + answer_counts(extra))
+    assert draft.d2t.tolist() != top16(answer_counts(tiny["features"]))  # the extra data changed the choice
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["inputs"]["vocab_extra_data_sha256"] == sha256_file(extra / "manifest.json")
+    for folder, message in ((tmp_path / "none", "draft.vocab_extra_data"), (tmp_path / "other", "another target")):
+        if folder.name == "other":
+            write_feature_dir(folder, extra_items, 64, VOCAB, "someone-else")
+        bad = [a if not a.startswith("draft.vocab_extra_data=") else f"draft.vocab_extra_data={folder}" for a in args]
+        code, err = run_cli(capsys, [*bad[:5], str(tmp_path / f"out-{folder.name}"), *bad[6:]])
+        assert code == 2 and err[-1].startswith("error: ") and message in err[-1], err
+
+
 def test_deepspeed_zero3_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     """ZeRO-3 (one process: DeepSpeed's partitioned parameters and optimizer state in its own checkpoint format):
     killed after a checkpoint, resumed, it ends with the weights of the run that was never stopped."""

@@ -152,6 +152,8 @@ class DraftConfig(_Section):
     parallel_head: bool = True  # second (contrastive / CEPD) head predicting the token after next
     bias: bool = True  # biases in the draft's fc and attention projections (reference: false for LLaMA-3)
     vocab_size: int | None = None  # draft vocabulary: the N most frequent training tokens; None = the target's own
+    vocab_extra_data: str | None = None  # a features dir whose training split's answer tokens are counted too when
+    # picking that vocabulary (e.g. the target's own answers of a later stage); None = train.data_dir's only
     init_from_target: bool = False  # a new draft's decoder layer starts from the target's last decoder layer
     # (attention and both norms -- the draft gets an input norm for it --; experts where the shapes match); false =
     # random initialization, no input norm (the reference)

@@ -65,41 +65,50 @@ def open_dataset(cfg) -> tuple[Dataset, dict]:
                                                 "end": data.end}}
         return dataset, {"hidden_size": text.hidden_size, "vocab_size": text.vocab_size, "target": "online",
                          "identity": None, "data_sha256": dataset.input_sha256, "about": about}
+    return open_feature_dir(data_dir, "train.data_dir", " or set train.data_dir=online")
+
+
+def open_feature_dir(data_dir: str, setting: str, alternative: str = "") -> tuple[Dataset, dict]:
+    """A finished ``python -m jakiro.ge_data`` output directory named by config key ``setting`` and its info, as
+    :func:`open_dataset` returns them; DataError naming ``setting`` (and ``alternative``, a remedy) when it cannot be
+    read."""
     path = Path(data_dir)
     if not path.is_dir() or not any(path.iterdir()):
-        raise DataError(f"train.data_dir {data_dir} is {'empty' if path.is_dir() else 'missing'}: generate "
-                        "features first (python -m jakiro.ge_data) or set train.data_dir=online")
+        raise DataError(f"{setting} {data_dir} is {'empty' if path.is_dir() else 'missing'}: generate "
+                        f"features first (python -m jakiro.ge_data){alternative}")
     try:
         manifest = read_manifest(path)
         dataset = FeatureShards(path)
     except (GeDataError, OSError, KeyError, ValueError) as err:
-        raise DataError(f"cannot read training data in {data_dir}: {err}") from None
+        raise DataError(f"{setting}: cannot read features in {data_dir}: {err}") from None
     if len(dataset) == 0:
-        raise DataError(f"train.data_dir {data_dir} holds no conversations")
+        raise DataError(f"{setting} {data_dir} holds no conversations")
     target = manifest.get("target", {})
     return dataset, {"hidden_size": target.get("hidden_size"), "vocab_size": target.get("vocab_size"),
                      "target": target.get("path"), "identity": target.get("identity"),
                      "data_sha256": sha256_file(path / MANIFEST), "about": describe_features(path, manifest)}
 
 
-def check_compatible(info: dict, hidden_size: int, vocab_size: int, target: str) -> None:
-    """DataError unless features of size ``info["hidden_size"]`` over ``info["vocab_size"]`` fit the target."""
+def check_compatible(info: dict, hidden_size: int, vocab_size: int, target: str, what: str = "the training data"
+                     ) -> None:
+    """DataError unless features of size ``info["hidden_size"]`` over ``info["vocab_size"]`` fit the target
+    (``what``: how the message names the data)."""
     for key, want in (("hidden_size", hidden_size), ("vocab_size", vocab_size)):
         if info.get(key) is not None and info[key] != want:
-            raise DataError(f"the training data comes from another target ({info.get('target')}: {key} "
+            raise DataError(f"{what} comes from another target ({info.get('target')}: {key} "
                             f"{info[key]}) than {target} ({key} {want}); regenerate the features with this target")
 
 
-def check_same_target(info: dict, identity: str, target: str) -> None:
+def check_same_target(info: dict, identity: str, target: str, what: str = "the training data") -> None:
     """DataError unless the features were made by the target of ``identity``
     (:func:`jakiro.ge_data.generate.target_identity`): same sizes are not enough (a cut or fine-tune of a model has
     the sizes of the original). Online features come from the target itself (``info["target"] == "online"``)."""
     if info.get("target") == ONLINE or info.get("identity") == identity:
         return
     if info.get("identity") is None:
-        raise DataError(f"the training data's manifest does not record which target made it (made by an older "
+        raise DataError(f"{what}'s manifest does not record which target made it (made by an older "
                         f"version): regenerate the features with python -m jakiro.ge_data and {target}")
-    raise DataError(f"the training data was made by another target ({info.get('target')}, identity "
+    raise DataError(f"{what} was made by another target ({info.get('target')}, identity "
                     f"{info['identity']}) than {target} (identity {identity}), although of the same sizes; "
                     "regenerate the features with this target")
 

@@ -42,9 +42,11 @@ from jakiro.common.config import (ConfigError, JakiroConfig, _read_file, _resolv
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 from jakiro.model.target_init import last_decoder_layer
 from jakiro.drafts import resolve_draft_path
-from jakiro.common.io import OutputExists, check_model_files, sha256_path
+from jakiro.common.io import OutputExists, check_model_files, sha256_file, sha256_path
 from jakiro.target import target_identity
-from jakiro.train.data import DataError, check_compatible, check_same_target, open_dataset, split_indices
+from jakiro.ge_data.generate import MANIFEST
+from jakiro.train.data import (DataError, check_compatible, check_same_target, open_dataset, open_feature_dir,
+                               split_indices)
 from jakiro.train.trainer import TrainingError
 from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
 
@@ -204,6 +206,18 @@ def initial_draft(cfg: JakiroConfig, text_config) -> DraftHead | None:
     return draft
 
 
+def extra_vocabulary_counts(cfg: JakiroConfig, identity: str, target: str, draft_config: DraftHeadConfig
+                            ) -> torch.Tensor:
+    """[V] answer-token counts of the training split of ``draft.vocab_extra_data`` (split as ``train.data_dir``'s,
+    so a later stage training on that data never picks its vocabulary from its own held-out conversations)."""
+    extra, info = open_feature_dir(cfg.draft.vocab_extra_data, "draft.vocab_extra_data")
+    what = f"draft.vocab_extra_data {cfg.draft.vocab_extra_data}"
+    check_compatible(info, draft_config.hidden_size, draft_config.vocab_size, target, what)
+    check_same_target(info, identity, target, what)
+    extra_train, _ = split_indices(len(extra), cfg.train.test_fraction, cfg.train.seed)
+    return token_frequencies(extra, extra_train, draft_config.vocab_size, progress=os.environ.get("RANK", "0") == "0")
+
+
 def build_trainer(cfg: JakiroConfig):
     """Open the data, load the target's frozen modules, size the draft and create the :class:`Trainer`."""
     from jakiro.train.trainer import Trainer
@@ -230,15 +244,21 @@ def build_trainer(cfg: JakiroConfig):
     elif draft_config.draft_vocab_size is not None:
         counts = token_frequencies(dataset, train_idx, draft_config.vocab_size,
                                    progress=os.environ.get("RANK", "0") == "0")
-        vocabulary = most_frequent_tokens(counts, draft_config.draft_vocab_size)
+        extra = None
+        if cfg.draft.vocab_extra_data:
+            extra = extra_vocabulary_counts(cfg, identity, path, draft_config)
+        vocabulary = most_frequent_tokens(counts if extra is None else counts + extra, draft_config.draft_vocab_size)
         if os.environ.get("RANK", "0") == "0":
+            also = "" if extra is None else f" and {coverage(extra, vocabulary):.1%} of draft.vocab_extra_data's"
             print(f"draft vocabulary: {draft_config.draft_vocab_size} of {draft_config.vocab_size} tokens, covering "
-                  f"{coverage(counts, vocabulary):.1%} of the training answers' tokens", file=sys.stderr)
+                  f"{coverage(counts, vocabulary):.1%} of the training answers' tokens{also}", file=sys.stderr)
     init_digest = None if init is None else sha256_path(resolve_draft_path(cfg.train.init_from))
+    inputs = {"data_sha256": info["data_sha256"], "target_identity": identity, "init_from": init_digest}
+    if cfg.draft.vocab_extra_data and init is None and draft_config.draft_vocab_size is not None:
+        inputs["vocab_extra_data_sha256"] = sha256_file(Path(cfg.draft.vocab_extra_data) / MANIFEST)
     return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary,
                    None if init is None else init.state_dict(),
-                   run_inputs={"data_sha256": info["data_sha256"], "target_identity": identity,
-                               "init_from": init_digest}, target_layer=target_layer, about_data=info["about"])
+                   run_inputs=inputs, target_layer=target_layer, about_data=info["about"])
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m jakiro.train.main", preset: Sequence[str] = (),
