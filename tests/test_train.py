@@ -398,6 +398,10 @@ def test_init_from_continues_a_trained_draft(tiny, trained, tmp_path, capsys):
                                  f"train.init_from={trained['export']}", "--set",
                                  f"train.draft_config={trained['export']}"])
     assert code == 2 and err == ["error: train.init_from and train.draft_config both fix the architecture; set only one"]
+    code, err = run_cli(capsys, [*base, "--cpdir", str(tmp_path / "x"), "--set",
+                                 f"train.init_from={trained['export']}", "--set",
+                                 f"draft.vocab_extra_data={tiny['features']}"])
+    assert code == 2 and len(err) == 1 and "a draft continued with train.init_from keeps its own" in err[0]
 
 
 def test_reduced_draft_vocabulary_run(tiny, tmp_path, capsys):

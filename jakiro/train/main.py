@@ -195,6 +195,9 @@ def initial_draft(cfg: JakiroConfig, text_config) -> DraftHead | None:
         raise ConfigError("train.init_from and train.draft_config both fix the architecture; set only one")
     if cfg.draft.init_from_target:
         raise ConfigError("train.init_from and draft.init_from_target both set the initial weights; set only one")
+    if cfg.draft.vocab_extra_data:
+        raise ConfigError("draft.vocab_extra_data picks a new draft's vocabulary; a draft continued with "
+                          "train.init_from keeps its own: unset one")
     try:
         draft = DraftHead.from_pretrained(source)
     except ValueError as err:
@@ -254,7 +257,7 @@ def build_trainer(cfg: JakiroConfig):
                   f"{coverage(counts, vocabulary):.1%} of the training answers' tokens{also}", file=sys.stderr)
     init_digest = None if init is None else sha256_path(resolve_draft_path(cfg.train.init_from))
     inputs = {"data_sha256": info["data_sha256"], "target_identity": identity, "init_from": init_digest}
-    if cfg.draft.vocab_extra_data and init is None and draft_config.draft_vocab_size is not None:
+    if cfg.draft.vocab_extra_data and draft_config.draft_vocab_size is not None:
         inputs["vocab_extra_data_sha256"] = sha256_file(Path(cfg.draft.vocab_extra_data) / MANIFEST)
     return Trainer(cfg, draft_config, embed, head, Subset(dataset, train_idx), Subset(dataset, test_idx), vocabulary,
                    None if init is None else init.state_dict(),

@@ -129,7 +129,8 @@ def read_metrics(path: str | os.PathLike) -> tuple[int, float, dict | None]:
     return steps, tokens, held_out
 
 
-PATH_KEYS = ("data_dir", "output_dir", "init_from", "draft_config", "deepspeed_config", "base_model_path")
+PATH_KEYS = ("data_dir", "output_dir", "init_from", "draft_config", "deepspeed_config", "base_model_path",
+             "vocab_extra_data")
 
 
 def portable_setting(value):
