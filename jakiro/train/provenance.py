@@ -9,7 +9,7 @@ The trainer writes it when it exports a draft (``train.output_dir/draft``); a sh
      "versions": {"jakiro", "torch", "transformers"}, "hardware": "<CPU or GPU name>",
      "data": {"features": "outputs/features/...", "conversations", "tokens", "assistant_tokens",
               "source": {"file", "content_sha256", "shuffle_seed", "start", "end"},
-              "self_distilled": {"target", "regenerate": {...}} | null},
+              "self_distilled": {"from": {source of the prompts}, "target", "max_len", "regenerate": {...}} | null},
      "recipe": {"model": {...}, "draft": {...}, "train": {...}},     # as run.json records them
      "steps": 12345, "training_tokens": 1.9e7,                     # this run: optimizer steps, tokens seen
      "held_out": {...},                                            # the last evaluation (test_* of metrics.jsonl)
@@ -49,6 +49,8 @@ def source_commit() -> str | None:
     """The git HEAD of the checkout this package runs from, with ``+dirty`` when tracked files differ from it; None
     outside a git checkout (an installed wheel) or without git."""
     root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():  # an installed package: a repository around its site-packages is not its source
+        return None
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10)
