@@ -21,11 +21,11 @@ def test_portable_paths(tmp_path, monkeypatch):
     assert portable(tmp_path / "outputs" / "features") == "outputs/features"
     assert portable("outputs/features") == "outputs/features"
     assert portable(Path.home() / ".cache" / "x.jsonl") == "~/.cache/x.jsonl"
-    assert portable("/elsewhere/data/file.jsonl") == "file.jsonl"
+    assert portable(tmp_path.parent / "elsewhere" / "file.jsonl") == "file.jsonl"  # outside both: the name only
     assert portable(None) is None
     recipe = portable_recipe({"train": {"data_dir": str(tmp_path / "outputs" / "features"), "init_from": "shipped:d",
                                         "lr": 1e-3, "output_dir": "out/run"},
-                              "model": {"base_model_path": "/models/target", "dtype": "auto"}})
+                              "model": {"base_model_path": str(tmp_path.parent / "target"), "dtype": "auto"}})
     assert recipe == {"train": {"data_dir": "outputs/features", "init_from": "shipped:d", "lr": 1e-3,
                                 "output_dir": "out/run"},
                       "model": {"base_model_path": "target", "dtype": "auto"}}
@@ -34,9 +34,9 @@ def test_portable_paths(tmp_path, monkeypatch):
 def test_self_distilled_features_say_how_they_were_answered(tmp_path):
     answers = tmp_path / "regenerated.jsonl"
     (tmp_path / "regenerated.jsonl.parts").mkdir()
-    settings = {"input": {"path": "/data/sharegpt_recovered.jsonl", "records": 10, "content_sha256": "abc",
+    settings = {"input": {"path": str(tmp_path / "sharegpt_recovered.jsonl"), "records": 10, "content_sha256": "abc",
                           "shuffle_seed": 42, "start": 550},
-                "target": {"path": "/models/t", "dtype": "bfloat16", "identity": "d82c"},
+                "target": {"path": str(tmp_path / "t"), "dtype": "bfloat16", "identity": "d82c"},
                 "template": "auto", "system_prompt": None, "max_len": 1024,
                 "regenerate": {"max_new_tokens": 256, "temperature": 0.0, "batch_size": 128, "seed": 0,
                                "decoder": "static"}}
