@@ -29,7 +29,7 @@ from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices
 from jakiro.train.provenance import read_training_record
 from jakiro.train.main import build_trainer, main, parse_args, resolve_config
-from jakiro.train.trainer import EXPORT, METRICS, Trainer, deepspeed_settings, latest_checkpoint
+from jakiro.train.trainer import EXPORT, METRICS, Trainer, deepspeed_settings, latest_checkpoint, saved_checkpoints
 from tiny_models import reset_accelerate, tiny_target
 
 VOCAB = 64
@@ -212,6 +212,20 @@ def test_resume_is_bit_identical(tiny, tmp_path, extra):
     assert comparable(cut) == comparable(tmp_path / "whole")  # same log, no duplicated records
     if extra:
         assert all("unroll1_loss" in r for r in comparable(cut) if r["type"] == "step")
+
+
+def test_keep_checkpoints_deletes_all_but_the_newest(tiny, tmp_path):
+    """train.keep_checkpoints=2: after every save only the two newest checkpoints (and their record entries) stay,
+    and the run resumes from the newest; it may change on resume (not part of the run's identity)."""
+    data = dict(train=tiny["train"][:48], test=tiny["test"][:8])  # 6 steps per epoch
+    make_trainer(tiny, tmp_path, [*RESUME, "train.keep_checkpoints=2", "train.stop_after_steps=10"], **data).train()
+    assert [p.name for p in saved_checkpoints(tmp_path)] == ["step_8", "step_10"]
+    assert sorted(json.loads((tmp_path / "run.json").read_text())["checkpoints"]) == ["step_10", "step_8"]
+    make_trainer(tiny, tmp_path, [*RESUME, "train.keep_checkpoints=1"], **data).train(resume=True)
+    assert [p.name for p in saved_checkpoints(tmp_path)] == ["step_18"]
+    assert [r["step"] for r in records(tmp_path)] == list(range(1, 19))
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        load_config(None, ["train.keep_checkpoints=-1"])
 
 
 def test_resume_of_a_run_recorded_before_a_setting_existed(tiny, tmp_path):

@@ -294,6 +294,7 @@ class TrainConfig(_Section):
     # vocabulary and weights (a new run with a fresh optimizer and schedule); None = a new draft
     checkpoint_steps: int = 1000  # also checkpoint every this many optimizer steps; 0 = only at epoch ends
     stop_after_steps: int = 0  # stop (with a checkpoint) after this many optimizer steps; 0 = run every epoch
+    keep_checkpoints: int = 0  # delete all but the newest this many checkpoints after each save; 0 = keep all
     load_balance_w: float = 0.0  # weight of the Switch load-balancing loss on head-1 routing; 0 = off
     eval_draft_steps: int = 4  # autoregressive draft steps k = 0..n-1 scored on the test set
     unroll_steps: int = 1  # training-time test: the draft runs this many steps per training position, every step
@@ -311,7 +312,8 @@ class TrainConfig(_Section):
         for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "max_len", "save_every",
                      "unroll_steps"):
             self._require(name, getattr(self, name) >= 1, "an integer >= 1")
-        for name in ("checkpoint_steps", "stop_after_steps", "eval_draft_steps", "batch_tokens"):
+        for name in ("checkpoint_steps", "stop_after_steps", "keep_checkpoints", "eval_draft_steps",
+                     "batch_tokens"):
             self._require(name, getattr(self, name) >= 0, "an integer >= 0")
         for name in ("v_w", "p_w", "parallel_w", "grad_clip", "noise_std", "load_balance_w"):
             self._require(name, getattr(self, name) >= 0, "a number >= 0")

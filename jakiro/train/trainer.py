@@ -21,7 +21,7 @@ What a run does (``cfg.train`` holds every number):
 * A checkpoint (:mod:`jakiro.train.checkpoint`: tensors and JSON, no pickles; DeepSpeed: ``accelerator.save_state``
   with every file's hash recorded) to ``output_dir/checkpoints/step_N`` every ``checkpoint_steps`` optimizer
   steps, at evaluation epochs and at the end (written to a temporary folder, then renamed, so a killed run never
-  leaves a half checkpoint under a final name). The loop position (epoch, batch, step) and the epoch's running sums
+  leaves a half checkpoint under a final name; ``keep_checkpoints`` > 0 then deletes all but the newest that many). The loop position (epoch, batch, step) and the epoch's running sums
   are checkpointed too, so ``resume=True`` ends with bit-identical weights to an uninterrupted run.
 * ``output_dir/run.json`` records what decides the result (the config but for :data:`RESUMABLE`, and the inputs
   given by the caller: training data and target identity); a resume under anything else is refused, naming what
@@ -75,7 +75,8 @@ METRICS = "metrics.jsonl"
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 KS = (1, 2, 3)
 RUN_RECORD = "run.json"
-RESUMABLE = {"train": ("stop_after_steps", "num_workers", "report_to", "checkpoint_steps")}  # may change on resume
+RESUMABLE = {"train": ("stop_after_steps", "num_workers", "report_to", "checkpoint_steps",
+                       "keep_checkpoints")}  # may change on resume
 OUTPUTS = (CHECKPOINTS, EXPORT, METRICS, "config.yaml", RUN_RECORD)  # what a run writes into output_dir
 
 
@@ -233,11 +234,17 @@ def make_accelerator(cfg: JakiroConfig, draft_config: DraftHeadConfig) -> Accele
     return accelerator
 
 
+def saved_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoints/step_N`` folders, oldest (smallest N) first."""
+    folder = Path(output_dir) / CHECKPOINTS
+    return [p for _, p in sorted((int(p.name[5:]), p) for p in folder.glob("step_*")
+                                 if p.is_dir() and p.name[5:].isdigit())]
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The ``checkpoints/step_N`` folder with the largest N, or None."""
-    folder = Path(output_dir) / CHECKPOINTS
-    found = [(int(p.name[5:]), p) for p in folder.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
-    return max(found)[1] if found else None
+    found = saved_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 class Trainer:
@@ -738,9 +745,20 @@ class Trainer:
             record.setdefault("checkpoints", {})[final.name] = (ckpt.file_hashes(tmp)
                                                                 if self.train_cfg.deepspeed_config else None)
             os.replace(tmp, final)
+            self._drop_old_checkpoints(record)
             self._write_record(record)
         acc.wait_for_everyone()
         return final
+
+    def _drop_old_checkpoints(self, record: dict) -> None:
+        """Delete all but the newest ``train.keep_checkpoints`` checkpoint folders (0: keep every one) and their
+        entries in ``record``."""
+        keep = self.train_cfg.keep_checkpoints
+        if not keep:
+            return
+        for old in saved_checkpoints(self.output_dir)[:-keep]:
+            shutil.rmtree(old)
+            record.get("checkpoints", {}).pop(old.name, None)
 
     def load_checkpoint(self, folder: Path) -> None:
         """Restore weights, optimizer, schedule and loop position from a checkpoint folder, never unpickling a file
