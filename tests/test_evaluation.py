@@ -478,17 +478,26 @@ def on_another_machine(jsonl: str) -> str:
     return "".join(json.dumps(record) + "\n" for record in records)
 
 
-def benchmark_cpu_args(tmp_path, **env):
-    """The arguments scripts/benchmark_cpu.sh gives ``python -m jakiro.evaluation.benchmark`` (a stand-in python
-    on PATH records them instead of running anything)."""
+def benchmark_calls(tmp_path, script: str, *args: str, **env) -> list[list[str]]:
+    """The argument lists that ``scripts/<script>`` gives ``python -m jakiro.evaluation.benchmark``, in order (a
+    stand-in python on PATH records every call instead of running anything)."""
     fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir(exist_ok=True)
-    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$RECORD.$2"\n')
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_text('#!/usr/bin/env bash\nn=$(ls "$RECORD" | wc -l)\nprintf "%s\\n" "$@" > "$RECORD/$n"\n')
     fake.chmod(0o755)
+    record = tmp_path / "calls"
+    record.mkdir()
     run_env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set",
-               "RECORD": str(tmp_path / "args"), **env}
-    subprocess.run(["bash", str(ROOT / "scripts" / "benchmark_cpu.sh"), "--report-only"], env=run_env, check=True)
-    return (tmp_path / "args.jakiro.evaluation.benchmark").read_text().splitlines()[2:]  # after -m MODULE
+               "RECORD": str(record), **env}
+    subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=run_env, check=True)
+    calls = [(record / str(n)).read_text().splitlines() for n in range(len(list(record.iterdir())))]
+    return [call[2:] for call in calls if call[:2] == ["-m", "jakiro.evaluation.benchmark"]]  # after -m MODULE
+
+
+def benchmark_cpu_args(tmp_path, **env):
+    """The arguments scripts/benchmark_cpu.sh gives the benchmark (it calls it once)."""
+    [call] = benchmark_calls(tmp_path, "benchmark_cpu.sh", "--report-only", **env)
+    return call
 
 
 @pytest.mark.parametrize("exact", ["1", "0"])
@@ -509,6 +518,25 @@ def test_benchmark_cpu_script_arms_are_valid_configs(tmp_path, exact):
         assert all(arms[name].generation.exact_verification for name in exact_arms)
     else:
         assert not exact_arms & set(arms) and args.greedy_only == []
+
+
+def test_tune_tree_script_arms_are_valid_configs(tmp_path):
+    """scripts/tune_tree_cpu.sh: the Jakiro draft alone on each dynamic tree at T = 0, then the Jakiro* draft alone
+    on each static tree at T = 1, each against vanilla decoding; STAR_TREES="" leaves the second benchmark out."""
+    from jakiro.evaluation import benchmark
+
+    dynamic, static = (benchmark.parse_args(call) for call in benchmark_calls(
+        tmp_path, "tune_tree_cpu.sh", TREES="8/3/4 16/5/4", STAR_TREES="cpu8 cpu16"))
+    arms = {arm.name: arm.cfg for arm in benchmark.build_arms(dynamic)}
+    assert set(arms) == {"vanilla", "tree-8-3-4", "tree-16-5-4"} and dynamic.temperatures == [0.0]
+    tree = arms["tree-16-5-4"].tree
+    assert (tree.total_token, tree.depth, tree.top_k, tree.lookup_tokens) == (16, 5, 4, 0)
+    arms = {arm.name: arm.cfg for arm in benchmark.build_arms(static)}
+    assert set(arms) == {"vanilla", "star-cpu8", "star-cpu16"} and static.temperatures == [1.0]
+    assert arms["star-cpu16"].eval.method == "jakiro_star" and arms["star-cpu16"].tree.static_tree == "cpu16"
+    assert arms["star-cpu16"].model.draft_path == "shipped:smollm2-jakiro_star"
+    assert static.out_dir == dynamic.out_dir + "-star"
+    assert len(benchmark_calls(tmp_path / "skip", "tune_tree_cpu.sh", STAR_TREES="")) == 1
 
 
 def test_spread_order_samples_every_prefix_evenly():
