@@ -29,7 +29,7 @@ RECORDS = [
     conv("What is 2 + 2?"),
     conv("Name a colour.", "Another one?", "And a third?"),
     {"conversations": [{"from": "human", "value": "a"}, {"from": "bing", "value": "b"}]},  # skipped: bad role
-    conv("Say hi in French.", "Now in German."),
+    conv("Say hi in French.\u2028Thanks.", "Now in German.\x85"),  # line separators that are not "\n"
     conv("word " * 200),  # the prompt alone reaches max_len: never asked
     conv("Is the sky blue?", "Why?"),
     conv("Count to three.", "Backwards?"),
@@ -52,7 +52,7 @@ def tiny(tmp_path_factory):
 
 
 def read(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")[:-1]]
 
 
 def test_answers_are_the_targets_own(tiny, tmp_path):
@@ -91,6 +91,7 @@ def test_resume_matches_one_run_and_feeds_ge_data(tiny, tmp_path):
     assert not parts.exists() and len(list(parts.with_name("parts.jsonl.parts").glob("part_*.jsonl"))) == 1
     assert regenerate(cfg, progress=False) == parts
     assert parts.read_bytes() == whole.read_bytes()
+    assert any("\u2028" in turn["value"] for row in read(parts) for turn in row["conversations"])
 
     features = load_config(tiny["config"], [f"data.input_path={parts}", f"data.output_dir={tmp_path / 'f'}"])
     manifest = generate_features(features, progress=False)

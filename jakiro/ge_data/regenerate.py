@@ -251,10 +251,14 @@ def _check_parts_dir(parts: Path, settings: dict) -> None:
 
 
 def _read_part(path: Path) -> str:
-    """A finished part's text, checked line by line (GeDataError naming a damaged part and what to do)."""
+    """A finished part's text, checked line by line (GeDataError naming a damaged part and what to do). Lines end
+    at "\n" only: the records keep text's own U+2028 / U+0085 (``ensure_ascii=False``), which ``str.splitlines``
+    would also split at."""
     try:
         text = path.read_text("utf-8")
-        for line in text.splitlines():
+        if text and not text.endswith("\n"):
+            raise json.JSONDecodeError("no newline at the end", text, len(text))
+        for line in text.split("\n")[:-1]:
             json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise GeDataError(f"{path} is truncated or corrupted ({err}); delete it and run the same command again to "
