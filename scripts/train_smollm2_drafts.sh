@@ -15,17 +15,25 @@
 # Every step resumes: rerun the same command after a kill. Usage:
 #   bash scripts/train_smollm2_drafts.sh [DRAFT ...]          # default: all three
 #   STOP_AFTER=240 bash scripts/train_smollm2_drafts.sh        # pause each run after 240 optimizer steps
-#   THREADS=1 ...                                              # CPU threads per training run
+#   THREADS=1 ...                                              # CPU threads per training run (default 2; 1 with
+#                                                              # JOBS > 1)
+#   JOBS=3 ...                                                 # train this many drafts at once in each stage, each
+#                                                              # logging to outputs/train/smollm2-<draft>[-selfdistill].log:
+#                                                              # on 2 cores, 3 runs of 1 thread train ~1.5x the
+#                                                              # tokens/s of one run of 2 (docs/pipeline-throughput.md)
 #   STAGES=1 ...                                               # the data and stage 1 only (default: STAGES="1 2")
 #   SHIP=1 ...                                                 # then write each finished stage-2 draft, in bf16, with
 #                                                              # its training.json, to jakiro/drafts/smollm2-<draft>
 #                                                              # (shipped:smollm2-<draft>; the previous generation
 #                                                              # stays as shipped:smollm2-<draft>-v1)
+#   TRAIN_DIR=DIR ...                                          # the training runs' folder (default outputs/train)
 # Outputs: outputs/train/smollm2-<draft>[-selfdistill]/{draft,metrics.jsonl,checkpoints}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || . .venv/bin/activate
-export OMP_NUM_THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}
+JOBS=${JOBS:-1}
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be an integer >= 1, not '$JOBS'" >&2; exit 2; }
+if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${THREADS:-1}; else export OMP_NUM_THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}; fi
 
 declare -A ARCH=(
   [jakiro]="draft.num_experts=2 draft.experts_per_token=2 draft.parallel_head=true"
@@ -40,29 +48,54 @@ done
 
 stages=${STAGES:-1 2}
 selfdistill=outputs/features/smollm2-selfdistill   # = data.output_dir of configs/ge_data_smollm2_selfdistill.yaml
+
+train_dir=${TRAIN_DIR:-outputs/train}
+output_dir() {  # output_dir STAGE DRAFT
+  if [ "$1" = 1 ]; then echo "$train_dir/smollm2-$2"; else echo "$train_dir/smollm2-$2-selfdistill"; fi
+}
+train_1() {  # train_1 DRAFT: from scratch on ShareGPT's answers
+  local name=$1 sets kv
+  sets=(--set "train.output_dir=$(output_dir 1 "$name")" --set "train.stop_after_steps=${STOP_AFTER:-0}"
+    --set "draft.vocab_extra_data=$selfdistill")
+  for kv in ${ARCH[$name]}; do sets+=(--set "$kv"); done
+  echo "== stage 1, $name: ${ARCH[$name]}"
+  python -m jakiro.train.main --config train_smollm2 "${sets[@]}" --resume
+}
+train_2() {  # train_2 DRAFT: the stage-1 draft further on the target's own answers
+  local name=$1
+  echo "== stage 2, $name: from $(output_dir 1 "$name")/draft"
+  python -m jakiro.train.main --config train_smollm2_selfdistill --resume \
+    --set "train.output_dir=$(output_dir 2 "$name")" \
+    --set "train.init_from=$(output_dir 1 "$name")/draft" --set "train.stop_after_steps=${STOP_AFTER:-0}"
+}
+train_all() {  # train_all STAGE: STAGE's training of every draft, JOBS at a time (in the background when JOBS > 1)
+  local stage=$1 i name log pid pids failed=0
+  for ((i = 0; i < ${#drafts[@]}; i += JOBS)); do
+    pids=()
+    for name in "${drafts[@]:i:JOBS}"; do
+      if [ "$JOBS" -eq 1 ]; then
+        "train_$stage" "$name"
+        continue
+      fi
+      log=$(output_dir "$stage" "$name").log
+      mkdir -p "$train_dir"
+      echo "== stage $stage, $name: in the background, log in $log"
+      "train_$stage" "$name" > "$log" 2>&1 &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    [ $failed = 0 ] || { echo "a stage-$stage run failed: see its log" >&2; exit 1; }
+  done
+}
+
 python -m jakiro.common.assets --only smollm2,sharegpt
 python -m jakiro.ge_data --config ge_data_smollm2
 python -m jakiro.ge_data.regenerate --config regenerate_smollm2
 python -m jakiro.ge_data --config ge_data_smollm2_selfdistill
-if [[ " $stages " == *" 1 "* ]]; then
-  for name in "${drafts[@]}"; do
-    sets=(--set "train.output_dir=outputs/train/smollm2-$name" --set "train.stop_after_steps=${STOP_AFTER:-0}"
-      --set "draft.vocab_extra_data=$selfdistill")
-    for kv in ${ARCH[$name]}; do sets+=(--set "$kv"); done
-    echo "== stage 1, $name: ${ARCH[$name]}"
-    python -m jakiro.train.main --config train_smollm2 "${sets[@]}" --resume
-  done
-fi
-if [[ " $stages " == *" 2 "* ]]; then
-  for name in "${drafts[@]}"; do
-    echo "== stage 2, $name: from outputs/train/smollm2-$name/draft"
-    python -m jakiro.train.main --config train_smollm2_selfdistill --resume \
-      --set "train.output_dir=outputs/train/smollm2-$name-selfdistill" \
-      --set "train.init_from=outputs/train/smollm2-$name/draft" --set "train.stop_after_steps=${STOP_AFTER:-0}"
-  done
-fi
+[[ " $stages " != *" 1 "* ]] || train_all 1
+[[ " $stages " != *" 2 "* ]] || train_all 2
 if [ -n "${SHIP:-}" ]; then
   for name in "${drafts[@]}"; do
-    python -m jakiro.train.ship "outputs/train/smollm2-$name-selfdistill/draft" "smollm2-$name" --force
+    python -m jakiro.train.ship "$(output_dir 2 "$name")/draft" "smollm2-$name" --force
   done
 fi
