@@ -418,6 +418,27 @@ def test_init_from_continues_a_trained_draft(tiny, trained, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "a draft continued with train.init_from keeps its own" in err[0]
 
 
+def test_resume_keeps_its_init_draft_by_weights_not_by_record(tiny, trained, tmp_path, capsys):
+    """A run continued from a draft resumes after that draft's training.json was written anew (a finished run
+    resumed under a later commit re-exports the same weights), and is refused once the weights changed."""
+    init = tmp_path / "init"
+    shutil.copytree(trained["export"], init)
+    args = ["--basepath", str(tiny["root"] / "target"), "--tmpdir", str(tiny["features"]), "--cpdir",
+            str(tmp_path / "run"), *[a for o in ("train.num_epochs=1", "train.batch_size=4", "train.checkpoint_steps=1",
+                                                 f"train.init_from={init}") for a in ("--set", o)]]
+    assert main([*args, "--set", "train.stop_after_steps=2"]) == 0
+    record = json.loads((init / "training.json").read_text())
+    (init / "training.json").write_text(json.dumps({**record, "commit": "a later one"}))
+    assert main([*args, "--set", "train.stop_after_steps=3", "--resume"]) == 0
+    assert [r["step"] for r in records(tmp_path / "run")] == [1, 2, 3]
+    weights = load_file(init / "model.safetensors")
+    save_file({k: v + 1 if k == "fc.weight" else v for k, v in weights.items()}, init / "model.safetensors")
+    capsys.readouterr()
+    code, err = run_cli(capsys, [*args, "--resume"])
+    errors = [line for line in err if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and "inputs.init_from" in errors[0]
+
+
 def test_reduced_draft_vocabulary_run(tiny, tmp_path, capsys):
     """draft.vocab_size=16: the draft scores the 16 most frequent answer tokens of the training split, is exported
     with them, and generates losslessly."""

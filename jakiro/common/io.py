@@ -42,13 +42,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def sha256_path(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, or of a directory's files (relative names and bytes, in name order)."""
+def sha256_path(path: str | os.PathLike, skip: tuple[str, ...] = ()) -> str:
+    """Hex SHA-256 of a file, or of a directory's files (relative names and bytes, in name order) but those whose
+    relative names are in ``skip``."""
     path = Path(path)
     if not path.is_dir():
         return sha256_file(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and str(p.relative_to(path)) not in skip):
         digest.update(str(file.relative_to(path)).encode() + b"\0" + sha256_file(file).encode())
     return digest.hexdigest()
 

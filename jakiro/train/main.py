@@ -42,11 +42,12 @@ from jakiro.common.config import (ConfigError, JakiroConfig, _read_file, _resolv
 from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig
 from jakiro.model.target_init import last_decoder_layer
 from jakiro.drafts import resolve_draft_path
-from jakiro.common.io import OutputExists, check_model_files, sha256_file, sha256_path
+from jakiro.common.io import OutputExists, check_model_files, sha256_file
 from jakiro.target import target_identity
 from jakiro.ge_data.generate import MANIFEST
 from jakiro.train.data import (DataError, check_compatible, check_same_target, open_dataset, open_feature_dir,
                                split_indices)
+from jakiro.train.provenance import weights_digest
 from jakiro.train.trainer import TrainingError
 from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
 
@@ -255,7 +256,7 @@ def build_trainer(cfg: JakiroConfig):
             also = "" if extra is None else f" and {coverage(extra, vocabulary):.1%} of draft.vocab_extra_data's"
             print(f"draft vocabulary: {draft_config.draft_vocab_size} of {draft_config.vocab_size} tokens, covering "
                   f"{coverage(counts, vocabulary):.1%} of the training answers' tokens{also}", file=sys.stderr)
-    init_digest = None if init is None else sha256_path(resolve_draft_path(cfg.train.init_from))
+    init_digest = None if init is None else weights_digest(resolve_draft_path(cfg.train.init_from))
     inputs = {"data_sha256": info["data_sha256"], "target_identity": identity, "init_from": init_digest}
     if cfg.draft.vocab_extra_data and draft_config.draft_vocab_size is not None:
         inputs["vocab_extra_data_sha256"] = sha256_file(Path(cfg.draft.vocab_extra_data) / MANIFEST)

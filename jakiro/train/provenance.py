@@ -29,6 +29,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from jakiro.common.io import sha256_path
+
 FILE = "training.json"
 FORMAT = "jakiro-draft-training/1"
 
@@ -69,6 +71,12 @@ def package_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def weights_digest(draft_dir: str | os.PathLike) -> str:
+    """SHA-256 of what a draft directory starts a training run from: its files but ``training.json``, which a
+    finished run resumed under a later commit writes anew around the same weights."""
+    return sha256_path(draft_dir, skip=(FILE,))
 
 
 def read_training_record(draft_dir: str | os.PathLike) -> dict | None:
