@@ -419,8 +419,8 @@ def test_init_from_continues_a_trained_draft(tiny, trained, tmp_path, capsys):
 
 
 def test_resume_keeps_its_init_draft_by_weights_not_by_record(tiny, trained, tmp_path, capsys):
-    """A run continued from a draft resumes after that draft's training.json was written anew (a finished run
-    resumed under a later commit re-exports the same weights), and is refused once the weights changed."""
+    """A run continued from a draft resumes after that draft's training.json was written anew, and is refused once
+    the weights changed; a finished run resumed leaves its export as it is (unless the export is incomplete)."""
     init = tmp_path / "init"
     shutil.copytree(trained["export"], init)
     args = ["--basepath", str(tiny["root"] / "target"), "--tmpdir", str(tiny["features"]), "--cpdir",
@@ -431,6 +431,17 @@ def test_resume_keeps_its_init_draft_by_weights_not_by_record(tiny, trained, tmp
     (init / "training.json").write_text(json.dumps({**record, "commit": "a later one"}))
     assert main([*args, "--set", "train.stop_after_steps=3", "--resume"]) == 0
     assert [r["step"] for r in records(tmp_path / "run")] == [1, 2, 3]
+    export = tmp_path / "run" / EXPORT
+    exported = {path.name: path.read_bytes() for path in export.iterdir()}
+    (export / "training.json").write_text(json.dumps({**json.loads(exported["training.json"]), "mark": 1}))
+    capsys.readouterr()
+    assert main([*args, "--set", "train.stop_after_steps=3", "--resume"]) == 0  # nothing left: the export stays
+    assert "nothing left to train" in capsys.readouterr().out
+    assert json.loads((export / "training.json").read_text())["mark"] == 1
+    (export / "training.json").unlink()  # a run killed while exporting exports again
+    assert main([*args, "--set", "train.stop_after_steps=3", "--resume"]) == 0
+    assert {path.name: path.read_bytes() for path in export.iterdir()}.keys() == exported.keys()
+    assert (export / "model.safetensors").read_bytes() == exported["model.safetensors"]
     weights = load_file(init / "model.safetensors")
     save_file({k: v + 1 if k == "fc.weight" else v for k, v in weights.items()}, init / "model.safetensors")
     capsys.readouterr()

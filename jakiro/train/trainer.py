@@ -61,7 +61,7 @@ from jakiro.common.io import atomic_write_text, differences
 from jakiro.drafts import resolve_draft_path
 from jakiro.train import checkpoint as ckpt
 from jakiro.train import provenance
-from jakiro.model.draft import DraftHead, DraftHeadConfig, packed_attention
+from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig, packed_attention
 from jakiro.model.target_init import init_from_target_layer
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
                                mix_seed, sequence_lengths)
@@ -465,6 +465,7 @@ class Trainer:
             acc.init_trackers("jakiro-train", config={f"{s}.{k}": str(v) for s, sec in to_dict(self.cfg).items()
                                                      for k, v in sec.items()})
         stop = min(self.total_steps, train.stop_after_steps or self.total_steps)
+        started_at = state.position
         bar = tqdm(total=stop, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not acc.is_main_process)
         self._bar = bar  # closed before an error is raised inside the loop, so its message starts a line
@@ -494,6 +495,9 @@ class Trainer:
                 self._end_epoch()
         bar.close()
         self.save_checkpoint()
+        if state.position == started_at and self._exported_at(state.step):
+            self._say(f"nothing left to train: {self.output_dir / EXPORT} stays as exported")
+            return self.output_dir / EXPORT
         export = self.export()
         acc.end_training()
         return export
@@ -782,6 +786,14 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as err:
             raise TrainingError(f"{folder} does not fit this run ({str(err).splitlines()[0]}); delete it to resume "
                                 "from the checkpoint before it, or train in another train.output_dir") from None
+
+    def _exported_at(self, step: int) -> bool:
+        """Whether ``output_dir/draft`` holds this run's export after ``step`` optimizer steps (weights, config and a
+        training.json saying so)."""
+        out = self.output_dir / EXPORT
+        record = provenance.read_training_record(out)
+        return (record is not None and record.get("steps") == step and (out / "model.safetensors").is_file()
+                and (out / CONFIG_NAME).is_file())
 
     def export(self) -> Path:
         """Write the trained draft as ``output_dir/draft``: ``config.json`` + ``model.safetensors`` (float32) and
