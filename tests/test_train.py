@@ -216,13 +216,18 @@ def test_resume_is_bit_identical(tiny, tmp_path, extra):
 
 def test_keep_checkpoints_deletes_all_but_the_newest(tiny, tmp_path):
     """train.keep_checkpoints=2: after every save only the two newest checkpoints (and their record entries) stay,
-    and the run resumes from the newest; it may change on resume (not part of the run's identity)."""
+    and the run resumes from the newest; it may change on resume (not part of the run's identity), as may how often
+    the run evaluates (train.save_every), in a run recorded when that was still part of it."""
     data = dict(train=tiny["train"][:48], test=tiny["test"][:8])  # 6 steps per epoch
     make_trainer(tiny, tmp_path, [*RESUME, "train.keep_checkpoints=2", "train.stop_after_steps=10"], **data).train()
     assert [p.name for p in saved_checkpoints(tmp_path)] == ["step_8", "step_10"]
     assert sorted(json.loads((tmp_path / "run.json").read_text())["checkpoints"]) == ["step_10", "step_8"]
-    make_trainer(tiny, tmp_path, [*RESUME, "train.keep_checkpoints=1"], **data).train(resume=True)
+    record = json.loads((tmp_path / "run.json").read_text())
+    record["config"]["train"]["save_every"] = 2  # as recorded before it was resumable
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    make_trainer(tiny, tmp_path, [*RESUME, "train.keep_checkpoints=1", "train.save_every=1"], **data).train(resume=True)
     assert [p.name for p in saved_checkpoints(tmp_path)] == ["step_18"]
+    assert [r["epoch"] for r in records(tmp_path, "eval")] == [1, 2]  # epoch 2 (0-based 1) by save_every=2, then 1
     assert [r["step"] for r in records(tmp_path)] == list(range(1, 19))
     with pytest.raises(ConfigError, match="keep_checkpoints"):
         load_config(None, ["train.keep_checkpoints=-1"])

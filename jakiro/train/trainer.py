@@ -75,8 +75,8 @@ METRICS = "metrics.jsonl"
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 KS = (1, 2, 3)
 RUN_RECORD = "run.json"
-RESUMABLE = {"train": ("stop_after_steps", "num_workers", "report_to", "checkpoint_steps",
-                       "keep_checkpoints")}  # may change on resume
+RESUMABLE = {"train": ("stop_after_steps", "num_workers", "report_to", "checkpoint_steps", "keep_checkpoints",
+                       "save_every", "eval_draft_steps")}  # may change on resume: the weights do not depend on them
 OUTPUTS = (CHECKPOINTS, EXPORT, METRICS, "config.yaml", RUN_RECORD)  # what a run writes into output_dir
 
 
@@ -534,12 +534,15 @@ class Trainer:
                                   "train.output_dir")
             return None
         recorded = self._read_record()
-        # a setting added after the run was recorded reads as its default, which is what the older code did
+        # a setting added after the run was recorded reads as its default, which is what the older code did; one
+        # that became resumable after it was recorded is not compared
         for section, values in run_identity(JakiroConfig(), None)["config"].items():
             kept = recorded.get("config", {}).get(section)
             if isinstance(kept, dict):
                 for key, value in values.items():
                     kept.setdefault(key, value)
+                for key in RESUMABLE.get(section, ()):
+                    kept.pop(key, None)
         changed = differences({k: recorded.get(k) for k in self.identity}, self.identity)
         if changed:
             raise ConfigError(f"--resume: {out} was trained with other settings or inputs ({'; '.join(changed)}); "
