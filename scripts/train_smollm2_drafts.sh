@@ -18,9 +18,9 @@
 #   THREADS=1 ...                                              # CPU threads per training run (default 2; 1 with
 #                                                              # JOBS > 1)
 #   JOBS=3 ...                                                 # train this many drafts at once in each stage, each
-#                                                              # logging to outputs/train/smollm2-<draft>[-selfdistill].log:
-#                                                              # on 2 cores, 3 runs of 1 thread train ~1.5x the
-#                                                              # tokens/s of one run of 2 (docs/pipeline-throughput.md)
+#                                                              # logging to <its output dir>.log: on 2 cores, 3 runs
+#                                                              # of 1 thread train ~1.5x the tokens/s of one run of 2
+#                                                              # (docs/pipeline-throughput.md)
 #   STAGES=1 ...                                               # the data and stage 1 only (default: STAGES="1 2")
 #   SHIP=1 ...                                                 # then write each finished stage-2 draft, in bf16, with
 #                                                              # its training.json, to jakiro/drafts/smollm2-<draft>
@@ -33,7 +33,11 @@ cd "$(dirname "$0")/.."
 [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || . .venv/bin/activate
 JOBS=${JOBS:-1}
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be an integer >= 1, not '$JOBS'" >&2; exit 2; }
-if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${THREADS:-1}; else export OMP_NUM_THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}; fi
+if [ "$JOBS" -gt 1 ]; then
+  export OMP_NUM_THREADS=${THREADS:-1}
+else
+  export OMP_NUM_THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}
+fi
 
 declare -A ARCH=(
   [jakiro]="draft.num_experts=2 draft.experts_per_token=2 draft.parallel_head=true"

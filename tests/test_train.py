@@ -225,7 +225,8 @@ def test_keep_checkpoints_deletes_all_but_the_newest(tiny, tmp_path):
     record = json.loads((tmp_path / "run.json").read_text())
     record["config"]["train"]["save_every"] = 2  # as recorded before it was resumable
     (tmp_path / "run.json").write_text(json.dumps(record))
-    make_trainer(tiny, tmp_path, [*RESUME, "train.keep_checkpoints=1", "train.save_every=1"], **data).train(resume=True)
+    make_trainer(tiny, tmp_path, [*RESUME, "train.keep_checkpoints=1", "train.save_every=1"],
+                 **data).train(resume=True)
     assert [p.name for p in saved_checkpoints(tmp_path)] == ["step_18"]
     assert [r["epoch"] for r in records(tmp_path, "eval")] == [1, 2]  # epoch 2 (0-based 1) by save_every=2, then 1
     assert [r["step"] for r in records(tmp_path)] == list(range(1, 19))
@@ -428,9 +429,9 @@ def test_resume_keeps_its_init_draft_by_weights_not_by_record(tiny, trained, tmp
     the weights changed; a finished run resumed leaves its export as it is (unless the export is incomplete)."""
     init = tmp_path / "init"
     shutil.copytree(trained["export"], init)
+    settings = ("train.num_epochs=1", "train.batch_size=4", "train.checkpoint_steps=1", f"train.init_from={init}")
     args = ["--basepath", str(tiny["root"] / "target"), "--tmpdir", str(tiny["features"]), "--cpdir",
-            str(tmp_path / "run"), *[a for o in ("train.num_epochs=1", "train.batch_size=4", "train.checkpoint_steps=1",
-                                                 f"train.init_from={init}") for a in ("--set", o)]]
+            str(tmp_path / "run"), *[a for o in settings for a in ("--set", o)]]
     assert main([*args, "--set", "train.stop_after_steps=2"]) == 0
     record = json.loads((init / "training.json").read_text())
     (init / "training.json").write_text(json.dumps({**record, "commit": "a later one"}))

@@ -21,8 +21,9 @@ What a run does (``cfg.train`` holds every number):
 * A checkpoint (:mod:`jakiro.train.checkpoint`: tensors and JSON, no pickles; DeepSpeed: ``accelerator.save_state``
   with every file's hash recorded) to ``output_dir/checkpoints/step_N`` every ``checkpoint_steps`` optimizer
   steps, at evaluation epochs and at the end (written to a temporary folder, then renamed, so a killed run never
-  leaves a half checkpoint under a final name; ``keep_checkpoints`` > 0 then deletes all but the newest that many). The loop position (epoch, batch, step) and the epoch's running sums
-  are checkpointed too, so ``resume=True`` ends with bit-identical weights to an uninterrupted run.
+  leaves a half checkpoint under a final name; ``keep_checkpoints`` > 0 then deletes all but the newest that
+  many). The loop position (epoch, batch, step) and the epoch's running sums are checkpointed too, so
+  ``resume=True`` ends with bit-identical weights to an uninterrupted run; a finished run resumed keeps its export.
 * ``output_dir/run.json`` records what decides the result (the config but for :data:`RESUMABLE`, and the inputs
   given by the caller: training data and target identity); a resume under anything else is refused, naming what
   differs. A non-finite loss or gradient stops the run with :class:`TrainingError` naming the step and batch.
@@ -496,9 +497,10 @@ class Trainer:
         bar.close()
         self.save_checkpoint()
         if state.position == started_at and self._exported_at(state.step):
-            self._say(f"nothing left to train: {self.output_dir / EXPORT} stays as exported")
-            return self.output_dir / EXPORT
-        export = self.export()
+            export = self.output_dir / EXPORT
+            self._say(f"nothing left to train: {export} stays as exported")
+        else:
+            export = self.export()
         acc.end_training()
         return export
 
