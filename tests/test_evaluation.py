@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_calls import run_with_fake_python
 
 from jakiro.evaluation import answers, speed
 from jakiro.common.chat_templates import LLAMA2_SYSTEM_PROMPT
@@ -479,19 +480,10 @@ def on_another_machine(jsonl: str) -> str:
 
 
 def benchmark_calls(tmp_path, script: str, *args: str, **env) -> list[list[str]]:
-    """The argument lists that ``scripts/<script>`` gives ``python -m jakiro.evaluation.benchmark``, in order (a
-    stand-in python on PATH records every call instead of running anything)."""
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir(parents=True, exist_ok=True)
-    fake.write_text('#!/usr/bin/env bash\nn=$(ls "$RECORD" | wc -l)\nprintf "%s\\n" "$@" > "$RECORD/$n"\n')
-    fake.chmod(0o755)
-    record = tmp_path / "calls"
-    record.mkdir()
-    run_env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set",
-               "RECORD": str(record), **env}
-    subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=run_env, check=True)
-    calls = [(record / str(n)).read_text().splitlines() for n in range(len(list(record.iterdir())))]
-    return [call[2:] for call in calls if call[:2] == ["-m", "jakiro.evaluation.benchmark"]]  # after -m MODULE
+    """The argument lists that ``scripts/<script>`` gives ``python -m jakiro.evaluation.benchmark``, in order."""
+    done, calls = run_with_fake_python(tmp_path, script, *args, **env)
+    assert done.returncode == 0, done.stderr
+    return [call[3:] for call in calls if call[1:3] == ["-m", "jakiro.evaluation.benchmark"]]  # after -m MODULE
 
 
 def benchmark_cpu_args(tmp_path, **env):

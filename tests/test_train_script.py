@@ -3,33 +3,15 @@
 A stand-in ``python`` on PATH records every call (its OMP_NUM_THREADS and arguments) instead of running anything.
 """
 
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-FAKE = """#!/usr/bin/env bash
-printf "%s\\n" "$OMP_NUM_THREADS" "$@" > "$(mktemp "$RECORD/call.XXXXXX")"
-[[ -z "$FAIL_ON" || " $* " != *"$FAIL_ON"* ]] || { echo "failing on purpose" >&2; exit 1; }
-"""
+from script_calls import run_with_fake_python
 
 
-def run_script(tmp_path, *drafts, **env) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+def run_script(tmp_path, *drafts, **env):
     """The script's result and its training calls as [threads, arguments after ``-m jakiro.train.main``...]."""
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir()
-    fake.write_text(FAKE)
-    fake.chmod(0o755)
-    record = tmp_path / "calls"
-    record.mkdir()
-    run_env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set",
-               "RECORD": str(record), "FAIL_ON": "", "TRAIN_DIR": str(tmp_path / "train"), **env}
-    run_env.pop("THREADS", None)
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "train_smollm2_drafts.sh"), *drafts], env=run_env,
-                          capture_output=True, text=True, cwd=tmp_path)
-    calls = [path.read_text().splitlines() for path in record.iterdir()]
+    env.setdefault("THREADS", "")
+    done, calls = run_with_fake_python(tmp_path, "train_smollm2_drafts.sh", *drafts,
+                                       TRAIN_DIR=str(tmp_path / "train"), **env)
     return done, [[call[0], *call[3:]] for call in calls if call[1:3] == ["-m", "jakiro.train.main"]]
 
 

@@ -1,0 +1,29 @@
+"""Running a script of scripts/ with a stand-in ``python`` on PATH that records every call instead of running it."""
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# one file per call, named by the time so that the names sort in call order; FAIL_ON=TEXT fails a call holding TEXT
+FAKE = """#!/usr/bin/env bash
+printf "%s\\n" "$OMP_NUM_THREADS" "$@" > "$(mktemp "$RECORD/call.$(date +%s%N).XXXXXX")"
+[[ -z "$FAIL_ON" || " $* " != *"$FAIL_ON"* ]] || { echo "failing on purpose" >&2; exit 1; }
+"""
+
+
+def run_with_fake_python(tmp_path: Path, script: str, *args: str, **env: str
+                         ) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """``bash scripts/<script> ARGS`` with ``env`` added; returns its result and its python calls in order, each as
+    [OMP_NUM_THREADS, python's arguments...]."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    record = tmp_path / "calls"
+    record.mkdir()
+    run_env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set",
+               "RECORD": str(record), "FAIL_ON": "", **env}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=run_env, capture_output=True,
+                          text=True, cwd=tmp_path)
+    return done, [path.read_text().splitlines() for path in sorted(record.iterdir())]
