@@ -281,3 +281,79 @@ def test_draft_chain_equals_running_each_start_alone():
                 token = draft.logits(out).argmax(-1)
                 assert token.item() == chain[k, 0, t].item(), (t, k)
                 feats, toks = torch.cat([feats, out], 1), torch.cat([toks, token], 1)
+
+
+class _OracleDraft(torch.nn.Module):
+    """A stand-in draft whose head-1 feature at position p is the true f_{p+1}, except where ``wrong[k]`` (its k-th
+    call, i.e. draft step k, by start position) is set: there it is noise. Counts the rows its LM head scores."""
+
+    def __init__(self, true: torch.Tensor, wrong: torch.Tensor, vocab: int):
+        super().__init__()
+        self.true, self.wrong, self.calls, self.head_rows = true, wrong, 0, 0
+        self.lm_head = torch.nn.Linear(true.shape[-1], vocab, bias=False)
+
+    def logits(self, h):
+        self.head_rows += h.reshape(-1, h.shape[-1]).shape[0]
+        return self.lm_head(h)
+
+    def forward(self, features, input_ids, position_ids, with_head2=False, attend=None):
+        from jakiro.model.draft import DraftOutput
+
+        rows = torch.arange(features.shape[0])[:, None]
+        head1 = self.true[rows, (position_ids + 1).clamp_max(self.true.shape[1] - 1)]
+        noise = torch.randn(head1.shape, generator=torch.Generator().manual_seed(self.calls))
+        head1 = torch.where(self.wrong[self.calls][..., None], noise, head1)
+        self.calls += 1
+        return DraftOutput(head1=head1)
+
+
+def _chain_accuracy_by_definition(draft, features, input_ids, target, mask, steps):
+    """draft_chain_accuracy's counts the plain way: every head over every position."""
+    from jakiro.train.unroll import ahead
+
+    target_tokens = draft.lm_head(target).argmax(-1)
+    on_greedy = (mask > 0) & (input_ids == draft.lm_head(features).argmax(-1))
+    chain = draft_chain(draft, features, input_ids, steps)
+    scored, alive = torch.ones_like(on_greedy), torch.ones_like(on_greedy)
+    correct, total = torch.zeros(steps), torch.zeros(steps)
+    for k in range(steps):
+        scored &= ahead(on_greedy, k, False)
+        alive &= chain[k] == ahead(target_tokens, k, -1)
+        total[k], correct[k] = scored.sum(), (alive & scored).sum()
+    return correct, total
+
+
+def test_draft_chain_accuracy_counts_by_definition_with_fewer_head_rows():
+    """Padded rows, unweighted prompt spans, a row cut with its last target known, text off the target's greedy path
+    and a draft wrong at random steps:
+    the counts equal the plain definition's, while the draft's LM head scores only the chains still followed."""
+    from jakiro.train.metrics import draft_chain_accuracy
+
+    g = torch.Generator().manual_seed(3)
+    b, s, h, vocab, steps = 3, 24, 16, 32, 4
+    lengths = [24, 17, 9]
+    true = torch.randn(b, s + 1, h, generator=g)
+    for row, n in enumerate(lengths[1:], 1):
+        true[row, n:] = 0  # padding: features past the row's length are zero
+    features, target = true[:, :s].clone(), true[:, 1:].clone()
+    mask = torch.zeros(b, s)
+    mask[0, s // 3:] = 1.0  # row 0 is cut at S: its last target (f_S) is known and weighted
+    for row, n in enumerate(lengths[1:], 1):
+        target[row, n - 1] = 0  # the loader's layout: the last position has target 0 and weight 0
+        mask[row, n // 3: n - 1] = 1.0  # the first third is the (unweighted) prompt
+    wrong = torch.rand(steps, b, s, generator=g) < 0.25
+    wrong[0, 0, -1] = False  # the chain from row 0's last position is right (scored against f_S's token)
+    torch.manual_seed(0)
+    plain, fast = _OracleDraft(true, wrong, vocab), _OracleDraft(true, wrong, vocab)
+    fast.lm_head.load_state_dict(plain.lm_head.state_dict())
+    with torch.no_grad():
+        greedy = plain.lm_head(features).argmax(-1)
+    off = torch.rand(b, s, generator=g) < 0.15
+    off[0, -1] = False
+    input_ids = torch.where(off, (greedy + 1) % vocab, greedy)  # the target's greedy tokens, except some
+    want = _chain_accuracy_by_definition(plain, features, input_ids, target, mask, steps)
+    got = draft_chain_accuracy(fast, features, input_ids, target, mask, steps)
+    torch.testing.assert_close(got, want)
+    assert want[1][0] > 20 and want[0][steps - 1] > 0, want  # scored chains, some correct to the last step
+    assert (want[0] < want[1]).all(), want  # and some wrong ones
+    assert fast.head_rows < plain.head_rows / 2, (fast.head_rows, plain.head_rows)

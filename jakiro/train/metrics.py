@@ -33,36 +33,52 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
 
 
 @torch.no_grad()
-def greedy_tokens(lm_head: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor) -> torch.Tensor:
-    """[..., H] features -> [...] argmax of the LM head, computed ROW_CHUNK rows at a time."""
-    flat = features.reshape(-1, features.shape[-1])
-    out = [lm_head(flat[i:i + ROW_CHUNK]).argmax(-1) for i in range(0, flat.shape[0], ROW_CHUNK)]
-    return torch.cat(out).reshape(features.shape[:-1]) if out else features.new_zeros(features.shape[:-1]).long()
+def greedy_tokens(lm_head: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
+                  where: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., H] features -> [...] argmax of the LM head, computed ROW_CHUNK rows at a time; with ``where`` ([...]
+    bool) only there (-1 elsewhere)."""
+    if where is None:
+        where = torch.ones(features.shape[:-1], dtype=torch.bool, device=features.device)
+    rows = features[where]
+    picked = [lm_head(rows[i:i + ROW_CHUNK]).argmax(-1) for i in range(0, rows.shape[0], ROW_CHUNK)]
+    out = torch.full(features.shape[:-1], -1, dtype=torch.long, device=features.device)
+    if picked:
+        out[where] = torch.cat(picked)
+    return out
 
 
 @torch.no_grad()
-def draft_chain(draft, features: torch.Tensor, input_ids: torch.Tensor, steps: int) -> torch.Tensor:
+def draft_chain(draft, features: torch.Tensor, input_ids: torch.Tensor, steps: int, chains: torch.Tensor | None = None,
+                follow: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """[steps, B, S] greedy tokens of the draft's autoregressive steps from every start position at once.
 
     Step 0 at start t is the draft's token after its head-1 feature at t (true inputs 0..t); step k >= 1 feeds the
     draft its own previous feature and token at position t + k, attending to the true context <= t and to its own
-    chain (:func:`jakiro.train.unroll.run_chain`).
+    chain (:func:`jakiro.train.unroll.run_chain`). Chains are independent of each other, so a chain nobody follows
+    any more can be fed anything.
 
     Args:
         draft: a :class:`DraftHead` with bound target modules.
         features: [B, S, H] true features f_t (model dtype); input_ids: [B, S] tokens x_{t+1}.
+        chains: [B, S] bool, the chains whose tokens are wanted (None: all); the LM head runs only for those, the
+            others' tokens are -1.
+        follow: None (the same chains at every step), or (k, step k's tokens [B, S]) -> [B, S] bool, the chains
+            whose step k + 1 is wanted.
     """
     b, s, _ = features.shape
     if steps == 0:
         return input_ids.new_zeros(0, b, s)
-    tokens = []
+    tokens: list[torch.Tensor] = []
+    followed = [chains]
 
-    def own_tokens(k: int, previous) -> torch.Tensor:  # the draft's greedy token after its previous feature
-        tokens.append(greedy_tokens(draft.logits, previous.head1))
+    def step_tokens(k: int, out) -> torch.Tensor:  # step k's greedy tokens of the followed chains
+        tokens.append(greedy_tokens(draft.logits, out.head1, followed[-1]))
+        if follow is not None:
+            followed.append(follow(k, tokens[-1]))
         return tokens[-1]
 
-    last = run_chain(draft, features, input_ids, steps, own_tokens)[-1]
-    tokens.append(greedy_tokens(draft.logits, last.head1))
+    last = run_chain(draft, features, input_ids, steps, lambda k, out: step_tokens(k - 1, out).clamp_min(0))[-1]
+    step_tokens(steps - 1, last)
     return torch.stack(tokens)
 
 
@@ -70,6 +86,11 @@ def draft_chain(draft, features: torch.Tensor, input_ids: torch.Tensor, steps: i
 def draft_chain_accuracy(draft, features: torch.Tensor, input_ids: torch.Tensor, target: torch.Tensor,
                          mask: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Correct / scored counts of the draft's autoregressive steps k = 0..steps-1 (see the module docstring).
+
+    Cost: the target's full-vocabulary LM head runs once per weighted position (and the one after it): the target's
+    token after f_{t+1} is read from ``features[:, t + 1]``, which equals ``target[:, t]`` in the training data's
+    layout (``target`` itself only in the last column); the draft's head runs only for chains still correct and
+    scored (a chain that failed at step k is never scored again).
 
     Args:
         draft: a :class:`DraftHead` with bound target modules.
@@ -81,19 +102,33 @@ def draft_chain_accuracy(draft, features: torch.Tensor, input_ids: torch.Tensor,
     correct, total = torch.zeros(steps), torch.zeros(steps)
     if steps == 0 or features.shape[1] == 0:
         return correct, total
+
     def target_head(h: torch.Tensor) -> torch.Tensor:  # the full vocabulary: a reduced-vocabulary draft can miss
         return draft.lm_head(h.to(draft.lm_head.weight.dtype))
 
-    target_tokens = greedy_tokens(target_head, target)  # [B, S]: the target's token after f_{t+1}
-    on_greedy = (mask > 0) & (input_ids == greedy_tokens(target_head, features))
-    chain = draft_chain(draft, features, input_ids, steps)
-    scored = torch.ones_like(on_greedy)
-    alive = torch.ones_like(on_greedy)
+    weighted = mask > 0
+    needed = weighted.clone()
+    needed[:, 1:] |= weighted[:, :-1]
+    greedy = greedy_tokens(target_head, features, needed)  # [B, S]: the target's token after f_t
+    target_tokens = ahead(greedy, 1, -1)  # the target's token after f_{t+1}
+    target_tokens[:, -1] = greedy_tokens(target_head, target[:, -1], weighted[:, -1])
+    on_greedy = weighted & (input_ids == greedy)
+    scored = [on_greedy]  # scored[k]: the test text follows the target's greedy tokens for steps 0..k
+    for k in range(1, steps):
+        scored.append(scored[-1] & ahead(on_greedy, k, False))
+    alive = [scored[0]]  # alive[k]: scored at step k and correct at steps 0..k
+
+    def follow(k: int, tokens: torch.Tensor) -> torch.Tensor:
+        alive[k] = alive[k] & (tokens == ahead(target_tokens, k, -1))
+        if k + 1 < steps:
+            alive.append(alive[k] & scored[k + 1])
+            return alive[k + 1]
+        return torch.zeros_like(alive[k])
+
+    draft_chain(draft, features, input_ids, steps, scored[0], follow)
     for k in range(steps):
-        scored &= ahead(on_greedy, k, False)
-        alive &= chain[k] == ahead(target_tokens, k, -1)
-        total[k] = scored.sum().item()
-        correct[k] = (alive & scored).sum().item()
+        total[k] = scored[k].sum().item()
+        correct[k] = alive[k].sum().item()
     return correct, total
 
 
