@@ -66,6 +66,7 @@ from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig, packed_a
 from jakiro.model.target_init import init_from_target_layer
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
                                mix_seed, sequence_lengths)
+from jakiro.train.extension_locks import warn_stale_extension_locks
 from jakiro.train.losses import EPS, draft_losses, head2_mask, load_balancing_loss
 from jakiro.train.metrics import JsonlLog, Sums, draft_chain_accuracy, ratio
 from jakiro.train.unroll import ahead, run_chain, step_targets
@@ -217,6 +218,8 @@ def make_accelerator(cfg: JakiroConfig, draft_config: DraftHeadConfig) -> Accele
             raise ConfigError("train.deepspeed_config: accelerate's --cpu / ACCELERATE_USE_CPU turns DeepSpeed off; "
                               "launch with torchrun or `accelerate launch --num_processes N` without --cpu")
         settings = deepspeed_settings(train.deepspeed_config, train)
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            warn_stale_extension_locks()  # before DeepSpeed's JIT builds, which would hang on such a lock
         if "LOCAL_RANK" not in os.environ:  # plain `python -m`: DeepSpeed wants a launcher's environment
             os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
