@@ -27,6 +27,10 @@
 #                                                              # (shipped:smollm2-<draft>; the previous generation
 #                                                              # stays as shipped:smollm2-<draft>-v1)
 #   TRAIN_DIR=DIR ...                                          # the training runs' folder (default outputs/train)
+#   REGENERATE=1 ...                                           # answer the stage-2 conversations with the target
+#                                                              # even where data/ holds the answers the shipped drafts
+#                                                              # were trained on (~2 h on a 2-core CPU; the same
+#                                                              # answers: greedy, each prompt's own)
 # Outputs: outputs/train/smollm2-<draft>[-selfdistill]/{draft,metrics.jsonl,checkpoints}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,9 +96,28 @@ train_all() {  # train_all STAGE: STAGE's training of every draft, JOBS at a tim
   done
 }
 
+regenerated=outputs/regenerated/smollm2-sharegpt.jsonl   # = regenerate.output_path of configs/regenerate_smollm2.yaml
+shipped=data/smollm2-sharegpt-regenerated.jsonl.gz      # the answers the shipped drafts were trained on
+shipped_sha256=$(cat "$shipped.sha256" 2>/dev/null || true)  # of the uncompressed file
+regenerate() {  # the target's answers: unpacked from $shipped unless REGENERATE=1 or a regeneration is under way
+  if [ "${REGENERATE:-0}" = 0 ] && [ -n "$shipped_sha256" ] && [ ! -e "$regenerated.parts" ]; then
+    if [ ! -e "$regenerated" ]; then
+      echo "== the target's answers of the shipped drafts: $shipped -> $regenerated (REGENERATE=1 answers again)"
+      mkdir -p "$(dirname "$regenerated")"
+      gzip -dc "$shipped" > "$regenerated.tmp"
+      mv "$regenerated.tmp" "$regenerated"
+    fi
+    if [ "$(sha256sum < "$regenerated" | cut -d' ' -f1)" = "$shipped_sha256" ]; then
+      return 0
+    fi
+    echo "$regenerated is not $shipped unpacked: leaving it to python -m jakiro.ge_data.regenerate" >&2
+  fi
+  python -m jakiro.ge_data.regenerate --config regenerate_smollm2
+}
+
 python -m jakiro.common.assets --only smollm2,sharegpt
 python -m jakiro.ge_data --config ge_data_smollm2
-python -m jakiro.ge_data.regenerate --config regenerate_smollm2
+regenerate
 python -m jakiro.ge_data --config ge_data_smollm2_selfdistill
 [[ " $stages " != *" 1 "* ]] || train_all 1
 [[ " $stages " != *" 2 "* ]] || train_all 2

@@ -12,10 +12,11 @@ printf "%s\\n" "$OMP_NUM_THREADS" "$@" > "$(mktemp "$RECORD/call.$(date +%s%N).X
 """
 
 
-def run_with_fake_python(tmp_path: Path, script: str, *args: str, **env: str
+def run_with_fake_python(tmp_path: Path, script: str, *args: str, root: Path = ROOT, **env: str
                          ) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
-    """``bash scripts/<script> ARGS`` with ``env`` added; returns its result and its python calls in order, each as
-    [OMP_NUM_THREADS, python's arguments...]."""
+    """``bash <root>/scripts/<script> ARGS`` with ``env`` added; returns its result and its python calls in order,
+    each as [OMP_NUM_THREADS, python's arguments...]. ``root``: the repository the script runs in (a copy in a
+    temporary folder for a script that reads or writes files relative to it)."""
     fake = tmp_path / "bin" / "python"
     fake.parent.mkdir(parents=True)
     fake.write_text(FAKE)
@@ -24,6 +25,6 @@ def run_with_fake_python(tmp_path: Path, script: str, *args: str, **env: str
     record.mkdir()
     run_env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set",
                "RECORD": str(record), "FAIL_ON": "", **env}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=run_env, capture_output=True,
+    done = subprocess.run(["bash", str(root / "scripts" / script), *args], env=run_env, capture_output=True,
                           text=True, cwd=tmp_path)
     return done, [path.read_text().splitlines() for path in sorted(record.iterdir())]

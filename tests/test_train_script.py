@@ -49,3 +49,54 @@ def test_a_failing_background_run_stops_the_script(tmp_path):
 def test_bad_jobs_is_refused(tmp_path, jobs):
     done, calls = run_script(tmp_path, JOBS=jobs)
     assert done.returncode == 2 and "JOBS must be an integer >= 1" in done.stderr and calls == []
+
+
+def repo_with_shipped_answers(tmp_path, answers: bytes):
+    """A copy of the script in a folder of its own, with ``answers`` shipped (gzip) under data/."""
+    import gzip
+    import hashlib
+    import shutil
+
+    from script_calls import ROOT
+
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "train_smollm2_drafts.sh", root / "scripts")
+    (root / "data").mkdir()
+    (root / "data" / "smollm2-sharegpt-regenerated.jsonl.gz").write_bytes(gzip.compress(answers))
+    (root / "data" / "smollm2-sharegpt-regenerated.jsonl.gz.sha256").write_text(
+        hashlib.sha256(answers).hexdigest() + "\n")
+    return root, root / "outputs" / "regenerated" / "smollm2-sharegpt.jsonl"
+
+
+def regenerations(calls):
+    return [call for call in calls if call[1:3] == ["-m", "jakiro.ge_data.regenerate"]]
+
+
+def test_shipped_answers_are_unpacked_instead_of_regenerated(tmp_path):
+    answers = b'{"id": "a", "conversations": []}\n'
+    root, regenerated = repo_with_shipped_answers(tmp_path, answers)
+    for run in range(2):  # the second run finds them unpacked
+        done, calls = run_with_fake_python(tmp_path / f"run{run}", "train_smollm2_drafts.sh", "jakiro", root=root,
+                                           TRAIN_DIR=str(tmp_path / "train"), THREADS="")
+        assert done.returncode == 0, done.stderr
+        assert regenerated.read_bytes() == answers and regenerations(calls) == []
+        assert any(call[1:3] == ["-m", "jakiro.ge_data"] and "ge_data_smollm2_selfdistill" in call for call in calls)
+        assert ("REGENERATE=1 answers again" in done.stdout) == (run == 0)
+
+
+@pytest.mark.parametrize("case", ["REGENERATE=1", "a regeneration under way", "another file"])
+def test_the_target_answers_when_asked_or_when_the_file_is_not_the_shipped_one(tmp_path, case):
+    root, regenerated = repo_with_shipped_answers(tmp_path, b'{"id": "a", "conversations": []}\n')
+    env = {"REGENERATE": "1"} if case == "REGENERATE=1" else {}
+    if case == "a regeneration under way":
+        (regenerated.parent / (regenerated.name + ".parts")).mkdir(parents=True)
+    if case == "another file":
+        regenerated.parent.mkdir(parents=True)
+        regenerated.write_text("mine\n")
+    done, calls = run_with_fake_python(tmp_path, "train_smollm2_drafts.sh", "jakiro", root=root,
+                                       TRAIN_DIR=str(tmp_path / "train"), THREADS="", **env)
+    assert done.returncode == 0, done.stderr
+    assert len(regenerations(calls)) == 1
+    assert (regenerated.read_text() == "mine\n") if case == "another file" else not regenerated.exists()
+    assert ("is not data/smollm2-sharegpt-regenerated.jsonl.gz unpacked" in done.stderr) == (case == "another file")
