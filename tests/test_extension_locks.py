@@ -24,7 +24,7 @@ def test_old_locks_are_named_fresh_ones_are_not(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"warning: {old} is 60 min old" in err and "'deepspeed_shm_comm' op" in err
     assert "delete the file" in err and "fused_adam" not in err
-    assert stale_extension_locks(tmp_path, older_than_s=7200) == []
+    assert stale_extension_locks(tmp_path, older_than_s=7200) == {}
 
 
 def test_no_extensions_folder_no_warning(tmp_path, capsys):

@@ -23,27 +23,27 @@ def extensions_root() -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
-def stale_extension_locks(root: Path | None = None, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+def stale_extension_locks(root: Path | None = None, older_than_s: float = STALE_AFTER_S) -> dict[Path, float]:
     """The build locks under ``root`` (the op folders and one level of ``py311_cpu``-style folders above them) last
-    modified more than ``older_than_s`` seconds ago, sorted."""
+    modified more than ``older_than_s`` seconds ago, by path (sorted), with their ages in seconds."""
     root = extensions_root() if root is None else root
     now = time.time()
-    found = []
-    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
+    found = {}
+    for lock in sorted([*root.glob("*/lock"), *root.glob("*/*/lock")]):
         try:
-            if now - lock.stat().st_mtime > older_than_s:
-                found.append(lock)
+            age = now - lock.stat().st_mtime
         except OSError:  # removed meanwhile: a build finished
             continue
-    return sorted(found)
+        if age > older_than_s:
+            found[lock] = age
+    return found
 
 
 def warn_stale_extension_locks(root: Path | None = None, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """Print a warning to stderr for each stale lock (see the module docstring); returns them."""
     locks = stale_extension_locks(root, older_than_s)
-    for lock in locks:
-        minutes = (time.time() - lock.stat().st_mtime) / 60
-        print(f"warning: {lock} is {minutes:.0f} min old: a killed JIT build of DeepSpeed's "
+    for lock, age in locks.items():
+        print(f"warning: {lock} is {age / 60:.0f} min old: a killed JIT build of DeepSpeed's "
               f"'{lock.parent.name}' op leaves it, and the build of that op then waits for it forever; if no other "
               "process is building it, delete the file", file=sys.stderr)
-    return locks
+    return list(locks)
