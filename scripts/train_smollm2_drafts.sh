@@ -28,9 +28,10 @@
 #                                                              # stays as shipped:smollm2-<draft>-v1)
 #   TRAIN_DIR=DIR ...                                          # the training runs' folder (default outputs/train)
 #   REGENERATE=1 ...                                           # answer the stage-2 conversations with the target
-#                                                              # even where data/ holds the answers the shipped drafts
-#                                                              # were trained on (~2 h on a 2-core CPU; the same
-#                                                              # answers: greedy, each prompt's own)
+#                                                              # (~2 h on 2 cores) instead of unpacking the answers
+#                                                              # the shipped drafts learned (jakiro/drafts/
+#                                                              # training-data/; made on an AMX Xeon in bf16: another
+#                                                              # CPU or dtype may answer some turns differently)
 # Outputs: outputs/train/smollm2-<draft>[-selfdistill]/{draft,metrics.jsonl,checkpoints}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,7 +98,7 @@ train_all() {  # train_all STAGE: STAGE's training of every draft, JOBS at a tim
 }
 
 regenerated=outputs/regenerated/smollm2-sharegpt.jsonl   # = regenerate.output_path of configs/regenerate_smollm2.yaml
-shipped=data/smollm2-sharegpt-regenerated.jsonl.gz      # the answers the shipped drafts were trained on
+shipped=jakiro/drafts/training-data/smollm2-sharegpt-regenerated.jsonl.gz  # the answers the shipped drafts learned
 shipped_sha256=$(cat "$shipped.sha256" 2>/dev/null || true)  # of the uncompressed file
 regenerate() {  # the target's answers: unpacked from $shipped unless REGENERATE=1 or a regeneration is under way
   if [ "${REGENERATE:-0}" = 0 ] && [ -n "$shipped_sha256" ] && [ ! -e "$regenerated.parts" ]; then

@@ -52,7 +52,7 @@ def test_bad_jobs_is_refused(tmp_path, jobs):
 
 
 def repo_with_shipped_answers(tmp_path, answers: bytes):
-    """A copy of the script in a folder of its own, with ``answers`` shipped (gzip) under data/."""
+    """A copy of the script in a folder of its own, with ``answers`` shipped (gzip) in jakiro/drafts/training-data."""
     import gzip
     import hashlib
     import shutil
@@ -62,10 +62,10 @@ def repo_with_shipped_answers(tmp_path, answers: bytes):
     root = tmp_path / "repo"
     (root / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "train_smollm2_drafts.sh", root / "scripts")
-    (root / "data").mkdir()
-    (root / "data" / "smollm2-sharegpt-regenerated.jsonl.gz").write_bytes(gzip.compress(answers))
-    (root / "data" / "smollm2-sharegpt-regenerated.jsonl.gz.sha256").write_text(
-        hashlib.sha256(answers).hexdigest() + "\n")
+    shipped = root / "jakiro" / "drafts" / "training-data" / "smollm2-sharegpt-regenerated.jsonl.gz"
+    shipped.parent.mkdir(parents=True)
+    shipped.write_bytes(gzip.compress(answers))
+    shipped.with_name(shipped.name + ".sha256").write_text(hashlib.sha256(answers).hexdigest() + "\n")
     return root, root / "outputs" / "regenerated" / "smollm2-sharegpt.jsonl"
 
 
@@ -99,4 +99,4 @@ def test_the_target_answers_when_asked_or_when_the_file_is_not_the_shipped_one(t
     assert done.returncode == 0, done.stderr
     assert len(regenerations(calls)) == 1
     assert (regenerated.read_text() == "mine\n") if case == "another file" else not regenerated.exists()
-    assert ("is not data/smollm2-sharegpt-regenerated.jsonl.gz unpacked" in done.stderr) == (case == "another file")
+    assert ("smollm2-sharegpt-regenerated.jsonl.gz unpacked" in done.stderr) == (case == "another file")
