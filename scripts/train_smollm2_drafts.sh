@@ -3,7 +3,8 @@
 # draft the same data, schedule and number of optimizer steps:
 #   data     features of a recovered ShareGPT subset (configs/ge_data_smollm2.yaml); other ShareGPT conversations
 #            answered by the target itself (configs/regenerate_smollm2.yaml; unpacked from the answers shipped in
-#            jakiro/drafts/training-data/ unless REGENERATE=1) and their features (configs/ge_data_smollm2_selfdistill.yaml)
+#            jakiro/drafts/training-data/ unless REGENERATE=1) and their features
+#            (configs/ge_data_smollm2_selfdistill.yaml)
 #   stage 1  training from scratch on ShareGPT's answers (configs/train_smollm2.yaml), the 8k draft vocabulary picked
 #            from ShareGPT's and the target's answers (draft.vocab_extra_data) -> outputs/train/smollm2-<draft>
 #   stage 2  the stage-1 draft trained further on the target's own answers (configs/train_smollm2_selfdistill.yaml)
