@@ -7,8 +7,7 @@ Each sub-folder but ``training-data/`` is a draft directory (``config.json`` + `
 ``training.json``, what made it: :mod:`jakiro.train.provenance`) trained by ``scripts/train_smollm2_drafts.sh`` and
 written here by :mod:`jakiro.train.ship`; ``smollm2-<draft>-v1`` are the previous generation, kept for comparison.
 ``training-data/`` holds the target's own answers the SmolLM2 drafts learned (gzip JSONL; the training script unpacks
-it). ``docs/training.md`` ("Shipped
-drafts") gives the data, steps and wall time of each::
+it). ``docs/training.md`` ("Shipped drafts") gives the data, steps and wall time of each::
 
     EaModel.from_pretrained(base_model_path=smollm2_dir, ea_model_path="shipped:smollm2-jakiro")
     python -m jakiro.demo --set model.draft_path=shipped:smollm2-eagle2
