@@ -69,12 +69,12 @@ def draft_chain(draft, features: torch.Tensor, input_ids: torch.Tensor, steps: i
     if steps == 0:
         return input_ids.new_zeros(0, b, s)
     tokens: list[torch.Tensor] = []
-    followed = [chains]
 
     def step_tokens(k: int, out) -> torch.Tensor:  # step k's greedy tokens of the followed chains
-        tokens.append(greedy_tokens(draft.logits, out.head1, followed[-1]))
+        nonlocal chains
+        tokens.append(greedy_tokens(draft.logits, out.head1, chains))
         if follow is not None:
-            followed.append(follow(k, tokens[-1]))
+            chains = follow(k, tokens[-1])
         return tokens[-1]
 
     last = run_chain(draft, features, input_ids, steps, lambda k, out: step_tokens(k - 1, out).clamp_min(0))[-1]
