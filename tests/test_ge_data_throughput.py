@@ -57,6 +57,19 @@ def test_cohorts_answer_as_generate_alone(family, dtype):
     assert len({len(a) for a in reference}) > 1
 
 
+def test_batch_invariant_kernels_answer_as_each_prompt_alone_through_them():
+    """regenerate.kernels batch_invariant, float32: many prompts through few rows give every prompt the answer it
+    gets decoded alone (one row) with the same linear kernels."""
+    from jakiro.target.packed_linear import PackedLinears
+    model = tiny_target("qwen2", vocab_size=128).eval()
+    linears = PackedLinears(model, batch_invariant=True)
+    generator = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(2, 128, (n,), generator=generator).tolist() for n in (4, 4, 9, 9, 9, 13, 20, 26)]
+    alone = [decode_batch(model, [p], 16, EOS, max_rows=1, linears=linears)[0] for p in prompts]
+    assert decode_batch(model, prompts, 16, EOS, max_rows=5, max_cohorts=2, reach=4, linears=linears) == alone
+    assert len({len(a) for a in alone}) > 1
+
+
 def test_cohort_scheduling_shares_attention_calls(monkeypatch):
     """Prompts of one length decode as one cohort: one attention call per layer and step, whatever the rows."""
     import jakiro.ge_data.decode as decode

@@ -247,9 +247,15 @@ class RegenerateConfig(_Section):
     # "static": jakiro.ge_data.decode (prompts prefilled one by one, preallocated KV cache, finished rows leave the
     # batch); "generate": transformers' generate on the left-padded batch (the previous path, slower on CPUs)
     decoder: str = "static"
+    # the static decoder's linear kernels: "reference" = each row gets the bits F.linear gives it alone (every answer
+    # the prompt's answer alone, bit for bit; one row per call where F.linear batches none exactly, as in float32 on
+    # AVX2-only CPUs); "batch_invariant" = also a kernel that batches rows exactly but rounds unlike F.linear, where
+    # it batches more (answers independent of the batch, faster on AVX2 CPUs in float32: docs/pipeline-throughput.md)
+    kernels: str = "batch_invariant"
 
     def validate(self) -> None:
         self._require_choice("decoder", ("static", "generate"))
+        self._require_choice("kernels", ("batch_invariant", "reference"))
         self._require("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1")
         self._require("temperature", self.temperature >= 0, "a number >= 0")
         self._require("batch_size", self.batch_size >= 1, "an integer >= 1")

@@ -16,9 +16,12 @@ the CPU's kernels allow it (below) — at a fraction of the cost of ``generate``
   when none is running, at most ``max_cohorts`` at a time.
 * **Finished rows leave** (an end token or ``max_new_tokens``): a cohort drops them once they are a quarter of its
   rows (each compaction copies the cache of the rows left), and their places go to waiting prompts.
-* **Linear layers** of a decoding step (:class:`jakiro.target.packed_linear.PackedLinears`): prepacked oneDNN weights where they give
-  ``F.linear``'s bits, and at most as many rows per kernel call as keep each row's bits equal to the row alone
-  (32 on an AMX Xeon in bf16; probed when decoding starts).
+* **Linear layers** of a decoding step (:class:`jakiro.target.packed_linear.PackedLinears`): prepacked oneDNN
+  weights where they give ``F.linear``'s bits, and at most as many rows per kernel call as keep each row's bits equal
+  to the row alone (32 on an AMX Xeon in bf16; probed when decoding starts). ``regenerate.kernels:
+  batch_invariant`` (:class:`jakiro.ge_data.regenerate.Regenerator`) also allows a kernel that batches rows exactly
+  but rounds unlike ``F.linear`` (float32 on AVX2-only CPUs, where ``F.linear`` batches no rows exactly): each answer
+  is then independent of the batch, and the prompt's answer alone except at a near-tie of the greedy choice.
 
 Greedy: the argmax of the logits (first index on ties), as ``generate``. Sampled: softmax(logits / T) drawn with
 ``torch.multinomial`` from the caller's generator: the target's distribution, though not ``generate``'s random stream.

@@ -141,7 +141,8 @@ class Regenerator:
     def packed_linears(self) -> PackedLinears:
         """The target's linear layers for the static decoder, probed once per run."""
         if self._packed_linears is None:
-            self._packed_linears = PackedLinears(self.model)
+            self._packed_linears = PackedLinears(self.model,
+                                                 batch_invariant=self.settings.kernels == "batch_invariant")
         return self._packed_linears
 
     @torch.no_grad()

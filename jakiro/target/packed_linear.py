@@ -6,12 +6,19 @@ it does when its prompt is decoded alone (one row per call). Two things decide t
 * **the kernel a row count selects.** oneDNN's bf16 kernels on an AMX Xeon give a row the same bits in a batch of up
   to 32 rows as alone, other bits from 48-64 rows on (``jakiro.target.exact_linear`` has the probe for one count).
   :func:`exact_row_limit` finds, per weight shape, the largest row count up to which every count keeps every row's
-  bits, and :func:`packed_linears` splits larger batches into chunks of that many rows.
+  bits, and :class:`PackedLinears` splits larger batches into chunks of that many rows.
 * **the weight's layout.** ``F.linear`` reorders a bf16 weight into oneDNN's blocked layout at every call; a weight
   reordered once (``torch.ops.mkldnn._reorder_linear_weight``) and multiplied with
-  ``torch.ops.mkldnn._linear_pointwise`` saves that work: 1.3-2x faster at 1-32 rows on an AMX Xeon. It is used only
-  for the shapes where it returns ``F.linear``'s bits, checked on random rows when the block starts; other shapes,
-  dtypes, devices and builds without oneDNN keep ``F.linear`` (chunked all the same).
+  ``torch.ops.mkldnn._linear_pointwise`` saves that work: 1.3-2x faster at 1-32 rows on an AMX Xeon. It is used
+  (bf16 and float32) for the shapes where it returns ``F.linear``'s bits, checked on random rows when the layers are
+  wrapped; other shapes, dtypes, devices and builds without oneDNN keep ``F.linear`` (chunked all the same).
+
+**Batch-invariant mode** (``batch_invariant=True``): in float32 on an AVX2-only CPU, ``F.linear`` (MKL) gives a row
+in any batch of 2 or more other bits than alone (row limit 1: one kernel call per row, every weight read once per
+row), while oneDNN's prepacked float32 kernel gives each row the same bits in batches of up to 64 rows as alone —
+bits that differ from ``F.linear``'s by rounding (~5e-6 relative). Where that kernel batches more rows exactly than
+``F.linear`` does, this mode uses it: each row's result is then independent of the batch it is in, though not
+``F.linear``'s bit for bit (SmolLM2's logits: up to ~1.4e-4 apart over 128 greedy steps, docs/pipeline-throughput.md).
 
 Inference only: the wrapped forward runs without autograd.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -29,10 +37,21 @@ from jakiro.target.exact_linear import forwards_replaced
 
 PROBE_ROWS = 64  # row counts probed: 1 .. PROBE_ROWS
 TRIALS = 4  # random batches per probe
+PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
 
 
-def _packable() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+class Kind(NamedTuple):
+    """How the layers of one weight shape run: on the prepacked weight or ``F.linear``, at most ``rows`` rows per
+    kernel call, and whether each row gets ``F.linear``'s bits alone (False only in batch-invariant mode)."""
+
+    packed: bool
+    rows: int
+    f_linear_bits: bool
+
+
+def _packable(dtype: torch.dtype) -> bool:
+    return (dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:
@@ -85,13 +104,14 @@ def _chunked(forward, rows: int, x: torch.Tensor) -> torch.Tensor:
 
 
 class PackedLinears:
-    """Every CPU ``nn.Linear`` of ``model`` on its prepacked weight where that keeps ``F.linear``'s bits, in chunks
-    of at most :func:`exact_row_limit` rows (probed once per weight shape, when this is made). ``kinds``:
-    {(in, out, bias, dtype): (packed?, row limit)}. Nothing changes outside ``with packs.applied():``."""
+    """Every CPU ``nn.Linear`` of ``model`` on its prepacked weight where that keeps ``F.linear``'s bits (or, with
+    ``batch_invariant``, where that batches more rows exactly), in chunks of at most :func:`exact_row_limit` rows
+    (probed once per weight shape, when this is made). ``kinds``: {(in, out, bias, dtype): :class:`Kind`}. Nothing
+    changes outside ``with packs.applied():``."""
 
-    def __init__(self, model: nn.Module, probe_rows: int = PROBE_ROWS):
+    def __init__(self, model: nn.Module, probe_rows: int = PROBE_ROWS, batch_invariant: bool = False):
         generator = torch.Generator().manual_seed(0)
-        self.kinds: dict[tuple, tuple[bool, int]] = {}
+        self.kinds: dict[tuple, Kind] = {}
         self.forwards: list[tuple[nn.Linear, object]] = []
         with torch.inference_mode():
             for layer in model.modules():
@@ -99,8 +119,8 @@ class PackedLinears:
                     continue
                 key = (layer.in_features, layer.out_features, layer.bias is not None, layer.weight.dtype)
                 if key not in self.kinds:
-                    self.kinds[key] = _probe(layer, probe_rows, generator)
-                packed, rows = self.kinds[key]
+                    self.kinds[key] = _probe(layer, probe_rows, generator, batch_invariant)
+                packed, rows, _ = self.kinds[key]
                 forward = _packed_forward(_pack(layer.weight), layer.bias) if packed else _plain_forward(layer)
                 self.forwards.append((layer, functools.partial(_chunked, forward, rows)))
 
@@ -111,13 +131,25 @@ class PackedLinears:
             yield self
 
 
-def _probe(layer: nn.Linear, probe_rows: int, generator: torch.Generator) -> tuple[bool, int]:
-    """(packed?, row limit) for the layers of ``layer``'s shape: the packed weight where it gives ``F.linear``'s
-    bits (oneDNN bf16 only), and the row limit of the forward chosen."""
-    forward = _plain_forward(layer)
-    packed = _packable() and layer.weight.dtype == torch.bfloat16
-    if packed:
-        candidate = _packed_forward(_pack(layer.weight), layer.bias)
-        packed = _same_bits(candidate, layer, generator)
-        forward = candidate if packed else forward
-    return packed, exact_row_limit(forward, layer.in_features, layer.weight.dtype, probe_rows, generator)
+def _probe(layer: nn.Linear, probe_rows: int, generator: torch.Generator, batch_invariant: bool) -> Kind:
+    """How the layers of ``layer``'s shape run: the prepacked weight where it gives ``F.linear``'s bits; else, with
+    ``batch_invariant``, the prepacked weight where it keeps more rows exact than ``F.linear`` does; else
+    ``F.linear``; each with its row limit."""
+    def row_limit(forward) -> int:
+        return exact_row_limit(forward, layer.in_features, layer.weight.dtype, probe_rows, generator)
+
+    plain = _plain_forward(layer)
+    if not _packable(layer.weight.dtype):
+        return Kind(False, row_limit(plain), True)
+    try:
+        packed = _packed_forward(_pack(layer.weight), layer.bias)
+    except RuntimeError:  # e.g. bf16 on a CPU without AVX-512 or AVX-NE-CONVERT: oneDNN has no kernel for it
+        return Kind(False, row_limit(plain), True)
+    if _same_bits(packed, layer, generator):
+        return Kind(True, row_limit(packed), True)
+    plain_rows = row_limit(plain)
+    if batch_invariant:
+        packed_rows = row_limit(packed)
+        if packed_rows > plain_rows:
+            return Kind(True, packed_rows, False)
+    return Kind(False, plain_rows, True)
