@@ -15,7 +15,7 @@ from jakiro.train.losses import (
     soft_cross_entropy,
     weighted_sum,
 )
-from jakiro.train.metrics import draft_chain, topk_correct
+from jakiro.train.metrics import ROW_CHUNK, draft_chain, greedy_tokens, topk_correct
 from jakiro.train.unroll import chain_step_attention
 
 
@@ -237,6 +237,18 @@ def test_topk_correct_by_hand():
     labels = torch.tensor([2, 0, 0])  # rank 2, rank 1, rank 4
     assert topk_correct(logits, labels, torch.tensor([1.0, 1.0, 1.0])).tolist() == [1.0, 2.0, 2.0]
     assert topk_correct(logits, labels, torch.tensor([1.0, 0.0, 1.0])).tolist() == [0.0, 1.0, 1.0]
+
+
+def test_greedy_tokens_everywhere_and_where_asked():
+    """Chunked argmax of the head over [..., H] features: everywhere without ``where``, -1 outside it with."""
+    head = torch.nn.Linear(6, 11, bias=False)
+    features = torch.randn(3, ROW_CHUNK // 2 + 5, 6)
+    expected = head(features).argmax(-1)
+    assert torch.equal(greedy_tokens(head, features), expected)
+    where = torch.rand(features.shape[:-1]) < 0.5
+    assert torch.equal(greedy_tokens(head, features, where), torch.where(where, expected, -1))
+    assert greedy_tokens(head, features[:, :0]).shape == (3, 0)
+    assert (greedy_tokens(head, features, torch.zeros_like(where)) == -1).all()
 
 
 def test_chain_step_attention_equals_each_node_alone():

@@ -37,13 +37,13 @@ def greedy_tokens(lm_head: Callable[[torch.Tensor], torch.Tensor], features: tor
                   where: torch.Tensor | None = None) -> torch.Tensor:
     """[..., H] features -> [...] argmax of the LM head, computed ROW_CHUNK rows at a time; with ``where`` ([...]
     bool) only there (-1 elsewhere)."""
+    rows = features.reshape(-1, features.shape[-1]) if where is None else features[where]
+    picked = (torch.cat([lm_head(rows[i:i + ROW_CHUNK]).argmax(-1) for i in range(0, rows.shape[0], ROW_CHUNK)])
+              if rows.shape[0] else torch.zeros(0, dtype=torch.long, device=features.device))
     if where is None:
-        where = torch.ones(features.shape[:-1], dtype=torch.bool, device=features.device)
-    rows = features[where]
-    picked = [lm_head(rows[i:i + ROW_CHUNK]).argmax(-1) for i in range(0, rows.shape[0], ROW_CHUNK)]
+        return picked.reshape(features.shape[:-1])
     out = torch.full(features.shape[:-1], -1, dtype=torch.long, device=features.device)
-    if picked:
-        out[where] = torch.cat(picked)
+    out[where] = picked
     return out
 
 
