@@ -28,8 +28,9 @@ from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices
 from jakiro.train.provenance import read_training_record
+from jakiro.train.launch import deepspeed_settings
 from jakiro.train.main import build_trainer, main, parse_args, resolve_config
-from jakiro.train.trainer import EXPORT, METRICS, Trainer, deepspeed_settings, latest_checkpoint, saved_checkpoints
+from jakiro.train.trainer import EXPORT, METRICS, Trainer, latest_checkpoint, saved_checkpoints
 from tiny_models import reset_accelerate, tiny_target
 
 VOCAB = 64
