@@ -136,6 +136,9 @@ def test_throughput_command_output(tiny_config, capsys):
         line = next(x for x in lines if x.startswith(name))
         assert re.fullmatch(rf"{re.escape(name)}: \d+\.\d tokens/s, \d+\.\d% of the matmul throughput", line)
     assert sum(" tokens in " in x for x in lines) == 4  # 2 repeats of each path
+    kernels = next(x for x in lines if x.startswith("new path's linear layers"))
+    assert re.fullmatch(r"new path's linear layers \(batch_invariant kernels; rows per call\): "
+                        r"\d+->\d+ (prepacked|F\.linear) x\d+( \(not F\.linear bits\))?(, .+)?", kernels)
 
 
 def test_throughput_command_errors(tiny_config, capsys):

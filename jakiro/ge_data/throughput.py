@@ -15,6 +15,7 @@ padding change the rounding, which can flip near-tied greedy choices).
 Each path runs ``--repeats`` times, alternating old/new so that other jobs on the machine slow both alike. Printed:
 tokens/s of each (best repeat), the fraction of the machine's matmul throughput that reaches (2 x the linear layers'
 weights FLOP per token, over a 1024 x 1024 matmul in the run's dtype timed here), and last ``ratio new/old: X.XX``.
+Before the runs: the kernel and rows per call that each linear-layer shape of the new path got (``regenerate.kernels``).
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ def compare(cfg: JakiroConfig, prompts: int, repeats: int, alone: bool = False, 
         f"{old_batch_size}, new: {cfg.regenerate.batch_size} rows, max_new_tokens {cfg.regenerate.max_new_tokens}, "
         f"temperature "
         f"{cfg.regenerate.temperature}")
+    kinds = regenerator.packed_linears().kinds  # probed here, before any timing
+    say(f"new path's linear layers ({cfg.regenerate.kernels} kernels; rows per call): " + ", ".join(
+        f"{i}->{o} {'prepacked' if kind.packed else 'F.linear'} x{kind.rows}"
+        f"{'' if kind.f_linear_bits else ' (not F.linear bits)'}" for (i, o, _, _), kind in kinds.items()))
     best, answers = {}, {}
     for _ in range(repeats):
         for decoder in ("generate", "static"):
