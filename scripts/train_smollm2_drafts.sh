@@ -17,7 +17,7 @@
 #   bash scripts/train_smollm2_drafts.sh [DRAFT ...]          # default: all three
 #   STOP_AFTER=240 bash scripts/train_smollm2_drafts.sh        # pause each run after 240 optimizer steps
 #   THREADS=1 ...                                              # CPU threads per training run (default 2; 1 with
-#                                                              # JOBS > 1)
+#                                                              # JOBS > 1; the data steps always use every core)
 #   JOBS=3 ...                                                 # train this many drafts at once in each stage, each
 #                                                              # logging to <its output dir>.log: on 2 cores, 3 runs
 #                                                              # of 1 thread train ~1.5x the tokens/s of one run of 2
@@ -39,10 +39,11 @@ cd "$(dirname "$0")/.."
 [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || . .venv/bin/activate
 JOBS=${JOBS:-1}
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be an integer >= 1, not '$JOBS'" >&2; exit 2; }
+# threads per training run; the data steps (features, answers) run one process on all the threads they find
 if [ "$JOBS" -gt 1 ]; then
-  export OMP_NUM_THREADS=${THREADS:-1}
+  train_threads=${THREADS:-1}
 else
-  export OMP_NUM_THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}
+  train_threads=${THREADS:-${OMP_NUM_THREADS:-2}}
 fi
 
 declare -A ARCH=(
@@ -69,12 +70,12 @@ train_1() {  # train_1 DRAFT: from scratch on ShareGPT's answers
     --set "draft.vocab_extra_data=$selfdistill")
   for kv in ${ARCH[$name]}; do sets+=(--set "$kv"); done
   echo "== stage 1, $name: ${ARCH[$name]}"
-  python -m jakiro.train.main --config train_smollm2 "${sets[@]}" --resume
+  OMP_NUM_THREADS=$train_threads python -m jakiro.train.main --config train_smollm2 "${sets[@]}" --resume
 }
 train_2() {  # train_2 DRAFT: the stage-1 draft further on the target's own answers
   local name=$1
   echo "== stage 2, $name: from $(output_dir 1 "$name")/draft"
-  python -m jakiro.train.main --config train_smollm2_selfdistill --resume \
+  OMP_NUM_THREADS=$train_threads python -m jakiro.train.main --config train_smollm2_selfdistill --resume \
     --set "train.output_dir=$(output_dir 2 "$name")" \
     --set "train.init_from=$(output_dir 1 "$name")/draft" --set "train.stop_after_steps=${STOP_AFTER:-0}"
 }

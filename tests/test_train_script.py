@@ -39,6 +39,15 @@ def test_jobs_train_the_drafts_at_once_with_one_thread_each(tmp_path):
     assert f"log in {log}" in done.stdout and "== stage 2, eagle2" in log.read_text()
 
 
+def test_the_data_steps_keep_every_thread_when_jobs_train_at_once(tmp_path):
+    done, calls = run_with_fake_python(tmp_path, "train_smollm2_drafts.sh", JOBS="3", THREADS="", OMP_NUM_THREADS="",
+                                       TRAIN_DIR=str(tmp_path / "train"))
+    assert done.returncode == 0, done.stderr
+    data = [call for call in calls if call[1:3] == ["-m", "jakiro.ge_data"]]
+    assert len(data) == 2 and all(call[0] == "" for call in data)  # torch's own default: all the cores
+    assert {call[0] for call in calls if call[1:3] == ["-m", "jakiro.train.main"]} == {"1"}
+
+
 def test_a_failing_background_run_stops_the_script(tmp_path):
     done, calls = run_script(tmp_path, "jakiro", "eagle2", JOBS="2", FAIL_ON="smollm2-eagle2-selfdistill")
     assert done.returncode == 1 and "a stage-2 run failed" in done.stderr
