@@ -683,10 +683,11 @@ def test_tree_costs_prints_the_curve(tiny_dirs, capsys):
 
 def test_tree_costs_compares_the_cpu_kernels_side_by_side(tiny_dirs, capsys):
     target, _ = tiny_dirs
-    code, rows, _ = run_tree_costs(target, capsys, "--sizes", "4", "2", "--repeats", "2", "--compare-kernels")
+    code, rows, out = run_tree_costs(target, capsys, "--sizes", "4", "2", "--repeats", "2", "--compare-kernels")
     assert code == 0
     assert [row[0].strip() for row in rows] == ["2", "4"]
-    assert all(float(plain) >= 0 and float(cpu) >= 0 and float(ratio) > 0 for _, plain, cpu, ratio in rows)
+    assert "| CPU kernels + packed weights, ms |" in out  # a float32 target on a CPU: three arms
+    assert all(len(row) == 6 and all(float(cell) > 0 for cell in row[1:]) for row in rows)
 
 
 # -- alternating A/B of one lookup setting ------------------------------------------------------------------------
@@ -706,6 +707,23 @@ def test_alternate_times_both_values_on_the_same_turns(tiny_dirs, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("after question")]
     assert [line.split(":")[0] for line in lines] == ["after question 81", "after question 82"]
     assert all("B/A" in line for line in lines)
+
+
+def test_alternate_packed_weights_switches_the_targets_kernels(tiny_dirs, capsys, monkeypatch):
+    from jakiro.evaluation import alternate
+    from jakiro.model.ea_model import EaModel
+
+    used = []
+    generate = EaModel.eagenerate
+
+    def recording(self, input_ids, **kwargs):
+        used.append(self.target.packed_weights)
+        return generate(self, input_ids, **kwargs)
+
+    monkeypatch.setattr(EaModel, "eagenerate", recording)
+    assert alternate.main(alternate_argv(tiny_dirs, "--setting", "packed_weights", "--values", "0", "1")) == 0
+    assert "B/A" in capsys.readouterr().out
+    assert used[:2] == [False, True] and sorted(set(used)) == [False, True]  # warm-up, then both on every turn
 
 
 def test_alternate_reports_a_greedy_difference(tiny_dirs, monkeypatch):
@@ -730,6 +748,8 @@ def test_alternate_reports_a_greedy_difference(tiny_dirs, monkeypatch):
     (["--setting", "lookup_ngram", "--values", "0", "3"], "must be >= 1"),
     (["--setting", "lookup_ngram", "--values", "2", "3"], "needs the lookup branch on"),
     (["--setting", "lookup_tokens", "--values", "4", "4"], "must differ"),
+    (["--setting", "packed_weights", "--values", "0", "2"], "must be 0 or 1"),
+    (["--setting", "packed_weights", "--values", "0", "1", "--set", "model.dtype=bfloat16"], "no packed weights"),
     (["--setting", "lookup_tokens", "--values", "0", "4", "--set", "eval.method=baseline"], "jakiro or jakiro_star"),
 ])
 def test_alternate_bad_input(tiny_dirs, args, message, capsys):

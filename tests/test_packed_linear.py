@@ -45,10 +45,10 @@ def test_exact_row_limit_finds_where_rows_stop_matching():
 def test_packed_weights_only_where_they_match_f_linear(monkeypatch):
     import jakiro.target.packed_linear as packed_linear
     model = nn.Sequential(nn.Linear(6, 5, bias=False)).to(torch.bfloat16)
-    monkeypatch.setattr(packed_linear, "_packed_forward", lambda packed, bias: lambda x: torch.zeros(
+    monkeypatch.setattr(packed_linear, "packed_forward", lambda packed, bias: lambda x: torch.zeros(
         *x.shape[:-1], 5, dtype=x.dtype))  # a packed kernel that gets it wrong
-    monkeypatch.setattr(packed_linear, "_packable", lambda dtype: True)
-    monkeypatch.setattr(packed_linear, "_pack", lambda weight: weight)
+    monkeypatch.setattr(packed_linear, "packable", lambda dtype: True)
+    monkeypatch.setattr(packed_linear, "pack_weight", lambda weight: weight)
     packs = PackedLinears(model, probe_rows=4)
     assert [k.packed for k in packs.kinds.values()] == [False]
     x = torch.randn(3, 6).to(torch.bfloat16)
@@ -77,9 +77,9 @@ def test_batch_invariant_mode_takes_the_kernel_that_batches_more_rows(monkeypatc
     model = nn.Sequential(nn.Linear(6, 5, bias=False))
     weight = model[0].weight.detach()
     monkeypatch.setattr(packed_linear, "_plain_forward", lambda layer: _row_dependent(layer.weight))
-    monkeypatch.setattr(packed_linear, "_packed_forward", lambda packed, bias: _rowwise(packed))
-    monkeypatch.setattr(packed_linear, "_packable", lambda dtype: True)
-    monkeypatch.setattr(packed_linear, "_pack", lambda weight: weight.detach())
+    monkeypatch.setattr(packed_linear, "packed_forward", lambda packed, bias: _rowwise(packed))
+    monkeypatch.setattr(packed_linear, "packable", lambda dtype: True)
+    monkeypatch.setattr(packed_linear, "pack_weight", lambda weight: weight.detach())
     x = torch.randn(10, 6)
     assert not torch.equal(_rowwise(weight)(x[:1]), functional.linear(x[:1], weight))  # the kernels round apart
 
@@ -115,7 +115,7 @@ def test_a_cpu_without_the_packed_kernel_keeps_f_linear(monkeypatch):
     def refuse(weight):
         raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert")
 
-    monkeypatch.setattr(packed_linear, "_pack", refuse)
+    monkeypatch.setattr(packed_linear, "pack_weight", refuse)
     model = nn.Sequential(nn.Linear(6, 5, bias=False)).to(torch.bfloat16)
     packs = PackedLinears(model, probe_rows=4, batch_invariant=True)
     assert [(k.packed, k.f_linear_bits) for k in packs.kinds.values()] == [(False, True)]

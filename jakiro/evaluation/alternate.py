@@ -1,7 +1,11 @@
-"""Two values of one prompt-lookup setting on one loaded model, alternating turn by turn: which is faster here.
+"""Two values of one setting on one loaded model, alternating turn by turn: which is faster here.
 
     python -m jakiro.evaluation.alternate --config smollm2 --setting lookup_tokens --values 6 10 [--every 8]
         [--questions N] [--max-new-tokens 256] [--temperature 0] [--set ...]
+
+The settings: the prompt-lookup branch's ``lookup_tokens`` and ``lookup_ngram``, and ``packed_weights`` (0 / 1:
+tree verification's linear layers on ``F.linear`` / on prepacked weights, :mod:`jakiro.target.packed_verification`;
+a float32 target on a CPU).
 
 Both values run on the same ``EaModel`` (the same weights in memory, the same draft) and answer every MT-bench turn
 one after the other, A first where question index + turn index is even and B first where it is odd (so each goes
@@ -26,7 +30,15 @@ from jakiro.evaluation.answers import pick_questions, question_path
 from jakiro.common.chat_templates import ChatPrompter
 from jakiro.evaluation.methods import load_method, synchronize
 
-SETTINGS = ("lookup_tokens", "lookup_ngram")  # EaModel attributes read at every generate
+SETTINGS = ("lookup_tokens", "lookup_ngram", "packed_weights")  # read at every generate
+
+
+def apply_setting(model, setting: str, value: int) -> None:
+    """Set ``setting`` to ``value`` on an EaModel (``packed_weights`` lives on its target)."""
+    if setting == "packed_weights":
+        model.target.packed_weights = bool(value)
+    else:
+        setattr(model, setting, value)
 
 
 class Tally:
@@ -55,7 +67,7 @@ def alternate(model, prompter: ChatPrompter, questions: list[dict], setting: str
     tallies = {value: Tally() for value in values}
     warmup = prompter.input_ids(["Hi"], [])
     for value in values:
-        setattr(model, setting, value)
+        apply_setting(model, setting, value)
         model.eagenerate(warmup, max_new_tokens=8)
     for index, question in enumerate(questions):
         answers: list[str] = []
@@ -63,7 +75,7 @@ def alternate(model, prompter: ChatPrompter, questions: list[dict], setting: str
             input_ids = prompter.input_ids(question["turns"][: turn + 1], answers)
             outputs = {}
             for value in (values if (index + turn) % 2 == 0 else values[::-1]):
-                setattr(model, setting, value)
+                apply_setting(model, setting, value)
                 synchronize(model.target.device)
                 start = time.perf_counter()
                 outputs[value] = model.eagenerate(input_ids, temperature=temperature, max_new_tokens=max_new_tokens,
@@ -96,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.values[0] == args.values[1]:
             raise ValueError(f"--values must differ, got {args.values[0]} twice")
         lowest = 1 if args.setting == "lookup_ngram" else 0
-        if min(args.values) < lowest:
-            raise ValueError(f"--values for {args.setting} must be >= {lowest}")
+        if min(args.values) < lowest or (args.setting == "packed_weights" and max(args.values) > 1):
+            raise ValueError(f"--values for {args.setting} must be " +
+                             ("0 or 1" if args.setting == "packed_weights" else f">= {lowest}"))
         if args.setting == "lookup_ngram" and cfg.tree.lookup_tokens == 0:
             raise ValueError("comparing lookup_ngram values needs the lookup branch on: add --set tree.lookup_tokens=N")
         if args.max_new_tokens < 1 or args.temperature < 0:
@@ -108,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model = method.model
+    if args.setting == "packed_weights" and model.target.packed is None:
+        print("error: packed_weights: this target has no packed weights (it is not float32 on a CPU, too large, or "
+              "this torch has no oneDNN prepacked linear)", file=sys.stderr)
+        return 2
     prompter = ChatPrompter(method.tokenizer, cfg.model.chat_template, cfg.eval.system_prompt)
     a, b = args.values
     print(f"{args.setting}: A={a}, B={b}; {len(questions)} questions, T={args.temperature:g}, "

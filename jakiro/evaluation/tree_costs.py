@@ -9,8 +9,10 @@ the drafting, and gains tau tokens, so the curve bounds the tree size worth tryi
 more than the few extra accepted tokens they can bring. The last line names the size ``tree.total_token: -1`` picks.
 Choose depth and top_k with the interleaved benchmark (``python -m jakiro.evaluation.benchmark``, one arm per tree).
 
-``--compare-kernels`` instead times every size with and without batched verification's CPU kernels
-(:mod:`jakiro.common.cpu_linear`, :mod:`jakiro.target.gqa_attention`), alternating run by run so that drift hits both alike.
+``--compare-kernels`` instead times every size with transformers' kernels, with batched verification's CPU kernels
+(:mod:`jakiro.common.cpu_linear`, :mod:`jakiro.target.gqa_attention`) and, for a float32 target, with those and its
+linear layers on prepacked weights (:mod:`jakiro.target.packed_verification`), alternating run by run so that drift
+hits all alike.
 """
 
 from __future__ import annotations
@@ -42,28 +44,41 @@ def format_costs(costs: dict[int, float], step: float) -> str:
     return "\n".join(rows)
 
 
+KERNEL_ARMS = {  # column name: (TargetModel.cpu_kernels, TargetModel.packed_weights)
+    "plain kernels": (False, False),
+    "CPU kernels": (True, False),
+    "CPU kernels + packed weights": (True, True),
+}
+
+
 @torch.inference_mode()
-def compare_kernels(target: TargetModel, sizes, context_len: int, repeats: int) -> dict[int, tuple[float, float]]:
-    """{n: (median seconds without, with the CPU kernels)} of verifying a 4-ary tree of n nodes after
-    ``context_len`` cached random tokens; the two alternate run by run (one warm-up run each)."""
+def compare_kernels(target: TargetModel, sizes, context_len: int, repeats: int) -> dict[int, dict[str, float]]:
+    """{n: {arm: median seconds}} of verifying a 4-ary tree of n nodes after ``context_len`` cached random tokens,
+    per arm of :data:`KERNEL_ARMS` (the packed one only where the target has packed weights); the arms alternate
+    run by run (one warm-up run each)."""
+    arms = {name: arm for name, arm in KERNEL_ARMS.items() if not arm[1] or target.packed is not None}
     medians = {}
     for n, tree in random_verification_trees(target, sizes, context_len):
-        timings = {False: [], True: []}
+        timings = {name: [] for name in arms}
         for _ in range(repeats + 1):
-            for kernels in (False, True):
-                target.cpu_kernels = kernels
-                timings[kernels].append(seconds_of(target.device, lambda: target.verify(tree)))
+            for name, (cpu_kernels, packed_weights) in arms.items():
+                target.cpu_kernels, target.packed_weights = cpu_kernels, packed_weights
+                timings[name].append(seconds_of(target.device, lambda: target.verify(tree)))
                 target.crop(context_len)
-        medians[n] = (statistics.median(timings[False][1:]), statistics.median(timings[True][1:]))
-    target.cpu_kernels = True
+        medians[n] = {name: statistics.median(times[1:]) for name, times in timings.items()}
+    target.cpu_kernels = target.packed_weights = True
     return medians
 
 
-def format_comparison(medians: dict[int, tuple[float, float]]) -> str:
-    """Markdown table: nodes, milliseconds without and with the CPU kernels, their ratio."""
-    rows = ["| nodes verified | plain kernels, ms | CPU kernels, ms | ratio |", "|---|---|---|---|"]
-    rows += [f"| {n} | {1000 * plain:.1f} | {1000 * cpu:.1f} | {cpu / plain:.2f} |"
-             for n, (plain, cpu) in sorted(medians.items())]
+def format_comparison(medians: dict[int, dict[str, float]]) -> str:
+    """Markdown table: nodes, milliseconds per arm, and each later arm's ratio to the plain kernels."""
+    names = list(next(iter(medians.values())))
+    rows = ["| nodes verified | " + " | ".join(f"{name}, ms" for name in names) + " | "
+            + " | ".join(f"ratio {name}" for name in names[1:]) + " |", "|---" * (2 * len(names)) + "|"]
+    for n, times in sorted(medians.items()):
+        plain = times[names[0]]
+        rows.append(f"| {n} | " + " | ".join(f"{1000 * times[name]:.1f}" for name in names) + " | "
+                    + " | ".join(f"{times[name] / plain:.2f}" for name in names[1:]) + " |")
     return "\n".join(rows)
 
 
@@ -76,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"tree sizes to time (default: {' '.join(map(str, DEFAULT_SIZES))})")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per size (median; default 5)")
     parser.add_argument("--compare-kernels", action="store_true",
-                        help="time each size with and without batched verification's CPU kernels, interleaved "
-                             "(default: off)")
+                        help="time each size with transformers' kernels, the CPU kernels and (float32) the CPU "
+                             "kernels with packed weights, interleaved (default: off)")
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)

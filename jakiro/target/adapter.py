@@ -5,7 +5,8 @@ It runs transformers' own model code (Llama, Qwen2, Mistral, Mixtral, ...) with 
 * ``prefill``: the prompt, causally; returns the last position's logits and every position's feature.
 * ``verify``: a whole draft tree in one forward, with an additive float 4D mask (prefix + ancestors) and explicit
   position ids ``prefix_len + depth`` (on a CPU, grouped KV heads go to the attention kernel uncopied:
-  :mod:`jakiro.target.gqa_attention`).
+  :mod:`jakiro.target.gqa_attention`, and a float32 target's linear layers multiply the nodes on prepacked weights:
+  :mod:`jakiro.target.packed_verification`).
   With ``exact_verification``, each node's attention is instead computed as one-token decoding computes it
   (:mod:`jakiro.target.exact_attention`), and the linear layers whose kernels round a row differently inside a batch
   compute one row at a time (:mod:`jakiro.target.exact_linear`), so verification reproduces plain decoding bit for bit.
@@ -28,6 +29,7 @@ from jakiro.common.cpu_linear import few_row_linear
 from jakiro.target.exact_attention import exact_tree_attention_for
 from jakiro.target.exact_linear import one_row_at_a_time, row_inconsistent_linears
 from jakiro.target.gqa_attention import gqa_tree_attention_for
+from jakiro.target.packed_verification import PackedTreeLinears
 from jakiro.common.hf_compat import cache_keyword
 from jakiro.decoding.tree import DraftTree, additive_tree_mask, root_paths
 
@@ -68,8 +70,11 @@ class TargetModel:
                              f"{self.sliding_window}); use the default batched verification")
         # probed once: the layers exact verification runs one row at a time on this device
         self.row_by_row = row_inconsistent_linears(model) if exact_verification else []
-        # batched verification's CPU kernels (jakiro.common.cpu_linear, jakiro.target.gqa_attention); off only to measure them
+        # batched verification's CPU kernels (jakiro.common.cpu_linear, jakiro.target.gqa_attention,
+        # jakiro.target.packed_verification); off only to measure them
         self.cpu_kernels = True
+        self.packed = None if exact_verification else PackedTreeLinears.for_target(self.decoder, self.lm_head)
+        self.packed_weights = True  # the packed copies in use (when cpu_kernels is on too); off only to measure them
 
     @property
     def device(self) -> torch.device:
@@ -94,10 +99,12 @@ class TargetModel:
         return out.last_hidden_state
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """[..., H] features -> [..., V] float32 logits (a tree's rows on a CPU: :mod:`jakiro.common.cpu_linear`; exact
-        verification keeps the head's own kernel, row by row where it must)."""
+        """[..., H] features -> [..., V] float32 logits (a tree's rows on a CPU: :mod:`jakiro.target.packed_verification`
+        or :mod:`jakiro.common.cpu_linear`; exact verification keeps the head's own kernel, row by row where it must)."""
         features = features.to(self.lm_head.weight.device)
         if type(self.lm_head) is torch.nn.Linear and self.cpu_kernels and not self.exact_verification:
+            if self.packed is not None and self.packed_weights and self.packed.head is self.lm_head:
+                return self.packed.forward(self.lm_head, features).float()
             return few_row_linear(features, self.lm_head.weight, self.lm_head.bias).float()
         return self.lm_head(features).float()
 
@@ -111,6 +118,8 @@ class TargetModel:
             (logits [V] at the last position, features [P, H]).
         """
         self.cache = DynamicCache()
+        if self.packed is not None:
+            self.packed.refresh()  # a weight changed since the last generation: pack it again
         ids = input_ids.to(self.device)
         positions = torch.arange(ids.shape[1], device=self.device)[None]
         features = self._features(ids, positions, None)[0]
@@ -142,7 +151,11 @@ class TargetModel:
                 logits = self.logits(features)
         else:
             mask = additive_tree_mask(tree.mask.to(self.device), prefix, self.dtype)
-            with gqa_tree_attention_for(self.model) if self.cpu_kernels else contextlib.nullcontext():
+            with contextlib.ExitStack() as kernels:
+                if self.cpu_kernels:
+                    kernels.enter_context(gqa_tree_attention_for(self.model))
+                    if self.packed is not None and self.packed_weights and len(tree) > 1:  # 1 node: F.linear
+                        kernels.enter_context(self.packed.applied())
                 features = self._features(ids, positions, mask)
             logits = self.logits(features)
         return logits[0], features[0]

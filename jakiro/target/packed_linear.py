@@ -49,17 +49,17 @@ class Kind(NamedTuple):
     f_linear_bits: bool
 
 
-def _packable(dtype: torch.dtype) -> bool:
+def packable(dtype: torch.dtype) -> bool:
     return (dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor:
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """The weight [out, in] reordered once into oneDNN's layout."""
     return torch.ops.mkldnn._reorder_linear_weight(weight, None)
 
 
-def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
+def packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
     def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
     return forward
@@ -121,7 +121,7 @@ class PackedLinears:
                 if key not in self.kinds:
                     self.kinds[key] = _probe(layer, probe_rows, generator, batch_invariant)
                 packed, rows, _ = self.kinds[key]
-                forward = _packed_forward(_pack(layer.weight), layer.bias) if packed else _plain_forward(layer)
+                forward = packed_forward(pack_weight(layer.weight), layer.bias) if packed else _plain_forward(layer)
                 self.forwards.append((layer, functools.partial(_chunked, forward, rows)))
 
     @contextlib.contextmanager
@@ -139,10 +139,10 @@ def _probe(layer: nn.Linear, probe_rows: int, generator: torch.Generator, batch_
         return exact_row_limit(forward, layer.in_features, layer.weight.dtype, probe_rows, generator)
 
     plain = _plain_forward(layer)
-    if not _packable(layer.weight.dtype):
+    if not packable(layer.weight.dtype):
         return Kind(False, row_limit(plain), True)
     try:
-        packed = _packed_forward(_pack(layer.weight), layer.bias)
+        packed = packed_forward(pack_weight(layer.weight), layer.bias)
     except RuntimeError:  # e.g. bf16 on a CPU without AVX-512 or AVX-NE-CONVERT: oneDNN has no kernel for it
         return Kind(False, row_limit(plain), True)
     if _same_bits(packed, layer, generator):
