@@ -3,8 +3,9 @@
 A tree verification multiplies every linear layer of the target by a few rows (the tree's nodes). For a few fp32
 rows, the CPU GEMM behind ``F.linear`` (MKL in torch 2.13's CPU wheel) is slow per row: on an AVX2 EPYC, SmolLM2's
 MLP projections take about twice as long for 2 rows as for 1. oneDNN's kernel on a weight reordered into its blocked
-layout once (:func:`jakiro.target.packed_linear.pack_weight`) multiplies 2-32 rows for little more than one
-(per-shape timings and the whole verification: ``docs/cpu.md``, "CPU verification kernels").
+layout once (:func:`jakiro.target.packed_linear.pack_weight`) multiplies 2-8 rows for little more than one; a
+verification of 2-48 nodes costs 0.70-0.86x as much (per-shape timings and whole verifications: ``docs/cpu.md``,
+"CPU verification kernels"). One row is no faster on the packed weights.
 
 :class:`PackedTreeLinears` holds those reordered copies of a target's linear layers (its decoder's and its LM head)
 and, within ``applied()``, runs the decoder's layers on them for 2 .. :data:`MAX_ROWS` rows; :meth:`forward` does
