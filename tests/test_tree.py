@@ -1,5 +1,6 @@
 """Tree bookkeeping: worked examples for masks, depths, paths, candidate selection, and KV compaction."""
 
+import pytest
 import torch
 
 from jakiro.target import TargetModel
@@ -129,3 +130,18 @@ def test_kv_compaction_matches_sequential_decoding():
     assert torch.allclose(next_logits, full[-1], atol=1e-4)
     # tree logits along the kept path equal the causal logits of the same tokens
     assert torch.allclose(tree_logits[[0, 2, 4]], full[4:7], atol=1e-4)
+
+
+@pytest.mark.parametrize("keep", [[0, 2, 4], [0], []])
+def test_kv_compaction_keeps_the_prefix_and_moves_the_kept_nodes_behind_it(keep):
+    target = TargetModel(tiny_target("llama", vocab_size=64))
+    target.prefill(torch.tensor([[3, 9, 27, 17]]))
+    target.verify(build_tree(5, torch.tensor([10, 11, 12, 13, 14]), torch.tensor([-1, -1, 0, 1, 2]),
+                             torch.tensor([0, 1, 2, 3, 4])))
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in target.cache.layers]
+    target.commit(prefix_len=4, keep_nodes=torch.tensor(keep, dtype=torch.long))
+    index = torch.tensor([0, 1, 2, 3, *(4 + node for node in keep)])
+    assert len(target) == 4 + len(keep)
+    for layer, (keys, values) in zip(target.cache.layers, before):
+        assert torch.equal(layer.keys, keys.index_select(-2, index))
+        assert torch.equal(layer.values, values.index_select(-2, index))

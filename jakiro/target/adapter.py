@@ -164,17 +164,25 @@ class TargetModel:
         """Drop every cached position from ``length`` on (a tree or token that was only measured or scored)."""
         self.commit(length, torch.empty(0, dtype=torch.long, device=self.device))
 
+    @torch.inference_mode()
     def commit(self, prefix_len: int, keep_nodes: torch.Tensor) -> None:
         """Compact the cache to the prefix plus the given tree nodes (in path order).
+
+        The prefix stays where it is: the kept nodes' keys and values [..., m, D] are copied into positions
+        ``prefix_len ..`` of the same tensors, and the cache becomes a view of their first ``prefix_len + m``
+        positions (the next forward's concatenation makes new tensors), so a step moves m positions, not the whole
+        cache.
 
         Args:
             prefix_len: cache length before the tree was verified.
             keep_nodes: [m] indices of tree nodes to keep (root first).
         """
-        keep = torch.cat(
-            [torch.arange(prefix_len, device=keep_nodes.device), keep_nodes + prefix_len]
-        )
+        end = prefix_len + len(keep_nodes)
         for layer in self.cache.layers:
-            index = keep.to(layer.keys.device)
-            layer.keys = layer.keys.index_select(-2, index)
-            layer.values = layer.values.index_select(-2, index)
+            index = (keep_nodes + prefix_len).to(layer.keys.device)
+            for name in ("keys", "values"):
+                cached = getattr(layer, name)
+                kept = cached.index_select(-2, index)  # before the write below: nodes may move to lower positions
+                cached = cached[..., :end, :]
+                cached[..., prefix_len:, :] = kept
+                setattr(layer, name, cached)
