@@ -103,7 +103,7 @@ class TargetModel:
         or :mod:`jakiro.common.cpu_linear`; exact verification keeps the head's own kernel, row by row where it must)."""
         features = features.to(self.lm_head.weight.device)
         if type(self.lm_head) is torch.nn.Linear and self.cpu_kernels and not self.exact_verification:
-            if self.packed is not None and self.packed_weights and self.packed.head is self.lm_head:
+            if self.packed is not None and self.packed_weights:  # packed: the head is a plain nn.Linear
                 return self.packed.forward(self.lm_head, features).float()
             return few_row_linear(features, self.lm_head.weight, self.lm_head.bias).float()
         return self.lm_head(features).float()

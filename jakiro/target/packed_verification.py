@@ -24,6 +24,7 @@ memory of the weights once more, so targets whose linear weights exceed :data:`M
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import NamedTuple
 
 import torch
@@ -69,14 +70,25 @@ def _eligible(layer: nn.Module) -> bool:
     return type(layer) is nn.Linear and "forward" not in layer.__dict__ and _fp32_cpu(layer)
 
 
+def _rows_on(packed_forward, layer: nn.Linear, x: torch.Tensor, max_rows: int) -> torch.Tensor:
+    """``layer(x)``: [..., in] -> [..., out], through ``packed_forward`` for 2 .. ``max_rows`` fp32 rows, else
+    ``F.linear``."""
+    rows = x.shape[:-1].numel()
+    if not 1 < rows <= max_rows or x.dtype != torch.float32:
+        return functional.linear(x, layer.weight, layer.bias)
+    out = packed_forward(x.reshape(rows, x.shape[-1]))
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 class PackedTreeLinears:
     """Prepacked copies of a float32 CPU target's linear layers, for tree verification (see the module docstring).
 
     Build it with :meth:`for_target`, which returns None where packing does not apply."""
 
     def __init__(self, layers: list[nn.Linear], head: nn.Linear | None):
-        self.layers = layers
+        self.layers = layers  # the decoder's
         self.head = head
+        self._all = [*layers, *([head] if head is not None else [])]
         self._packed: dict[nn.Linear, _Packed] = {}
         self.refresh()
 
@@ -108,7 +120,7 @@ class PackedTreeLinears:
         """Pack every float32 CPU layer not packed yet or changed since (by the version counter or the sampled
         elements); drop the copies of layers no longer float32 on a CPU (a model moved to a GPU, or cast)."""
         with torch.no_grad():
-            for layer in [*self.layers, *([self.head] if self.head is not None else [])]:
+            for layer in self._all:
                 packed = self._packed.get(layer)
                 if not _fp32_cpu(layer):
                     self._packed.pop(layer, None)
@@ -120,17 +132,18 @@ class PackedTreeLinears:
         """``layer(x)``: [..., in] -> [..., out], on the packed weight for 2 .. ``max_rows`` fp32 rows outside
         autograd and autocast (as packed at the last :meth:`refresh`)."""
         packed = self._packed.get(layer)
-        rows = x.shape[:-1].numel()
-        if (packed is None or not 1 < rows <= max_rows or x.dtype != torch.float32 or torch.is_grad_enabled()
-                or torch.is_autocast_enabled("cpu")):
+        if packed is None or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
             return functional.linear(x, layer.weight, layer.bias)
-        out = packed.forward(x.reshape(rows, x.shape[-1]))
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return _rows_on(packed.forward, layer, x, max_rows)
 
     @contextlib.contextmanager
     def applied(self):
-        """Within the block the decoder's linear layers multiply 2 .. MAX_ROWS rows on their packed weights."""
-        def forward_of(layer):
-            return lambda x: self.forward(layer, x, MAX_ROWS)
-        with forwards_replaced([(layer, forward_of(layer)) for layer in self.layers]):
+        """Within the block the decoder's packed linear layers multiply 2 .. MAX_ROWS rows on their packed weights
+        (nothing is replaced under autograd or autocast: the checks run once per block, not once per layer)."""
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+            yield self
+            return
+        replacements = [(layer, functools.partial(_rows_on, self._packed[layer].forward, layer, max_rows=MAX_ROWS))
+                        for layer in self.layers if layer in self._packed]
+        with forwards_replaced(replacements):
             yield self
