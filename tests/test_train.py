@@ -11,8 +11,10 @@ import importlib.metadata
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from jakiro.common.io import sha256_file
 from jakiro.model.draft import DraftHead, DraftHeadConfig
 from jakiro.model.ea_model import EaModel
 from jakiro.train.data import split_indices
+from jakiro.train.interrupts import Interrupted, StopRequests
 from jakiro.train.provenance import read_training_record
 from jakiro.train.launch import deepspeed_settings
 from jakiro.train.main import build_trainer, main, parse_args, resolve_config
@@ -215,6 +218,61 @@ def test_resume_is_bit_identical(tiny, tmp_path, extra):
         assert all("unroll1_loss" in r for r in comparable(cut) if r["type"] == "step")
 
 
+@pytest.mark.parametrize("signum, at_batch", [(signal.SIGTERM, 10), (signal.SIGINT, 6)],
+                         ids=["SIGTERM-inside-an-epoch", "SIGINT-at-an-epochs-last-step"])
+def test_a_signal_checkpoints_the_step_under_way_and_resume_is_bit_identical(tiny, tmp_path, monkeypatch, signum,
+                                                                                at_batch):
+    """Ctrl-C / kill during step N: the run finishes step N (and, at an epoch's last step, the epoch's end: its
+    record, evaluation and checkpoint), checkpoints it, raises Interrupted; resuming ends bit-identical to a run never
+    interrupted, with the same log."""
+    data = dict(train=tiny["train"][:48], test=tiny["test"][:8])  # 6 steps per epoch, 18 in all
+    whole = tmp_path / "whole"
+    make_trainer(tiny, whole, RESUME, **data).train()
+    cut = tmp_path / "cut"
+    trainer = make_trainer(tiny, cut, RESUME, **data)
+    micro_step = trainer._micro_step
+
+    def signalled(batch, sums):  # the signal arrives in the middle of optimizer step at_batch
+        if trainer.state.step == at_batch - 1:
+            signal.raise_signal(signum)
+        micro_step(batch, sums)
+
+    monkeypatch.setattr(trainer, "_micro_step", signalled)
+    before = signal.getsignal(signum)
+    with pytest.raises(Interrupted, match=rf"{signal.Signals(signum).name} after step {at_batch} of 18.*--resume") \
+            as stopped:
+        trainer.train()
+    assert stopped.value.exit_code == 128 + signum and signal.getsignal(signum) is before
+    assert latest_checkpoint(cut).name == f"step_{at_batch}" and [r["step"] for r in records(cut)] == list(
+        range(1, at_batch + 1))
+    assert [r["epoch"] for r in records(cut, "epoch")] == list(range(at_batch // 6))
+    make_trainer(tiny, cut, RESUME, **data).train(resume=True)
+    want, got = (load_file(path / EXPORT / "model.safetensors") for path in (whole, cut))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    strip = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+             for path in (whole, cut) for line in (path / METRICS).read_text().splitlines()]
+    assert strip[:len(strip) // 2] == strip[len(strip) // 2:]
+
+
+def test_stop_requests_second_signal_stops_at_once_and_ignored_signals_stay_ignored():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequests() as stops:
+        assert not stops.asked
+        signal.raise_signal(signal.SIGTERM)
+        assert stops.asked and stops.name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is before  # the default again: a third signal would kill
+    assert signal.getsignal(signal.SIGTERM) is before
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a non-interactive shell
+    try:
+        with StopRequests() as stops:
+            signal.raise_signal(signal.SIGINT)
+            assert not stops.asked and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_keep_checkpoints_deletes_all_but_the_newest(tiny, tmp_path):
     """train.keep_checkpoints=2: after every save only the two newest checkpoints (and their record entries) stay,
     and the run resumes from the newest; it may change on resume (not part of the run's identity), as may how often
@@ -326,6 +384,49 @@ def test_two_processes_match_one(tiny, request, tmp_path, mode):
         assert b["tokens"] == a["tokens"] and b["head1_top1"] == pytest.approx(a["head1_top1"], abs=1e-6)
     assert "trained draft" in result.stdout
     DraftHead.from_pretrained(tmp_path / EXPORT)
+
+
+def kill_while_training(tiny, out, launcher, kill):
+    """Start ``launcher -m jakiro.train.main`` on a long run into ``out``, call ``kill(process)`` once it has logged
+    3 optimizer steps; (exit code, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = cli_args(tiny, out, 1, ["train.num_epochs=1000", "train.checkpoint_steps=0"])
+    run = subprocess.Popen([*launcher, "-m", "jakiro.train.main", *args], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / METRICS).exists() and len(records(out)) >= 3):
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+            time.sleep(0.2)
+        kill(run)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    return run.returncode, err
+
+
+def test_kill_of_a_training_process_checkpoints_and_exits_143(tiny, tmp_path):
+    """The real thing: ``kill`` of ``python -m jakiro.train.main`` while it trains."""
+    code, err = kill_while_training(tiny, tmp_path, [sys.executable], lambda run: run.send_signal(signal.SIGTERM))
+    assert code == 143, err[-3000:]
+    steps = len(records(tmp_path))
+    assert f"stopped by SIGTERM after step {steps} of " in err and "--resume" in err
+    assert latest_checkpoint(tmp_path).name == f"step_{steps}"
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_after_the_same_step(tiny, tmp_path):
+    """torchrun, 2 processes: ``kill`` of one worker only; both agree to stop after the same step, which is
+    checkpointed, and each says so."""
+    def kill_one_worker(run):
+        workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2, workers
+        os.kill(int(workers[1]), signal.SIGTERM)
+
+    code, err = kill_while_training(tiny, tmp_path, torchrun(), kill_one_worker)
+    assert code != 0
+    steps = len(records(tmp_path))
+    assert f"after step {steps} of " in err and "--resume" in err, err[-3000:]  # rank 0 says it, signalled or not
+    assert latest_checkpoint(tmp_path).name == f"step_{steps}"
 
 
 # --- configuration and CLI --------------------------------------------------------------------------------------------

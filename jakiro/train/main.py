@@ -21,7 +21,9 @@ the trained draft directory ``draft/`` (loads with ``EaModel.from_pretrained(bas
 Exit code 2 with a one-line message for a bad config key or value, missing / empty / foreign / corrupted training
 data (shards are checked against the manifest's hashes), a target that cannot be loaded, an output dir holding
 another run (``--resume`` continues the same run, refusing other settings or inputs; ``--force`` replaces it), a
-damaged checkpoint, or a non-finite loss or gradient.
+damaged checkpoint, or a non-finite loss or gradient. Ctrl-C or ``kill`` (SIGINT / SIGTERM) checkpoints after the
+optimizer step under way and exits with 128 + the signal's number (130 / 143) saying how to go on; a second one
+stops at once.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from jakiro.target import target_identity
 from jakiro.ge_data.generate import MANIFEST
 from jakiro.train.data import (DataError, check_compatible, check_same_target, open_dataset, open_feature_dir,
                                split_indices)
+from jakiro.train.interrupts import Interrupted
 from jakiro.train.provenance import weights_digest
 from jakiro.train.trainer import TrainingError
 from jakiro.train.vocab import coverage, most_frequent_tokens, token_frequencies
@@ -278,6 +281,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m jakiro.train.main
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(stop, file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C / kill while the first was being honoured
+        if os.environ.get("RANK", "0") == "0":
+            print("stopped at once: rerun the same command with --resume to go on from the last checkpoint, if "
+                  "any", file=sys.stderr)
+        return 130
     if trainer.accelerator.is_main_process:
         print(f"trained draft: {out}")
     return 0

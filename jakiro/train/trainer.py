@@ -24,6 +24,8 @@ What a run does (``cfg.train`` holds every number):
   leaves a half checkpoint under a final name; ``keep_checkpoints`` > 0 then deletes all but the newest that
   many). The loop position (epoch, batch, step) and the epoch's running sums are checkpointed too, so
   ``resume=True`` ends with bit-identical weights to an uninterrupted run; a finished run resumed keeps its export.
+  A SIGINT or SIGTERM (Ctrl-C, ``kill``) checkpoints after the optimizer step under way and raises
+  :class:`~jakiro.train.interrupts.Interrupted`, so an interrupted run loses no work (a second signal stops at once).
 * ``output_dir/run.json`` records what decides the result (the config but for :data:`RESUMABLE`, and the inputs
   given by the caller: training data and target identity); a resume under anything else is refused, naming what
   differs. A non-finite loss or gradient stops the run with :class:`TrainingError` naming the step and batch.
@@ -41,6 +43,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -60,6 +63,7 @@ from jakiro.model.draft import CONFIG_NAME, DraftHead, DraftHeadConfig, packed_a
 from jakiro.model.target_init import init_from_target_layer
 from jakiro.train.data import (Selection, ShardedBatchSampler, TokenBudgetSampler, add_noise, collate, collate_packed,
                                mix_seed, sequence_lengths)
+from jakiro.train.interrupts import Interrupted, StopRequests
 from jakiro.train.launch import make_accelerator
 from jakiro.train.losses import EPS, draft_losses, head2_mask, load_balancing_loss
 from jakiro.train.metrics import JsonlLog, Sums, draft_chain_accuracy, ratio
@@ -246,6 +250,7 @@ class Trainer:
         self._saved_at: tuple | None = None  # loop position of the last checkpoint written or loaded
         self._bad: tuple | None = None  # (what, batch, sequences) of the first non-finite loss / gradient
         self._bar = None  # the progress bar of a running train()
+        self._stopping = False  # a SIGINT / SIGTERM asked the running train() to checkpoint and stop
         acc.register_for_checkpointing(self.scheduler, self.state)
         self.train_set, self.test_set = Selection(train_set), Selection(test_set)
         self.log = JsonlLog(self.output_dir / METRICS)
@@ -390,29 +395,36 @@ class Trainer:
                    disable=not acc.is_main_process)
         self._bar = bar  # closed before an error is raised inside the loop, so its message starts a line
         loader = self._loader(self.train_set, self.train_sampler, train.packing)
-        step_sums, micro, tick = Sums(), 0, time.perf_counter()
-        while state.epoch < train.num_epochs and state.step < stop:
-            self.train_sampler.set_epoch(state.epoch, state.batch)
-            self.model.train()
-            for batch in loader:
-                self._micro_step(batch, step_sums)
-                state.batch, micro = state.batch + 1, micro + 1
-                if not acc.sync_gradients:
-                    continue
-                self.scheduler.step()
-                state.step += 1
-                record = self._step_record(step_sums.reduced(acc), micro, time.perf_counter() - tick)
-                self._log(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('head1_top1', float('nan')):.3f}",
-                                refresh=False)
-                step_sums, micro, tick = Sums(), 0, time.perf_counter()
-                if state.step >= stop and state.batch < self.train_sampler.num_batches:
-                    break  # stopped inside an epoch (an epoch's last step still gets its epoch end below)
-                if train.checkpoint_steps and state.step % train.checkpoint_steps == 0:
-                    self.save_checkpoint()
-            else:
-                self._end_epoch()
+        step_sums, micro, tick, self._stopping = Sums(), 0, time.perf_counter(), False
+        with StopRequests() as stops:
+            while state.epoch < train.num_epochs and state.step < stop:
+                self.train_sampler.set_epoch(state.epoch, state.batch)
+                self.model.train()
+                for batch in loader:
+                    self._micro_step(batch, step_sums)
+                    state.batch, micro = state.batch + 1, micro + 1
+                    if not acc.sync_gradients:
+                        continue
+                    self.scheduler.step()
+                    state.step += 1
+                    record = self._step_record(step_sums.reduced(acc), micro, time.perf_counter() - tick)
+                    self._log(record)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                    acc=f"{record.get('head1_top1', float('nan')):.3f}", refresh=False)
+                    step_sums, micro, tick = Sums(), 0, time.perf_counter()
+                    inside_epoch = state.batch < self.train_sampler.num_batches
+                    if state.step >= stop and inside_epoch:
+                        break  # stopped inside an epoch (an epoch's last step still gets its epoch end below)
+                    if train.checkpoint_steps and state.step % train.checkpoint_steps == 0:
+                        self.save_checkpoint()
+                    if inside_epoch and self._stop_asked(stops):
+                        break
+                else:
+                    self._end_epoch()
+                if self._stop_asked(stops):
+                    bar.close()
+                    raise self._interrupted(stops)
         bar.close()
         self.save_checkpoint()
         if state.position == started_at and self._exported_at(state.step):
@@ -422,6 +434,26 @@ class Trainer:
             export = self.export()
         acc.end_training()
         return export
+
+    def _stop_asked(self, stops: StopRequests) -> bool:
+        """Whether to stop after this optimizer step for a SIGINT / SIGTERM; with several processes, whether any of
+        them got one (every process calls this at the same points, so they all stop after the same step)."""
+        if not self._stopping:
+            asked = stops.asked
+            if self.accelerator.num_processes > 1:
+                flag = torch.tensor([float(asked)], device=self.accelerator.device)
+                asked = bool(self.accelerator.reduce(flag, reduction="sum").item())
+            self._stopping = asked
+        return self._stopping
+
+    def _interrupted(self, stops: StopRequests) -> Interrupted:
+        """Checkpoint the run (every process) and say how to go on."""
+        checkpoint = self.save_checkpoint()
+        self.accelerator.end_training()
+        cause = stops.name or "a signal to another process"
+        return Interrupted(stops.signum or signal.SIGTERM,
+                           f"stopped by {cause} after step {self.state.step} of {self.total_steps}, checkpoint "
+                           f"{checkpoint}: rerun the same command with --resume to go on")
 
     def _check_output_dir(self, resume: bool, force: bool) -> Path | None:
         """The checkpoint to resume from (None: start afresh) after refusing an output dir this run may not use:
