@@ -13,7 +13,8 @@
 #   jakiro       2 experts (top-2) + CEPD parallel head
 #   eagle2       1 dense expert as wide as the target's MLP (1536), no parallel head (the EAGLE-2 baseline)
 #   jakiro_star  2 experts (top-2), no parallel head (static-tree decoupled sampling, package jakiro_star)
-# Every step resumes: rerun the same command after a kill. Usage:
+# Every step resumes: rerun the same command after a kill. Ctrl-C or kill of this script stops the training runs
+# cleanly (each checkpoints its last optimizer step first). Usage:
 #   bash scripts/train_smollm2_drafts.sh [DRAFT ...]          # default: all three
 #   STOP_AFTER=240 bash scripts/train_smollm2_drafts.sh        # pause each run after 240 optimizer steps
 #   THREADS=1 ...                                              # CPU threads per training run (default 2; 1 with
@@ -79,24 +80,39 @@ train_2() {  # train_2 DRAFT: the stage-1 draft further on the target's own answ
     --set "train.output_dir=$(output_dir 2 "$name")" \
     --set "train.init_from=$(output_dir 1 "$name")/draft" --set "train.stop_after_steps=${STOP_AFTER:-0}"
 }
-train_all() {  # train_all STAGE: STAGE's training of every draft, JOBS at a time (in the background when JOBS > 1)
-  local stage=$1 i name log pid pids failed=0
+running=()  # the training runs under way (each a subshell whose child is python -m jakiro.train.main)
+stop_runs() {  # stop_runs EXIT_CODE: Ctrl-C / kill while training: each run checkpoints its last step and stops
+  trap - INT TERM
+  if [ ${#running[@]} -gt 0 ]; then
+    echo "stopping the training runs: each saves a checkpoint first; rerun the same command to go on" >&2
+    for pid in "${running[@]}"; do pkill -TERM -P "$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+    wait "${running[@]}" 2>/dev/null || true
+  fi
+  exit "$1"
+}
+train_all() {  # train_all STAGE: STAGE's training of every draft, JOBS at a time; each run is a background job
+  # (also with JOBS=1: a trap runs only between commands, so the script can stop a run cleanly only while it waits)
+  local stage=$1 i name log pid failed=0
+  trap 'stop_runs 130' INT
+  trap 'stop_runs 143' TERM
   for ((i = 0; i < ${#drafts[@]}; i += JOBS)); do
-    pids=()
+    running=()
     for name in "${drafts[@]:i:JOBS}"; do
       if [ "$JOBS" -eq 1 ]; then
-        "train_$stage" "$name"
-        continue
+        "train_$stage" "$name" &
+      else
+        log=$(output_dir "$stage" "$name").log
+        mkdir -p "$train_dir"
+        echo "== stage $stage, $name: in the background, log in $log"
+        "train_$stage" "$name" > "$log" 2>&1 &
       fi
-      log=$(output_dir "$stage" "$name").log
-      mkdir -p "$train_dir"
-      echo "== stage $stage, $name: in the background, log in $log"
-      "train_$stage" "$name" > "$log" 2>&1 &
-      pids+=($!)
+      running+=($!)
     done
-    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    for pid in "${running[@]}"; do wait "$pid" || failed=1; done
+    running=()
     [ $failed = 0 ] || { echo "a stage-$stage run failed: see its log" >&2; exit 1; }
   done
+  trap - INT TERM
 }
 
 regenerated=outputs/regenerated/smollm2-sharegpt.jsonl   # = regenerate.output_path of configs/regenerate_smollm2.yaml

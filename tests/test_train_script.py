@@ -109,3 +109,55 @@ def test_the_target_answers_when_asked_or_when_the_file_is_not_the_shipped_one(t
     assert len(regenerations(calls)) == 1
     assert (regenerated.read_text() == "mine\n") if case == "another file" else not regenerated.exists()
     assert ("smollm2-sharegpt-regenerated.jsonl.gz unpacked" in done.stderr) == (case == "another file")
+
+
+# a stand-in python whose training runs last until SIGTERM, then record it and exit as jakiro.train.main does
+STOPPABLE = """#!/usr/bin/env bash
+[[ " $* " == *" jakiro.train.main "* ]] || exit 0
+trap 'touch "$RECORD/stopped.$$"; exit 143' TERM
+touch "$RECORD/running.$$"
+while :; do sleep 0.05; done
+"""
+
+
+@pytest.mark.parametrize("jobs, signal_name", [("3", "SIGINT"), ("1", "SIGTERM")])
+def test_ctrl_c_or_kill_of_the_script_stops_every_training_run_cleanly(tmp_path, jobs, signal_name):
+    """Ctrl-C (SIGINT) or kill (SIGTERM) of the script while it trains: every run under way gets SIGTERM (which
+    makes jakiro.train.main checkpoint and exit), the script waits for them, says how to go on and exits 130 / 143;
+    no run is left behind."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from script_calls import ROOT
+
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(STOPPABLE)
+    fake.chmod(0o755)
+    record = tmp_path / "calls"
+    record.mkdir()
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set", "RECORD": str(record),
+           "JOBS": jobs, "THREADS": "", "TRAIN_DIR": str(tmp_path / "train")}
+    script = subprocess.Popen(["bash", str(ROOT / "scripts" / "train_smollm2_drafts.sh")], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(record.glob("running.*"))) < int(jobs):
+            assert script.poll() is None and time.monotonic() < deadline, script.communicate()
+            time.sleep(0.05)
+        script.send_signal(getattr(signal, signal_name))
+        _, err = script.communicate(timeout=60)
+    finally:
+        script.kill()
+        for left in record.glob("running.*"):  # a run the script failed to stop must not outlive the test
+            if not (record / f"stopped.{left.name.split('.')[1]}").exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(left.name.split(".")[1]), signal.SIGKILL)
+    running = sorted(p.name.split(".")[1] for p in record.glob("running.*"))
+    stopped = sorted(p.name.split(".")[1] for p in record.glob("stopped.*"))
+    assert script.returncode == 128 + getattr(signal, signal_name), err
+    assert len(running) == int(jobs) and stopped == running  # every run stopped by its SIGTERM, none left behind
+    assert "each saves a checkpoint first; rerun the same command to go on" in err
