@@ -1,6 +1,8 @@
-"""Running a script of scripts/ with a stand-in ``python`` on PATH that records every call instead of running it."""
+"""Running a script of scripts/ with a stand-in ``python`` on PATH that records every call instead of running it;
+starting a process with Ctrl-C and ``kill`` at their defaults."""
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -28,3 +30,10 @@ def run_with_fake_python(tmp_path: Path, script: str, *args: str, root: Path = R
     done = subprocess.run(["bash", str(root / "scripts" / script), *args], env=run_env, capture_output=True,
                           text=True, cwd=tmp_path)
     return done, [path.read_text().splitlines() for path in sorted(record.iterdir())]
+
+
+def default_stop_signals() -> None:
+    """``preexec_fn`` of a child that must see SIGINT / SIGTERM: a test run started in the background of a script
+    (``nohup``, ``&``) ignores SIGINT, and a child inherits that (bash cannot even trap it then)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)

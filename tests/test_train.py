@@ -34,6 +34,7 @@ from jakiro.train.provenance import read_training_record
 from jakiro.train.launch import deepspeed_settings
 from jakiro.train.main import build_trainer, main, parse_args, resolve_config
 from jakiro.train.trainer import EXPORT, METRICS, Trainer, latest_checkpoint, saved_checkpoints
+from script_calls import default_stop_signals
 from tiny_models import reset_accelerate, tiny_target
 
 VOCAB = 64
@@ -238,11 +239,16 @@ def test_a_signal_checkpoints_the_step_under_way_and_resume_is_bit_identical(tin
         micro_step(batch, sums)
 
     monkeypatch.setattr(trainer, "_micro_step", signalled)
-    before = signal.getsignal(signum)
-    with pytest.raises(Interrupted, match=rf"{signal.Signals(signum).name} after step {at_batch} of 18.*--resume") \
-            as stopped:
-        trainer.train()
-    assert stopped.value.exit_code == 128 + signum and signal.getsignal(signum) is before
+    # at the default (a test run in the background of a script ignores SIGINT, and so would the trainer then)
+    default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+    before = signal.signal(signum, default)
+    try:
+        with pytest.raises(Interrupted, match=rf"{signal.Signals(signum).name} after step {at_batch} of 18.*--resume"
+                           ) as stopped:
+            trainer.train()
+        assert stopped.value.exit_code == 128 + signum and signal.getsignal(signum) is default  # handler restored
+    finally:
+        signal.signal(signum, before)
     assert latest_checkpoint(cut).name == f"step_{at_batch}" and [r["step"] for r in records(cut)] == list(
         range(1, at_batch + 1))
     assert [r["epoch"] for r in records(cut, "epoch")] == list(range(at_batch // 6))
@@ -255,15 +261,18 @@ def test_a_signal_checkpoints_the_step_under_way_and_resume_is_bit_identical(tin
 
 
 def test_stop_requests_second_signal_stops_at_once_and_ignored_signals_stay_ignored():
-    before = signal.getsignal(signal.SIGTERM)
-    with StopRequests() as stops:
-        assert not stops.asked
-        signal.raise_signal(signal.SIGTERM)
-        assert stops.asked and stops.name == "SIGTERM"
-        with pytest.raises(KeyboardInterrupt):
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with StopRequests() as stops:
+            assert not stops.asked
             signal.raise_signal(signal.SIGTERM)
-        assert signal.getsignal(signal.SIGTERM) is before  # the default again: a third signal would kill
-    assert signal.getsignal(signal.SIGTERM) is before
+            assert stops.asked and stops.name == "SIGTERM"
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the default again: a third signal kills
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a non-interactive shell
     try:
         with StopRequests() as stops:
@@ -392,7 +401,7 @@ def kill_while_training(tiny, out, launcher, kill):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     args = cli_args(tiny, out, 1, ["train.num_epochs=1000", "train.checkpoint_steps=0"])
     run = subprocess.Popen([*launcher, "-m", "jakiro.train.main", *args], cwd=ROOT, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_stop_signals)
     try:
         deadline = time.monotonic() + 300
         while not ((out / METRICS).exists() and len(records(out)) >= 3):

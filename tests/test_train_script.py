@@ -131,7 +131,7 @@ def test_ctrl_c_or_kill_of_the_script_stops_every_training_run_cleanly(tmp_path,
     import subprocess
     import time
 
-    from script_calls import ROOT
+    from script_calls import ROOT, default_stop_signals
 
     fake = tmp_path / "bin" / "python"
     fake.parent.mkdir(parents=True)
@@ -142,7 +142,8 @@ def test_ctrl_c_or_kill_of_the_script_stops_every_training_run_cleanly(tmp_path,
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set", "RECORD": str(record),
            "JOBS": jobs, "THREADS": "", "TRAIN_DIR": str(tmp_path / "train")}
     script = subprocess.Popen(["bash", str(ROOT / "scripts" / "train_smollm2_drafts.sh")], env=env, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=default_stop_signals)
     try:
         deadline = time.monotonic() + 60
         while len(list(record.glob("running.*"))) < int(jobs):
