@@ -19,17 +19,23 @@ def run_with_fake_python(tmp_path: Path, script: str, *args: str, root: Path = R
     """``bash <root>/scripts/<script> ARGS`` with ``env`` added; returns its result and its python calls in order,
     each as [OMP_NUM_THREADS, python's arguments...]. ``root``: the repository the script runs in (a copy in a
     temporary folder for a script that reads or writes files relative to it)."""
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir(parents=True)
-    fake.write_text(FAKE)
-    fake.chmod(0o755)
-    record = tmp_path / "calls"
-    record.mkdir()
-    run_env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set",
-               "RECORD": str(record), "FAIL_ON": "", **env}
+    run_env, record = with_fake_python(tmp_path, FAKE, **{"FAIL_ON": "", **env})
     done = subprocess.run(["bash", str(root / "scripts" / script), *args], env=run_env, capture_output=True,
                           text=True, cwd=tmp_path)
     return done, [path.read_text().splitlines() for path in sorted(record.iterdir())]
+
+
+def with_fake_python(tmp_path: Path, fake_script: str, **env: str) -> tuple[dict, Path]:
+    """(environment, record folder): ``fake_script`` installed as ``python`` first on PATH, ``RECORD`` naming an
+    empty folder for it to write into, ``env`` added."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(fake_script)
+    fake.chmod(0o755)
+    record = tmp_path / "calls"
+    record.mkdir()
+    return {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set",
+            "RECORD": str(record), **env}, record
 
 
 def default_stop_signals() -> None:

@@ -131,16 +131,9 @@ def test_ctrl_c_or_kill_of_the_script_stops_every_training_run_cleanly(tmp_path,
     import subprocess
     import time
 
-    from script_calls import ROOT, default_stop_signals
+    from script_calls import ROOT, default_stop_signals, with_fake_python
 
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir(parents=True)
-    fake.write_text(STOPPABLE)
-    fake.chmod(0o755)
-    record = tmp_path / "calls"
-    record.mkdir()
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "VIRTUAL_ENV": "set", "RECORD": str(record),
-           "JOBS": jobs, "THREADS": "", "TRAIN_DIR": str(tmp_path / "train")}
+    env, record = with_fake_python(tmp_path, STOPPABLE, JOBS=jobs, THREADS="", TRAIN_DIR=str(tmp_path / "train"))
     script = subprocess.Popen(["bash", str(ROOT / "scripts" / "train_smollm2_drafts.sh")], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=default_stop_signals)
