@@ -407,7 +407,10 @@ class Trainer:
                         continue
                     self.scheduler.step()
                     state.step += 1
-                    record = self._step_record(step_sums.reduced(acc), micro, time.perf_counter() - tick)
+                    step_sums.add("stop_signals", stops.asked)  # summed over processes with the step's sums
+                    sums = step_sums.reduced(acc)
+                    self._stopping = self._stopping or sums["stop_signals"] > 0
+                    record = self._step_record(sums, micro, time.perf_counter() - tick)
                     self._log(record)
                     bar.update(1)
                     bar.set_postfix(loss=f"{record['loss']:.4f}",
@@ -418,7 +421,7 @@ class Trainer:
                         break  # stopped inside an epoch (an epoch's last step still gets its epoch end below)
                     if train.checkpoint_steps and state.step % train.checkpoint_steps == 0:
                         self.save_checkpoint()
-                    if inside_epoch and self._stop_asked(stops):
+                    if inside_epoch and self._stopping:
                         break
                 else:
                     self._end_epoch()
@@ -436,8 +439,9 @@ class Trainer:
         return export
 
     def _stop_asked(self, stops: StopRequests) -> bool:
-        """Whether to stop after this optimizer step for a SIGINT / SIGTERM; with several processes, whether any of
-        them got one (every process calls this at the same points, so they all stop after the same step)."""
+        """Whether to stop for a SIGINT / SIGTERM at an epoch's end; with several processes, whether any of them got
+        one (every process calls this at the same point, so they all stop after the same step). Within an epoch the
+        flag travels with each optimizer step's sums instead."""
         if not self._stopping:
             asked = stops.asked
             if self.accelerator.num_processes > 1:
