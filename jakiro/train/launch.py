@@ -5,7 +5,9 @@ see ``configs/deepspeed_zero{2,3}.json``) accelerate's DeepSpeed plugin, its ``"
 clipping entries filled from the train config (:func:`deepspeed_settings`); otherwise DDP, which tolerates experts no
 position routes to. On a machine without CUDA the processes talk over gloo; a plain ``python -m`` run gets the
 single-process environment DeepSpeed expects, and a stale torch-extension build lock is named before DeepSpeed's JIT
-builds could hang on it.
+builds could hang on it. Without CUDA, DeepSpeed is told the CPU is its accelerator (``DS_ACCELERATOR=cpu``, unless
+the user set it): accelerate imports DeepSpeed lazily, at the first checkpoint, and DeepSpeed's own guess would print
+"Setting accelerator to CPU. If you have GPU ..., we were unable to detect it" into every CPU run's log.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def make_accelerator(cfg: JakiroConfig, draft_config: DraftHeadConfig) -> Accele
     common = dict(mixed_precision=train.mixed_precision, gradient_accumulation_steps=train.gradient_accumulation_steps,
                   project_dir=train.output_dir, log_with=_trackers(train.report_to) or None)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if not on_cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if train.deepspeed_config:
         if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
             raise ConfigError("train.deepspeed_config: accelerate's --cpu / ACCELERATE_USE_CPU turns DeepSpeed off; "
