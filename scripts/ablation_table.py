@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         accs = " | ".join("-" if r[f"acc{k}"] is None else f"{r[f'acc{k}']:.3f}" for k in range(3))
-        print(f"| {r['run']} | {accs} | {r['loss']:.3f} | {r['steps']} | {int(r['tokens']):,} | {r['seconds'] / 60:.1f} min |")
+        print(f"| {r['run']} | {accs} | {r['loss']:.3f} | {r['steps']} | {int(r['tokens']):,} | "
+              f"{r['seconds'] / 60:.1f} min |")
     return 0
 
 

@@ -51,7 +51,8 @@ def test_table_errors_are_one_line(tmp_path, capsys):
 def test_every_ablation_arm_is_listed_in_the_order():
     script = (ROOT / "scripts" / "ablate_drafts.sh").read_text()
     order = script.split("ORDER=(")[1].split(")")[0].split()
-    arms = [line.strip()[1:].split("]=")[0] for line in script.splitlines() if line.strip().startswith("[") and "]=" in line]
+    arms = [line.strip()[1:].split("]=")[0] for line in script.splitlines()
+            if line.strip().startswith("[") and "]=" in line]
     assert sorted(order) == sorted(arms) and len(order) == len(set(order))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "ablate_drafts.sh"), "no-such-arm"], capture_output=True,
                           text=True)

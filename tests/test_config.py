@@ -1,4 +1,7 @@
-"""Tests for jakiro.common.config: defaults, file + override merging, error messages, shipped configs, round trips, CLI."""
+"""Tests for jakiro.common.config.
+
+Defaults, file + override merging, error messages, shipped configs, round trips, CLI.
+"""
 
 import argparse
 import json

@@ -471,7 +471,8 @@ def test_reduced_vocabulary_logits_are_the_target_head_rows():
         compact = draft.compact_logits(h)
         spread = draft.logits(h)
     assert compact.shape == (4, 20)
-    assert torch.allclose(compact, full[:, draft.d2t], atol=1e-5)  # a few rows on a CPU: W @ X^T (jakiro.common.cpu_linear)
+    # a few rows on a CPU: W @ X^T (jakiro.common.cpu_linear)
+    assert torch.allclose(compact, full[:, draft.d2t], atol=1e-5)
     assert torch.equal(spread[:, draft.d2t], compact)
     outside = torch.ones(128, dtype=torch.bool)
     outside[draft.d2t] = False

@@ -421,7 +421,8 @@ def test_benchmark_interleaves_arms_resumes_and_reports(tiny_dirs, tmp_path, mon
         report = json.loads((tmp_path / "mt_bench" / f"temperature-{temperature}" / "speed.json").read_text())
         assert [m["label"] for m in report["methods"]] == ["spec", "spec-pe"] and report["baseline"]["samples"] == 2
         for arm in ("vanilla", "spec", "spec-pe"):
-            records = [r for _, r in read_records(tmp_path / "mt_bench" / f"temperature-{temperature}" / f"{arm}.jsonl")]
+            records = [r for _, r in
+                       read_records(tmp_path / "mt_bench" / f"temperature-{temperature}" / f"{arm}.jsonl")]
             assert len(records) == 2 and all(r["model_id"] == arm for r in records)
             assert all(r["meta"]["temperature"] == float(temperature) for r in records)
     greedy = json.loads((tmp_path / "mt_bench" / "temperature-0.0" / "speed.json").read_text())

@@ -1,5 +1,5 @@
-"""Exact verification's linear layers (jakiro/target/exact_linear.py): finding the batch-dependent ones, running them one
-row at a time, and the resulting bit-identity of tree verification with plain decoding."""
+"""Exact verification's linear layers (jakiro/target/exact_linear.py): finding the batch-dependent ones, running them
+one row at a time, and the resulting bit-identity of tree verification with plain decoding."""
 
 import pytest
 import torch

@@ -76,7 +76,8 @@ def test_cohort_scheduling_shares_attention_calls(monkeypatch):
     model = tiny_target("llama", vocab_size=128).eval()
     calls = []
     real = decode.sdpa_attention_forward
-    monkeypatch.setattr(decode, "sdpa_attention_forward", lambda m, q, *a, **k: calls.append(len(q)) or real(m, q, *a, **k))
+    monkeypatch.setattr(decode, "sdpa_attention_forward",
+                        lambda m, q, *a, **k: calls.append(len(q)) or real(m, q, *a, **k))
     prompts = [[7 + i, 8, 9, 10, 11] for i in range(6)]
     decode_batch(model, prompts, 6, set(), max_rows=8)
     assert calls and set(calls) == {6}  # never one call per row

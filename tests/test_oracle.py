@@ -1,4 +1,4 @@
-"""Oracle drafting (jakiro/decoding/oracle.py): the best tree under the target, found by search, and its losslessness."""
+"""Oracle drafting (jakiro.decoding.oracle): the best tree under the target, found by search, and its losslessness."""
 
 import itertools
 from collections import Counter

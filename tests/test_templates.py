@@ -1,4 +1,4 @@
-"""Tests of jakiro.common.chat_templates: ShareGPT validation and the assistant loss mask per template on real tokenizers.
+"""Tests of jakiro.common.chat_templates: ShareGPT validation, the assistant loss mask per template on real tokenizers.
 
 Tokenizers: SmolLM2's ChatML (embedded asset), Qwen2.5-Coder's ChatML (only if already in the asset cache), and
 tokenizers built here offline: a Llama-2 / Vicuna-style one (Metaspace BPE, ``<s>``/``</s>``, BOS added by its

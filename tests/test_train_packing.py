@@ -214,7 +214,7 @@ def test_a_sequence_longer_than_the_budget_gets_its_own_batch():
     assert [[p for p, _ in b] for b in sampler] == [[0], [1, 2]]
 
 
-# --- python -m jakiro.train.throughput ----------------------------------------------------------------------------------
+# --- python -m jakiro.train.throughput --------------------------------------------------------------------------------
 def test_throughput_command_prints_both_paths_and_the_ratio(target, tmp_path, capsys):
     import re
 

@@ -1,4 +1,4 @@
-"""Chat formatting and the assistant loss mask, by one mechanism for every model family (data generation and evaluation).
+"""Chat formatting and the assistant loss mask: one mechanism for every model family (data generation and evaluation).
 
 A template is a function ``render(messages, add_generation_prompt) -> str`` over chat messages
 (``{"role": "system"|"user"|"assistant", "content": str}``). Four kinds exist:

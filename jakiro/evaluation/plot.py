@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jakiro.evaluation.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", help="JSON reports written by jakiro.evaluation.speed --json")
     parser.add_argument("--out", required=True, help="PNG to write")
-    parser.add_argument("--force", action="store_true", help="replace an --out file that is not a PNG (default: refuse)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an --out file that is not a PNG (default: refuse)")
     args = parser.parse_args(argv)
     from jakiro.evaluation.speed import check_outputs, read_report
 

@@ -4,9 +4,10 @@
         [--repeats 5] [--set model.dtype=float32 ...] [--set generation.exact_verification=true] [--compare-kernels]
 
 For each n: the median time of verifying a 4-ary tree of n nodes (``TargetModel.verify``: tree mask, LM head) after
-``--context`` cached tokens, and its ratio to one plain decoding step (a cached forward of one token). A speculative step pays the verification of its tree plus
-the drafting, and gains tau tokens, so the curve bounds the tree size worth trying: past the knee, extra nodes cost
-more than the few extra accepted tokens they can bring. The last line names the size ``tree.total_token: -1`` picks.
+``--context`` cached tokens, and its ratio to one plain decoding step (a cached forward of one token). A speculative
+step pays the verification of its tree plus the drafting, and gains tau tokens, so the curve bounds the tree size worth
+trying: past the knee, extra nodes cost more than the few extra accepted tokens they can bring. The last line names the
+size ``tree.total_token: -1`` picks.
 Choose depth and top_k with the interleaved benchmark (``python -m jakiro.evaluation.benchmark``, one arm per tree).
 
 ``--compare-kernels`` instead times every size with transformers' kernels, with batched verification's CPU kernels

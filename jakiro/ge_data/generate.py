@@ -23,13 +23,13 @@ conversations with ``T`` tokens in all:
   SHA-256 of its tensors (checked when the manifest is written, so a shard damaged after it was written is not
   given a manifest hash).
 
-A shard already present with the same fingerprint and conversation count is skipped, so a killed run restarted
-with the same command continues and ends with the same files, and a run with a larger (or smaller) ``data.end``
-reuses the finished shards: the data set grows without recomputing it. When every shard exists, the main process writes ``manifest.json`` (last,
-atomically; no timestamps): the fingerprint (format, target with its ``identity`` (:func:`target_identity`),
-features_dtype, template, system_prompt, max_len, input with the SHA-256 of the input file's content, shard_size),
-one entry per shard (file, conversations, tokens, assistant_tokens, skipped, bytes, sha256)
-and the totals.
+A shard already present with the same fingerprint and conversation count is skipped, so a killed run restarted with the
+same command continues and ends with the same files, and a run with a larger (or smaller) ``data.end`` reuses the
+finished shards: the data set grows without recomputing it. When every shard exists, the main process writes
+``manifest.json`` (last, atomically; no timestamps): the fingerprint (format, target with its ``identity``
+(:func:`target_identity`), features_dtype, template, system_prompt, max_len, input with the SHA-256 of the input file's
+content, shard_size), one entry per shard (file, conversations, tokens, assistant_tokens, skipped, bytes, sha256) and
+the totals.
 """
 
 from __future__ import annotations

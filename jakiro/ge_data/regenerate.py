@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="answer at most K parts (4 batches of conversations each), then stop (the same command "
                              "continues later; default: all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: show one)")
-    parser.add_argument("--force", action="store_true", help="replace an existing regenerate.output_path (default: refuse)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing regenerate.output_path (default: refuse)")
     args = parser.parse_args(argv)
     try:
         regenerate(config_from_args(args), args.max_parts, progress=not args.quiet, force=args.force)

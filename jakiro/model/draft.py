@@ -11,11 +11,11 @@ Shapes (B = batch, S = positions, H = target hidden size, V = target vocabulary)
     head2 = x + b_top E_top(u) - b_low E_low(u)   predicts f_{t+2} (CEPD parallel head)
 
 The draft owns no embedding and no LM head: it borrows the target's frozen ``embed_tokens`` and ``lm_head`` through
-:meth:`DraftHead.bind_target_modules` (they are not part of its state dict). With ``draft_vocab_size`` set, the
-draft scores only a subset of the vocabulary (the buffer ``d2t``: [V_d] target token ids, chosen from training-data
-frequencies): its logits are the target head's rows ``d2t``, which makes drafting and training several times cheaper
-for a large vocabulary while verification stays exact (tokens outside the subset are simply never proposed). Attention and RoPE are transformers' own
-Llama modules. ``num_experts=1`` without a parallel head is the EAGLE-2 draft.
+:meth:`DraftHead.bind_target_modules` (they are not part of its state dict). With ``draft_vocab_size`` set, the draft
+scores only a subset of the vocabulary (the buffer ``d2t``: [V_d] target token ids, chosen from training-data
+frequencies): its logits are the target head's rows ``d2t``, which makes drafting and training several times cheaper for
+a large vocabulary while verification stays exact (tokens outside the subset are simply never proposed). Attention and
+RoPE are transformers' own Llama modules. ``num_experts=1`` without a parallel head is the EAGLE-2 draft.
 
 A draft directory holds ``config.json`` (see :class:`DraftHeadConfig`) and ``model.safetensors``.
 """

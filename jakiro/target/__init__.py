@@ -2,8 +2,9 @@
 
 * :mod:`jakiro.target.adapter` — :class:`TargetModel`, the only code that calls the Hugging Face model;
 * :mod:`jakiro.target.exact_attention`, :mod:`jakiro.target.exact_linear` — exact verification (bit-equal to plain
-  decoding); :mod:`jakiro.target.gqa_attention` — the CPU tree-attention kernel; :mod:`jakiro.target.packed_verification`
-  — a float32 target's linear layers on prepacked weights for tree rows (CPU);
+  decoding); :mod:`jakiro.target.gqa_attention` — the CPU tree-attention kernel;
+  :mod:`jakiro.target.packed_verification` — a float32 target's linear layers on prepacked weights for tree
+  rows (CPU);
 * :mod:`jakiro.target.packed_linear` — prepacked, row-chunked linear layers for batched self-distillation;
 * :mod:`jakiro.target.costs` — verification and decoding-step timings, and the tree size they pick.
 """

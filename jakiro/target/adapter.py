@@ -99,8 +99,9 @@ class TargetModel:
         return out.last_hidden_state
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """[..., H] features -> [..., V] float32 logits (a tree's rows on a CPU: :mod:`jakiro.target.packed_verification`
-        or :mod:`jakiro.common.cpu_linear`; exact verification keeps the head's own kernel, row by row where it must)."""
+        """[..., H] features -> [..., V] float32 logits (a tree's rows on a CPU:
+        :mod:`jakiro.target.packed_verification` or :mod:`jakiro.common.cpu_linear`; exact verification keeps the head's
+        own kernel, row by row where it must)."""
         features = features.to(self.lm_head.weight.device)
         if type(self.lm_head) is torch.nn.Linear and self.cpu_kernels and not self.exact_verification:
             if self.packed is not None and self.packed_weights:  # packed: the head is a plain nn.Linear

@@ -21,9 +21,9 @@ def choose_tree_size(target: TargetModel, candidates=TREE_SIZE_CANDIDATES, conte
                      repeats: int = 3, slack: float = 1.3) -> int:
     """Pick the tree size (``total_token``) by measuring verification cost on the target's device.
 
-    Times the verification of an n-node tree after a cached context for each candidate n and returns the largest n whose cost stays within
-    ``slack`` times the cost of the smallest candidate: beyond that knee, extra nodes cost more than the few
-    extra accepted tokens they can add.
+    Times the verification of an n-node tree after a cached context for each candidate n and returns the largest n whose
+    cost stays within ``slack`` times the cost of the smallest candidate: beyond that knee, extra nodes cost more than
+    the few extra accepted tokens they can add.
     """
     costs = measure_verification_costs(target, candidates, context_len, repeats)
     return pick_tree_size(costs, slack)
