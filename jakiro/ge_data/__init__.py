@@ -9,14 +9,8 @@
 
 from jakiro.ge_data.dataset import FeatureShards, OnlineFeatures, read_manifest
 from jakiro.ge_data.generate import GeDataError, generate_features, load_conversations, load_target, target_features
-from jakiro.common.chat_templates import (
-    TEMPLATE_NAMES,
-    SkipConversation,
-    TemplateError,
-    encode,
-    get_template,
-    to_messages,
-)
+from jakiro.common.chat_templates import (TEMPLATE_NAMES, SkipConversation, TemplateError, encode, get_template,
+                                          to_messages)
 
 __all__ = ["FeatureShards", "OnlineFeatures", "read_manifest", "GeDataError", "generate_features",
            "load_conversations", "load_target", "target_features", "TEMPLATE_NAMES", "SkipConversation",

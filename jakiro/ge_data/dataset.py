@@ -34,14 +34,8 @@ from jakiro.ge_data.generate import (
     select,
     target_features,
 )
-from jakiro.common.chat_templates import (
-    ChatTemplate,
-    SkipConversation,
-    encode,
-    get_template,
-    special_tokens,
-    to_messages,
-)
+from jakiro.common.chat_templates import (ChatTemplate, SkipConversation, encode, get_template, special_tokens,
+                                          to_messages)
 
 
 def read_manifest(data_dir: str | Path) -> dict:
