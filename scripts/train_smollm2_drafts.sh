@@ -92,7 +92,7 @@ stop_runs() {  # stop_runs EXIT_CODE: Ctrl-C / kill while training: each run che
 }
 train_all() {  # train_all STAGE: STAGE's training of every draft, JOBS at a time; each run is a background job
   # (also with JOBS=1: a trap runs only between commands, so the script can stop a run cleanly only while it waits)
-  local stage=$1 i name log pid failed=0
+  local stage=$1 i name log pid code failed=0 stopped=0
   trap 'stop_runs 130' INT
   trap 'stop_runs 143' TERM
   for ((i = 0; i < ${#drafts[@]}; i += JOBS)); do
@@ -108,9 +108,16 @@ train_all() {  # train_all STAGE: STAGE's training of every draft, JOBS at a tim
       fi
       running+=($!)
     done
-    for pid in "${running[@]}"; do wait "$pid" || failed=1; done
+    for pid in "${running[@]}"; do
+      wait "$pid" && code=0 || code=$?
+      case $code in 0) ;; 130|143) stopped=$code ;; *) failed=1 ;; esac  # 130 / 143: a signal, after a checkpoint
+    done
     running=()
     [ $failed = 0 ] || { echo "a stage-$stage run failed: see its log" >&2; exit 1; }
+    if [ $stopped != 0 ]; then
+      echo "a stage-$stage run was stopped (exit $stopped) after checkpointing: rerun the same command to go on" >&2
+      exit $stopped
+    fi
   done
   trap - INT TERM
 }

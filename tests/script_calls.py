@@ -8,9 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # one file per call, named by the time so that the names sort in call order; FAIL_ON=TEXT fails a call holding TEXT
+# (exit status FAIL_CODE, default 1)
 FAKE = """#!/usr/bin/env bash
 printf "%s\\n" "$OMP_NUM_THREADS" "$@" > "$(mktemp "$RECORD/call.$(date +%s%N).XXXXXX")"
-[[ -z "$FAIL_ON" || " $* " != *"$FAIL_ON"* ]] || { echo "failing on purpose" >&2; exit 1; }
+[[ -z "$FAIL_ON" || " $* " != *"$FAIL_ON"* ]] || { echo "failing on purpose" >&2; exit "${FAIL_CODE:-1}"; }
 """
 
 

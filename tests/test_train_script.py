@@ -54,6 +54,16 @@ def test_a_failing_background_run_stops_the_script(tmp_path):
     assert len(calls) == 4  # both stage-2 runs started, the failure is reported once both ended
 
 
+@pytest.mark.parametrize("code", ["130", "143"])
+def test_a_run_stopped_by_a_signal_is_not_called_a_failure(tmp_path, code):
+    """`pkill -TERM -f jakiro.train.main` (the documented way to stop) ends each run with 143 after its checkpoint:
+    the script says the run was stopped and how to go on, and exits with that status."""
+    done, calls = run_script(tmp_path, "jakiro", "eagle2", JOBS="2", FAIL_ON="smollm2-eagle2-selfdistill",
+                             FAIL_CODE=code)
+    assert done.returncode == int(code) and "failed" not in done.stderr
+    assert f"a stage-2 run was stopped (exit {code}) after checkpointing: rerun the same command" in done.stderr
+
+
 @pytest.mark.parametrize("jobs", ["0", "two"])
 def test_bad_jobs_is_refused(tmp_path, jobs):
     done, calls = run_script(tmp_path, JOBS=jobs)
