@@ -280,6 +280,27 @@ def test_speed_arithmetic_on_a_hand_made_file(tmp_path):
     assert "| spec | 2 | 75.00 | 3.33x | 2.40x | 5.00 | 0.86 | 0.67 | 0.50 | 1/3 / 1 |" in table
 
 
+def test_side_by_side_table_of_two_temperatures(tmp_path):
+    def report(name, temperature, arms):  # arms: label -> (seconds of question 1, forwards)
+        folder = tmp_path / name
+        folder.mkdir()
+        base = _write(folder / "base.jsonl", [_record(1, ["a b"], [20], [2.0], [20])])  # 10 tok/s
+        methods = [_write(folder / f"{label}.jsonl", [_record(1, [text], [20], [seconds], [forwards], [[1]])])
+                   for label, (text, seconds, forwards) in arms.items()]
+        made = speed.build_report(speed.load_answers(base), [speed.load_answers(m) for m in methods])
+        made["temperature"] = temperature
+        return made
+
+    greedy = report("t0", 0.0, {"spec": ("a b", 1.0, 8), "exact": ("a c", 0.5, 10)})
+    sampled = report("t1", 1.0, {"spec": ("x", 4.0, 16)})
+    lines = speed.format_side_by_side([greedy, sampled]).splitlines()
+    assert lines[0] == "| method | T = 0 speedup | τ | greedy turns identical | T = 1 speedup | τ |"
+    assert lines[2] == "| base (10.0 tokens/s at T = 0, 10.0 tokens/s at T = 1) | 1.00x | 1.00 | - | 1.00x | 1.00 |"
+    assert lines[3] == "| spec | 2.00x | 2.50 | 1/1 | 0.50x | 1.25 |"
+    assert lines[4] == "| exact | 4.00x | 2.00 | 0/1 |  |  |"  # not run at T = 1: blank there
+    assert len(lines) == 5
+
+
 def test_reference_format_and_zero_token_baseline(tmp_path, tiny_dirs):
     baseline = _write(tmp_path / "base.jsonl", [_record(1, ["abcd"], [0], [2.0], [9], meta=False)])
     method = _write(tmp_path / "spec.jsonl", [_record(1, ["abcd"], [10], [1.0], [4], meta=False)])
@@ -427,7 +448,9 @@ def test_benchmark_interleaves_arms_resumes_and_reports(tiny_dirs, tmp_path, mon
             assert all(r["meta"]["temperature"] == float(temperature) for r in records)
     greedy = json.loads((tmp_path / "mt_bench" / "temperature-0.0" / "speed.json").read_text())
     assert all(m["equality"]["identical"] == m["equality"]["turns"] == 4 for m in greedy["methods"])
-    assert "| spec-pe |" in (tmp_path / "report.md").read_text()
+    summary = (tmp_path / "report.md").read_text()
+    assert "| spec-pe |" in summary  # the side-by-side table first, then one table per temperature
+    assert summary.startswith("| method | T = 0 speedup | τ | greedy turns identical | T = 1 speedup | τ |\n")
     # a rerun finds every question answered and only reports again
     order.clear()
     assert benchmark.main(bench_args(tiny_dirs, tmp_path, "--temperatures", "0", "1")) == 0

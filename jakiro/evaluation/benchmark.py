@@ -16,7 +16,8 @@ temperature (``--report-only`` reports it without answering more). Each arm writ
 by an arm is not answered again (a killed run resumes; an answer file made with other settings is refused). At the
 end, per temperature:
 ``speed.json`` beside the answers and a markdown table (``python -m jakiro.evaluation.speed``), then
-``OUT_DIR/report.md`` with all tables, and with ``--plot`` ``OUT_DIR/speed.png`` (speedup and tau).
+``OUT_DIR/report.md``: every arm's speedup and tau at each temperature side by side (the README's headline table),
+then all tables; with ``--plot`` ``OUT_DIR/speed.png`` (speedup and tau).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from jakiro.common.chat_templates import ChatPrompter
 from jakiro.evaluation.methods import load_method
 from jakiro.evaluation.records import append_record
 from jakiro.evaluation.run_settings import run_settings, settings
-from jakiro.evaluation.speed import build_report, format_report, load_answers
+from jakiro.evaluation.speed import build_report, format_report, format_side_by_side, load_answers
 from jakiro.common.io import atomic_write_text, check_output
 
 ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -211,7 +212,7 @@ def report(arms: list[Arm], files: dict, out_dir: Path, temperature: float, benc
 
 
 def write_summary(reports: list[dict], out_dir: Path, plot: bool) -> None:
-    text = "\n\n".join(format_report(r) for r in reports)
+    text = "\n\n".join([format_side_by_side(reports)] + [format_report(r) for r in reports])
     print(text)
     atomic_write_text(out_dir / "report.md", text + "\n")
     if plot:

@@ -240,6 +240,39 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_side_by_side(reports: list[dict]) -> str:
+    """One row per method over the reports of several temperatures of one run (the README's headline table):
+    speedup and tau at each temperature, and at temperature 0 the turns whose text equals the baseline's. A method
+    that a temperature did not run shows blanks there; the baseline's row gives its tokens/s."""
+    def temperature(report: dict) -> str:
+        return _number(report["temperature"], "g")
+
+    cells: dict[str, dict[int, dict]] = {}  # method -> report index -> its summary; the baseline first
+    for i, report in enumerate(reports):
+        cells.setdefault(report["baseline"]["label"], {})[i] = {"speedup": 1.0, "tau": report["baseline"]["tau"]}
+        for m in report["methods"]:
+            cells.setdefault(m["label"], {})[i] = m
+    header = ["method"]
+    for report in reports:
+        header += [f"T = {temperature(report)} speedup", "τ"]
+        if not report["temperature"]:
+            header.append("greedy turns identical")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for n, (label, per_report) in enumerate(cells.items()):
+        row = [label]
+        if n == 0:
+            row[0] += " (" + ", ".join(f"{r['baseline']['speed']:.1f} tokens/s at T = {temperature(r)}"
+                                       for r in reports) + ")"
+        for i, report in enumerate(reports):
+            m = per_report.get(i)
+            row += ["", ""] if m is None else [f"{m['speedup']:.2f}x", _number(m["tau"], ".2f")]
+            if not report["temperature"]:
+                eq = m and m.get("equality")  # the baseline has none
+                row.append("" if m is None else f"{eq['identical']}/{eq['turns']}" if eq else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def format_average(reports: list[dict]) -> str:
     """Each method's speedup / tau per bench and their means over benches, one row per method."""
     benches = list(dict.fromkeys(r["bench"] for r in reports))
