@@ -536,6 +536,18 @@ def test_benchmark_cpu_script_arms_are_valid_configs(tmp_path, exact):
         assert not exact_arms & set(arms) and args.greedy_only == []
 
 
+def test_benchmark_cpu_script_takes_more_greedy_only_arms(tmp_path):
+    """An extra --greedy-only (with an arm of one's own) adds to the script's exact arms instead of replacing them."""
+    from jakiro.evaluation import benchmark
+
+    [call] = benchmark_calls(tmp_path, "benchmark_cpu.sh", "--report-only", "--arm", "vanilla-fp32",
+                             "eval.method=baseline", "model.dtype=float32", "--greedy-only", "vanilla-fp32")
+    args = benchmark.parse_args(call)
+    assert args.greedy_only == ["jakiro-exact", "jakiro-lookup-exact", "vanilla-fp32"]
+    arms = {arm.name: arm.cfg for arm in benchmark.build_arms(args)}
+    assert arms["vanilla-fp32"].model.dtype == "float32" and arms["vanilla-fp32"].eval.method == "baseline"
+
+
 def test_tune_tree_script_arms_are_valid_configs(tmp_path):
     """scripts/tune_tree_cpu.sh: the Jakiro draft alone on each dynamic tree at T = 0, then the Jakiro* draft alone
     on each static tree at T = 1, each against vanilla decoding; STAR_TREES="" leaves the second benchmark out."""

@@ -73,9 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="only every K-th question, before --questions (K=4: 20 MT-bench questions, all "
                              "categories; default 1: all)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default: the config's)")
-    parser.add_argument("--greedy-only", nargs="+", default=[], metavar="NAME",
+    parser.add_argument("--greedy-only", nargs="+", action="extend", default=[], metavar="NAME",
                         help="arms that answer at temperature 0 only (e.g. exact verification, which matters only "
-                             "for greedy equality; default: none)")
+                             "for greedy equality; repeatable; default: none)")
     parser.add_argument("--report-only", action="store_true",
                         help="answer nothing: write the reports from the answer files as they are (a stopped run: "
                              "the questions every arm of a temperature answered), whichever machine answered them "
