@@ -23,6 +23,8 @@ def test_portable_paths(tmp_path, monkeypatch):
     assert portable(Path.home() / ".cache" / "x.jsonl") == "~/.cache/x.jsonl"
     assert portable(tmp_path.parent / "elsewhere" / "file.jsonl") == "file.jsonl"  # outside both: the name only
     assert portable(None) is None
+    (tmp_path / "linked").symlink_to(tmp_path.parent, target_is_directory=True)  # a folder linked from elsewhere
+    assert portable("linked/train/draft") == "linked/train/draft"  # a relative path stays as given
     recipe = portable_recipe({"train": {"data_dir": str(tmp_path / "outputs" / "features"), "init_from": "shipped:d",
                                         "lr": 1e-3, "output_dir": "out/run"},
                               "model": {"base_model_path": str(tmp_path.parent / "target"), "dtype": "auto"}})
@@ -115,6 +117,13 @@ def test_every_shipped_draft_loads_and_says_what_made_it():
     for base in ("smollm2-jakiro", "smollm2-eagle2", "smollm2-jakiro_star"):
         assert base in names and f"{base}-v1" in names, names
         assert provenance.read_training_record(FOLDER / f"{base}-v1")["total_training_tokens"] == 2_224_000
+    # the current generation: >= 20 M training tokens each (10x v1), the same data and optimizer steps for all three
+    current = [provenance.read_training_record(FOLDER / base)
+               for base in ("smollm2-jakiro", "smollm2-eagle2", "smollm2-jakiro_star")]
+    for record in current:
+        assert record["total_training_tokens"] >= 20_000_000, record["total_training_tokens"]
+        assert record["steps"] == current[0]["steps"] and record["data"] == current[0]["data"]
+        assert record["init_from"]["training"]["steps"] == current[0]["init_from"]["training"]["steps"]
     for name in names:
         draft = DraftHead.from_pretrained(f"shipped:{name}")
         assert draft.config.draft_vocab_size == 8192, name

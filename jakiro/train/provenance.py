@@ -36,11 +36,14 @@ FORMAT = "jakiro-draft-training/1"
 
 
 def portable(path: str | os.PathLike | None) -> str | None:
-    """``path`` relative to the working directory when inside it, else ``~/...`` when inside the home directory,
-    else its file name: no absolute path of this machine."""
+    """``path`` as given when relative (without ``..``), else relative to the working directory when inside it,
+    else ``~/...`` when inside the home directory, else its file name: no absolute path of this machine."""
     if path is None:
         return None
-    full = Path(path).expanduser().resolve()
+    given = Path(path).expanduser()
+    if not given.is_absolute() and ".." not in given.parts:  # relative as given, even through a symlinked folder
+        return given.as_posix()
+    full = given.resolve()
     for base, prefix in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
         if full.is_relative_to(base):
             return prefix + str(full.relative_to(base))
