@@ -114,12 +114,12 @@ def test_every_shipped_draft_loads_and_says_what_made_it():
     from jakiro.model.draft import DraftHead
 
     names = shipped_drafts()
-    for base in ("smollm2-jakiro", "smollm2-eagle2", "smollm2-jakiro_star"):
+    bases = ("smollm2-jakiro", "smollm2-eagle2", "smollm2-jakiro_star")
+    for base in bases:
         assert base in names and f"{base}-v1" in names, names
         assert provenance.read_training_record(FOLDER / f"{base}-v1")["total_training_tokens"] == 2_224_000
     # the current generation: >= 20 M training tokens each (10x v1), the same data and optimizer steps for all three
-    current = [provenance.read_training_record(FOLDER / base)
-               for base in ("smollm2-jakiro", "smollm2-eagle2", "smollm2-jakiro_star")]
+    current = [provenance.read_training_record(FOLDER / base) for base in bases]
     for record in current:
         assert record["total_training_tokens"] >= 20_000_000, record["total_training_tokens"]
         assert record["steps"] == current[0]["steps"] and record["data"] == current[0]["data"]
